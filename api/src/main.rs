@@ -1,0 +1,78 @@
+use anyhow::Context;
+use berth_api::{AppState, MIGRATOR, bootstrap};
+use berth_config::{ApiConfig, CommonConfig, Env};
+use berth_jobs::Policies;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "berth-api", version)]
+struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the HTTP API (the default).
+    Serve,
+    /// Apply pending database migrations and exit.
+    Migrate,
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    let result = match args.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve().await,
+        Command::Migrate => migrate().await,
+    };
+    if let Err(e) = result {
+        tracing::error!("berth-api stopped: {e:#}");
+        eprintln!("berth-api: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn migrate() -> anyhow::Result<()> {
+    let common = CommonConfig::from_env(&Env::process())?;
+    common.log_format.init_tracing();
+    let pool = sqlx::PgPool::connect(common.database_url.expose())
+        .await
+        .context("cannot connect to DATABASE_URL")?;
+    MIGRATOR.run(&pool).await.context("migrations failed")?;
+    tracing::info!("migrations applied");
+    Ok(())
+}
+
+async fn serve() -> anyhow::Result<()> {
+    let env = Env::process();
+    let config = ApiConfig::from_env(&env)?;
+    config.common.log_format.init_tracing();
+    let policies = Policies::from_env(&env)?;
+    let addr = config.addr;
+    let run_migrations = config.run_migrations;
+    let state = AppState::connect(config, policies).await?;
+    if run_migrations {
+        MIGRATOR.run(&state.pool).await.context("migrations failed")?;
+    }
+    bootstrap::ensure_default_admin(&state.pool, &state.config).await?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on BERTH_API_ADDR {addr}"))?;
+    tracing::info!(%addr, "berth-api listening");
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    berth_api::serve(listener, state, shutdown).await
+}
+
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("shutdown requested; draining requests");
+    shutdown.cancel();
+}

@@ -1,0 +1,95 @@
+//! The request wrapper every route shares: request id, one log line per request,
+//! HTTP metrics by route template, and the error envelope for errors made outside
+//! handlers (axum's method-not-allowed, body limits).
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderValue, header};
+use axum::middleware::Next;
+use axum::response::Response;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::error::error_response;
+use crate::state::AppState;
+
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// Filled by [`record_route`] once routing has matched, read by [`request_context`].
+#[derive(Clone, Default)]
+struct RouteSlot(Arc<Mutex<Option<String>>>);
+
+/// A caller's own request id is kept when it is short and plain, so ids can be
+/// followed across systems; anything else is replaced (it ends up in our logs).
+fn accepted_request_id(value: &HeaderValue) -> Option<String> {
+    let id = value.to_str().ok()?;
+    let plain = !id.is_empty()
+        && id.len() <= 64
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    plain.then(|| id.to_owned())
+}
+
+pub async fn request_context(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let request_id = req
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(accepted_request_id)
+        .unwrap_or_else(|| Uuid::new_v4().to_string());
+    let header_value = HeaderValue::from_str(&request_id).expect("request ids are visible ASCII");
+    req.headers_mut().insert(REQUEST_ID_HEADER, header_value.clone());
+    let slot = RouteSlot::default();
+    req.extensions_mut().insert(slot.clone());
+    let method = req.method().clone();
+
+    let span = tracing::info_span!("request", request_id = %request_id, method = %method, route = tracing::field::Empty);
+    let mut response = next.run(req).instrument(span.clone()).await;
+
+    let route = slot
+        .0
+        .lock()
+        .ok()
+        .and_then(|r| r.clone())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    span.record("route", route.as_str());
+
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    let status = response.status();
+    if status.as_u16() >= 400 && !is_json {
+        let message = status.canonical_reason().unwrap_or("error").to_lowercase();
+        response = error_response(status, message, Vec::new());
+    }
+    response.headers_mut().insert(REQUEST_ID_HEADER, header_value);
+
+    let elapsed = started.elapsed();
+    state
+        .metrics
+        .observe_request(&route, method.as_str(), status.as_u16(), elapsed.as_secs_f64());
+    span.in_scope(|| {
+        tracing::info!(
+            status = status.as_u16(),
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            "request finished"
+        );
+    });
+    response
+}
+
+/// Runs after routing, where the matched route template is known.
+pub async fn record_route(req: Request<Body>, next: Next) -> Response {
+    if let (Some(path), Some(slot)) = (
+        req.extensions().get::<MatchedPath>(),
+        req.extensions().get::<RouteSlot>(),
+    ) && let Ok(mut route) = slot.0.lock()
+    {
+        *route = Some(path.as_str().to_owned());
+    }
+    next.run(req).await
+}

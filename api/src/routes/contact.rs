@@ -1,0 +1,102 @@
+//! SPEC §3.9: the public contact form. Admins read the messages (`/admin/contact`,
+//! with the administration issue).
+
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, State};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::envelope::{Envelope, Json};
+use crate::error::{ApiError, FieldError};
+use crate::state::AppState;
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ContactRequest {
+    /// 1 to 100 characters.
+    name: String,
+    /// The sender's email address.
+    email: String,
+    /// 1 to 200 characters.
+    subject: String,
+    /// 1 to 5000 characters.
+    message: String,
+}
+
+/// A contact request whose every field has been checked.
+struct ContactMessage {
+    name: String,
+    email: String,
+    subject: String,
+    message: String,
+}
+
+fn text_field(field: &str, value: &str, max_chars: usize, errors: &mut Vec<FieldError>) -> String {
+    let value = value.trim();
+    let chars = value.chars().count();
+    if chars == 0 {
+        errors.push(FieldError::new(field, "is required"));
+    } else if chars > max_chars {
+        errors.push(FieldError::new(field, format!("must be at most {max_chars} characters")));
+    } else if value.chars().any(|c| c.is_control() && c != '\n' && c != '\r' && c != '\t') {
+        errors.push(FieldError::new(field, "must not contain control characters"));
+    }
+    value.to_owned()
+}
+
+impl TryFrom<ContactRequest> for ContactMessage {
+    type Error = ApiError;
+
+    fn try_from(req: ContactRequest) -> Result<Self, ApiError> {
+        let mut errors = Vec::new();
+        let name = text_field("name", &req.name, 100, &mut errors);
+        let subject = text_field("subject", &req.subject, 200, &mut errors);
+        let message = text_field("message", &req.message, 5000, &mut errors);
+        let email = req.email.trim().to_owned();
+        if email.len() > 254 || !email_address::EmailAddress::is_valid(&email) {
+            errors.push(FieldError::new("email", "must be a valid email address"));
+        }
+        if !errors.is_empty() {
+            return Err(ApiError::validation(errors));
+        }
+        Ok(Self {
+            name,
+            email,
+            subject,
+            message,
+        })
+    }
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ContactReceived {
+    id: Uuid,
+}
+
+/// Leave a message for the platform's admins.
+#[utoipa::path(post, path = "/contact", tag = "platform", request_body = ContactRequest, responses(
+    (status = 201, description = "Message stored", body = ContactReceived),
+    (status = 400, description = "Invalid fields", body = crate::error::ErrorEnvelope),
+    (status = 413, description = "Body too large", body = crate::error::ErrorEnvelope)))]
+pub async fn create(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Json(req): Json<ContactRequest>,
+) -> Result<Envelope<ContactReceived>, ApiError> {
+    let msg = ContactMessage::try_from(req)?;
+    let id = Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO contact_messages (id, name, email, subject, message, client_ip) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(id)
+    .bind(&msg.name)
+    .bind(&msg.email)
+    .bind(&msg.subject)
+    .bind(&msg.message)
+    .bind(peer.ip().to_string())
+    .execute(&state.pool)
+    .await?;
+    Ok(Envelope::created(ContactReceived { id }))
+}

@@ -1,0 +1,339 @@
+//! Typed configuration read once from environment variables (SPEC §4).
+//!
+//! Every process builds its config through [`Env`], so a missing or malformed
+//! value always stops start-up with an error naming the variable, and secrets are
+//! held in [`SecretString`]/[`MasterKey`] whose `Debug` never prints them.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use base64::Engine;
+pub use secrecy::{ExposeSecret, SecretString};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{name} is required but not set")]
+    Missing { name: String },
+    #[error("{name} is malformed: {reason}")]
+    Malformed { name: String, reason: String },
+}
+
+/// Where values come from: the process environment in binaries, a map in tests.
+pub struct Env {
+    lookup: Box<dyn Fn(&str) -> Option<String> + Send + Sync>,
+}
+
+impl Env {
+    pub fn process() -> Self {
+        Self {
+            lookup: Box::new(|name| std::env::var(name).ok()),
+        }
+    }
+
+    pub fn from_map(map: HashMap<String, String>) -> Self {
+        Self {
+            lookup: Box::new(move |name| map.get(name).cloned()),
+        }
+    }
+
+    /// Empty values count as unset: `FOO=` in an env file means "not configured".
+    pub fn optional(&self, name: &str) -> Option<String> {
+        (self.lookup)(name).filter(|v| !v.trim().is_empty())
+    }
+
+    pub fn required(&self, name: &str) -> Result<String, ConfigError> {
+        self.optional(name).ok_or_else(|| ConfigError::Missing {
+            name: name.to_owned(),
+        })
+    }
+
+    pub fn parsed<T: FromStr>(&self, name: &str, default: T) -> Result<T, ConfigError>
+    where
+        T::Err: fmt::Display,
+    {
+        match self.optional(name) {
+            None => Ok(default),
+            Some(raw) => raw.trim().parse().map_err(|e: T::Err| ConfigError::Malformed {
+                name: name.to_owned(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    pub fn bool(&self, name: &str, default: bool) -> Result<bool, ConfigError> {
+        match self.optional(name).map(|v| v.trim().to_ascii_lowercase()) {
+            None => Ok(default),
+            Some(v) if matches!(v.as_str(), "1" | "true" | "yes" | "on") => Ok(true),
+            Some(v) if matches!(v.as_str(), "0" | "false" | "no" | "off") => Ok(false),
+            Some(_) => Err(malformed(name, "expected true or false")),
+        }
+    }
+
+    pub fn millis(&self, name: &str, default: Duration) -> Result<Duration, ConfigError> {
+        let ms: u64 = self.parsed(name, default.as_millis() as u64)?;
+        Ok(Duration::from_millis(ms))
+    }
+
+    pub fn secret(&self, name: &str) -> Result<SecretString, ConfigError> {
+        self.required(name).map(SecretString::from)
+    }
+}
+
+fn malformed(name: &str, reason: &str) -> ConfigError {
+    ConfigError::Malformed {
+        name: name.to_owned(),
+        reason: reason.to_owned(),
+    }
+}
+
+/// A URL for a backing service; the string may hold a password, so it never prints.
+#[derive(Clone)]
+pub struct ServiceUrl(SecretString);
+
+impl ServiceUrl {
+    fn read(env: &Env, name: &str, schemes: &[&str]) -> Result<Self, ConfigError> {
+        let raw = env.required(name)?;
+        let scheme = raw.split("://").next().unwrap_or_default();
+        if !raw.contains("://") || !schemes.contains(&scheme) {
+            return Err(malformed(
+                name,
+                &format!("expected a URL starting with one of {schemes:?}"),
+            ));
+        }
+        Ok(Self(SecretString::from(raw)))
+    }
+
+    pub fn expose(&self) -> &str {
+        self.0.expose_secret()
+    }
+}
+
+impl fmt::Debug for ServiceUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ServiceUrl([redacted])")
+    }
+}
+
+/// The 32-byte AES-256 key from `BERTH_MASTER_KEY` (base64).
+#[derive(Clone)]
+pub struct MasterKey([u8; 32]);
+
+impl MasterKey {
+    fn read(env: &Env, name: &str) -> Result<Self, ConfigError> {
+        let raw = env.required(name)?;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(raw.trim())
+            .map_err(|_| malformed(name, "not valid base64"))?;
+        let key: [u8; 32] = bytes
+            .try_into()
+            .map_err(|_| malformed(name, "must decode to exactly 32 bytes"))?;
+        Ok(Self(key))
+    }
+
+    pub fn bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MasterKey([redacted])")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl LogFormat {
+    /// Installs the process-wide tracing subscriber; `RUST_LOG` filters (default `info`).
+    pub fn init_tracing(self) {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        let builder = tracing_subscriber::fmt().with_env_filter(filter);
+        match self {
+            LogFormat::Json => builder.json().init(),
+            LogFormat::Text => builder.init(),
+        }
+    }
+}
+
+/// Settings every Berth process shares.
+#[derive(Debug, Clone)]
+pub struct CommonConfig {
+    pub database_url: ServiceUrl,
+    pub redis_url: ServiceUrl,
+    pub log_format: LogFormat,
+    pub database_max_connections: u32,
+}
+
+impl CommonConfig {
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let log_format = match env.optional("BERTH_LOG_FORMAT").as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(_) => return Err(malformed("BERTH_LOG_FORMAT", "expected text or json")),
+        };
+        Ok(Self {
+            database_url: ServiceUrl::read(env, "DATABASE_URL", &["postgres", "postgresql"])?,
+            redis_url: ServiceUrl::read(env, "REDIS_URL", &["redis", "rediss", "redis+unix", "unix"])?,
+            log_format,
+            database_max_connections: env.parsed("BERTH_DB_MAX_CONNECTIONS", 10)?,
+        })
+    }
+}
+
+/// Settings of `berth-api`.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    pub common: CommonConfig,
+    pub addr: SocketAddr,
+    pub public_url: String,
+    pub master_key: MasterKey,
+    pub jwt_secret: SecretString,
+    pub metrics_token: Option<SecretString>,
+    pub cookie_secure: bool,
+    pub run_migrations: bool,
+    pub max_json_body_bytes: usize,
+    pub default_admin_email: Option<String>,
+    pub default_admin_password: Option<SecretString>,
+}
+
+impl ApiConfig {
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let addr = env.parsed("BERTH_API_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080)))?;
+        let public_url = env
+            .optional("BERTH_PUBLIC_URL")
+            .unwrap_or_else(|| format!("http://{addr}"));
+        if !(public_url.starts_with("http://") || public_url.starts_with("https://")) {
+            return Err(malformed("BERTH_PUBLIC_URL", "expected an http(s) URL"));
+        }
+        let jwt_secret = env.secret("JWT_SECRET")?;
+        if jwt_secret.expose_secret().len() < 32 {
+            return Err(malformed("JWT_SECRET", "must be at least 32 characters"));
+        }
+        Ok(Self {
+            common: CommonConfig::from_env(env)?,
+            addr,
+            public_url: public_url.trim_end_matches('/').to_owned(),
+            master_key: MasterKey::read(env, "BERTH_MASTER_KEY")?,
+            jwt_secret,
+            metrics_token: env.optional("METRICS_TOKEN").map(SecretString::from),
+            cookie_secure: env.bool("COOKIE_SECURE", true)?,
+            run_migrations: env.bool("BERTH_RUN_MIGRATIONS", true)?,
+            max_json_body_bytes: env.parsed("BERTH_MAX_JSON_BODY_BYTES", 1024 * 1024)?,
+            default_admin_email: env.optional("DEFAULT_ADMIN_EMAIL"),
+            default_admin_password: env.optional("DEFAULT_ADMIN_PASSWORD").map(SecretString::from),
+        })
+    }
+}
+
+/// How `berth-worker` delivers mail: SMTP when `SMTP_URL` is set, else `.eml` files.
+#[derive(Debug, Clone)]
+pub enum MailTransport {
+    Smtp(ServiceUrl),
+    Directory(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct MailConfig {
+    pub transport: MailTransport,
+    pub from: String,
+    pub public_url: String,
+}
+
+impl MailConfig {
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let transport = if env.optional("SMTP_URL").is_some() {
+            MailTransport::Smtp(ServiceUrl::read(env, "SMTP_URL", &["smtp", "smtps"])?)
+        } else {
+            MailTransport::Directory(
+                env.optional("BERTH_MAIL_DIR")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| PathBuf::from("./data/mail")),
+            )
+        };
+        let from = env
+            .optional("MAIL_FROM")
+            .unwrap_or_else(|| "Berth <berth@localhost>".to_owned());
+        Ok(Self {
+            transport,
+            from,
+            public_url: env
+                .optional("BERTH_PUBLIC_URL")
+                .unwrap_or_else(|| "http://127.0.0.1:8080".to_owned()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Env {
+        Env::from_map(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    const KEY: &str = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+
+    fn api_env(extra: &[(&str, &str)]) -> Env {
+        let mut pairs = vec![
+            ("DATABASE_URL", "postgres://u:hunter2@localhost/berth"),
+            ("REDIS_URL", "redis://127.0.0.1:6379"),
+            ("BERTH_MASTER_KEY", KEY),
+            ("JWT_SECRET", "0123456789abcdef0123456789abcdef"),
+        ];
+        pairs.extend_from_slice(extra);
+        env(&pairs)
+    }
+
+    #[test]
+    fn missing_required_names_the_variable() {
+        let err = ApiConfig::from_env(&env(&[])).unwrap_err();
+        assert_eq!(err.to_string(), "JWT_SECRET is required but not set");
+        let err = CommonConfig::from_env(&env(&[("REDIS_URL", "redis://x")])).unwrap_err();
+        assert_eq!(err.to_string(), "DATABASE_URL is required but not set");
+    }
+
+    #[test]
+    fn malformed_values_name_the_variable() {
+        let err = ApiConfig::from_env(&api_env(&[("BERTH_MASTER_KEY", "c2hvcnQ=")])).unwrap_err();
+        assert!(err.to_string().starts_with("BERTH_MASTER_KEY is malformed"), "{err}");
+        let err = ApiConfig::from_env(&api_env(&[("BERTH_API_ADDR", "nope")])).unwrap_err();
+        assert!(err.to_string().starts_with("BERTH_API_ADDR is malformed"), "{err}");
+        let err = ApiConfig::from_env(&api_env(&[("COOKIE_SECURE", "maybe")])).unwrap_err();
+        assert!(err.to_string().starts_with("COOKIE_SECURE is malformed"), "{err}");
+        let err = ApiConfig::from_env(&api_env(&[("DATABASE_URL", "mysql://x")])).unwrap_err();
+        assert!(err.to_string().starts_with("DATABASE_URL is malformed"), "{err}");
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let config = ApiConfig::from_env(&api_env(&[("METRICS_TOKEN", "metrics-secret")])).unwrap();
+        let printed = format!("{config:?}");
+        for secret in ["hunter2", "0123456789abcdef", "metrics-secret", KEY] {
+            assert!(!printed.contains(secret), "{secret} leaked in {printed}");
+        }
+        assert!(config.cookie_secure);
+        assert_eq!(config.addr.to_string(), "127.0.0.1:8080");
+    }
+
+    #[test]
+    fn mail_falls_back_to_a_directory() {
+        let mail = MailConfig::from_env(&env(&[("BERTH_MAIL_DIR", "/tmp/m")])).unwrap();
+        assert!(matches!(mail.transport, MailTransport::Directory(ref p) if p == &PathBuf::from("/tmp/m")));
+        let mail = MailConfig::from_env(&env(&[("SMTP_URL", "smtp://127.0.0.1:2525")])).unwrap();
+        assert!(matches!(mail.transport, MailTransport::Smtp(_)));
+    }
+}

@@ -1,0 +1,19 @@
+//! The job contract shared by `berth-api`, `berth-worker` and `berth-scheduler`.
+//!
+//! Postgres is the source of truth for every job (`jobs` table); Redis, through
+//! apalis-redis, only carries deliveries to workers. See ARCHITECTURE.md for why
+//! and for the invariants this crate keeps.
+
+pub mod housekeeping;
+pub mod payload;
+pub mod policy;
+pub mod queue;
+pub mod redis_conn;
+pub mod relay;
+pub mod runtime;
+pub mod store;
+
+pub use payload::{DiagnosticJob, EmailJob, EmailMessage, JobPayload};
+pub use policy::{JobPolicy, Policies};
+pub use queue::Queue;
+pub use store::{Enqueued, JobRecord, JobState, NewJob};

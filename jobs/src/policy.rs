@@ -1,0 +1,132 @@
+use std::collections::HashMap;
+use std::time::Duration;
+
+use berth_config::{ConfigError, Env};
+use rand::Rng;
+
+use crate::Queue;
+
+/// How one queue's jobs are run: the attempt cap, the retry backoff, the per-attempt
+/// timeout and how many jobs one worker process runs at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobPolicy {
+    pub max_attempts: u32,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    pub timeout: Duration,
+    pub concurrency: usize,
+}
+
+impl JobPolicy {
+    /// Defaults per queue. Deploys and rollbacks are not retried automatically:
+    /// a half-applied deploy must be looked at by its user, not replayed.
+    pub fn default_for(queue: Queue) -> Self {
+        let (max_attempts, timeout_secs, concurrency) = match queue {
+            Queue::Deploy => (1, 1800, 4),
+            Queue::Rollback => (1, 600, 2),
+            Queue::Ssl => (3, 300, 2),
+            Queue::Probe => (1, 30, 16),
+            Queue::Backup => (2, 3600, 1),
+            Queue::Email => (5, 60, 4),
+            Queue::Alerts => (3, 60, 4),
+            Queue::Diagnostic => (3, 600, 8),
+        };
+        Self {
+            max_attempts,
+            backoff_base: Duration::from_secs(5),
+            backoff_max: Duration::from_secs(600),
+            timeout: Duration::from_secs(timeout_secs),
+            concurrency,
+        }
+    }
+
+    /// Exponential backoff with "equal jitter": half the delay is fixed, half random,
+    /// so retries of many jobs that failed together spread out.
+    /// `failed_attempts` counts the attempts made so far (1 after the first failure).
+    pub fn backoff(&self, failed_attempts: u32) -> Duration {
+        let exp = failed_attempts.saturating_sub(1).min(20);
+        let full = self
+            .backoff_base
+            .saturating_mul(1u32 << exp)
+            .min(self.backoff_max);
+        let half = full / 2;
+        let jitter_ms = rand::rng().random_range(0..=half.as_millis() as u64);
+        half + Duration::from_millis(jitter_ms)
+    }
+}
+
+/// Every queue's policy, read from the environment with per-queue overrides
+/// (`BERTH_EMAIL_MAX_ATTEMPTS`, `BERTH_EMAIL_BACKOFF_MS`, `BERTH_EMAIL_BACKOFF_MAX_MS`,
+/// `BERTH_EMAIL_TIMEOUT_SECS`, `BERTH_EMAIL_CONCURRENCY`, and the same for each queue).
+#[derive(Debug, Clone)]
+pub struct Policies(HashMap<Queue, JobPolicy>);
+
+impl Policies {
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let mut map = HashMap::new();
+        for queue in Queue::ALL {
+            let d = JobPolicy::default_for(queue);
+            let prefix = format!("BERTH_{}", queue.name().to_ascii_uppercase());
+            let policy = JobPolicy {
+                max_attempts: env.parsed(&format!("{prefix}_MAX_ATTEMPTS"), d.max_attempts)?,
+                backoff_base: env.millis(&format!("{prefix}_BACKOFF_MS"), d.backoff_base)?,
+                backoff_max: env.millis(&format!("{prefix}_BACKOFF_MAX_MS"), d.backoff_max)?,
+                timeout: Duration::from_secs(
+                    env.parsed(&format!("{prefix}_TIMEOUT_SECS"), d.timeout.as_secs())?,
+                ),
+                concurrency: env.parsed(&format!("{prefix}_CONCURRENCY"), d.concurrency)?,
+            };
+            for (field, value) in [
+                ("MAX_ATTEMPTS", policy.max_attempts as u64),
+                ("TIMEOUT_SECS", policy.timeout.as_secs()),
+                ("CONCURRENCY", policy.concurrency as u64),
+            ] {
+                if value == 0 {
+                    return Err(ConfigError::Malformed {
+                        name: format!("{prefix}_{field}"),
+                        reason: "must be at least 1".into(),
+                    });
+                }
+            }
+            map.insert(queue, policy);
+        }
+        Ok(Self(map))
+    }
+
+    pub fn defaults() -> Self {
+        Self(Queue::ALL.into_iter().map(|q| (q, JobPolicy::default_for(q))).collect())
+    }
+
+    pub fn get(&self, queue: Queue) -> JobPolicy {
+        self.0[&queue]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_exponentially_within_bounds() {
+        let p = JobPolicy {
+            backoff_base: Duration::from_millis(1000),
+            backoff_max: Duration::from_millis(10_000),
+            ..JobPolicy::default_for(Queue::Email)
+        };
+        for (attempt, full_ms) in [(1, 1000), (2, 2000), (3, 4000), (4, 8000), (5, 10_000), (30, 10_000)] {
+            for _ in 0..50 {
+                let d = p.backoff(attempt).as_millis() as u64;
+                assert!(d >= full_ms / 2 && d <= full_ms, "attempt {attempt}: {d}ms");
+            }
+        }
+    }
+
+    #[test]
+    fn env_overrides_and_rejects_zero() {
+        let env = Env::from_map([("BERTH_EMAIL_MAX_ATTEMPTS".to_string(), "2".to_string())].into());
+        assert_eq!(Policies::from_env(&env).unwrap().get(Queue::Email).max_attempts, 2);
+        let env = Env::from_map([("BERTH_PROBE_CONCURRENCY".to_string(), "0".to_string())].into());
+        let err = Policies::from_env(&env).unwrap_err().to_string();
+        assert!(err.contains("BERTH_PROBE_CONCURRENCY"), "{err}");
+    }
+}

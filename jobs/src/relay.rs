@@ -1,0 +1,147 @@
+//! The outbox relay: moves committed deliveries from `job_outbox` to Redis.
+//!
+//! Several relays may run (every api and worker process runs one); `FOR UPDATE
+//! SKIP LOCKED` gives each row to one of them, and the row is deleted in the same
+//! transaction that saw the Redis push succeed. If that commit fails after the push,
+//! the row is pushed again later: the duplicate carries the same delivery id, which
+//! apalis-redis refuses to store twice, and `claim` refuses to run twice.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use apalis::prelude::{TaskBuilder, TaskId};
+use apalis_redis::RedisTask;
+use redis::aio::ConnectionManager;
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use sqlx::postgres::PgListener;
+use tokio_util::sync::CancellationToken;
+use ulid::Ulid;
+
+use crate::Queue;
+use crate::store::OUTBOX_CHANNEL;
+
+/// What travels through Redis: which job, and which delivery of it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Delivery {
+    pub job_id: String,
+    pub delivery_id: String,
+}
+
+const BATCH: i64 = 500;
+const SWEEP_EVERY: Duration = Duration::from_millis(500);
+
+pub struct Relay {
+    pool: PgPool,
+    redis: ConnectionManager,
+}
+
+impl Relay {
+    pub fn new(pool: PgPool, redis: ConnectionManager) -> Self {
+        Self { pool, redis }
+    }
+
+    /// Relays until shutdown: at once on each enqueue notification, and on a short
+    /// sweep for delayed retries and for anything a missed notification left behind.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut listener = None;
+        let mut failures = 0u32;
+        loop {
+            if listener.is_none() {
+                listener = match PgListener::connect_with(&self.pool).await {
+                    Ok(mut l) => match l.listen(OUTBOX_CHANNEL).await {
+                        Ok(()) => Some(l),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "relay could not listen for enqueues");
+                            None
+                        }
+                    },
+                    Err(e) => {
+                        tracing::warn!(error = %e, "relay could not connect a listener");
+                        None
+                    }
+                };
+            }
+            match self.drain().await {
+                Ok(_) => failures = 0,
+                Err(e) => {
+                    failures += 1;
+                    // Log the first failure and then every 20th, so a Redis outage is
+                    // visible without flooding the log.
+                    if failures == 1 || failures % 20 == 0 {
+                        tracing::warn!(error = %e, failures, "relay could not move deliveries to Redis");
+                    }
+                }
+            }
+            let wait = async {
+                match listener.as_mut() {
+                    Some(l) => l.try_recv().await.map(|_| ()),
+                    None => {
+                        tokio::time::sleep(SWEEP_EVERY).await;
+                        Ok(())
+                    }
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(SWEEP_EVERY) => {}
+                received = wait => {
+                    if received.is_err() {
+                        listener = None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Moves every due outbox row to Redis; returns how many.
+    pub async fn drain(&mut self) -> anyhow::Result<usize> {
+        let mut total = 0;
+        loop {
+            let moved = self.relay_batch().await?;
+            total += moved;
+            if moved < BATCH as usize {
+                return Ok(total);
+            }
+        }
+    }
+
+    async fn relay_batch(&mut self) -> anyhow::Result<usize> {
+        let mut tx = self.pool.begin().await?;
+        let rows: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT delivery_id, job_id, queue FROM job_outbox WHERE run_at <= now() \
+             ORDER BY run_at LIMIT $1 FOR UPDATE SKIP LOCKED",
+        )
+        .bind(BATCH)
+        .fetch_all(&mut *tx)
+        .await?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let mut by_queue: HashMap<Queue, Vec<RedisTask>> = HashMap::new();
+        let mut delivered = Vec::with_capacity(rows.len());
+        for (delivery_id, job_id, queue) in rows {
+            let queue: Queue = queue.parse()?;
+            let ulid: Ulid = delivery_id.parse()?;
+            let args = serde_json::to_vec(&Delivery {
+                job_id,
+                delivery_id: delivery_id.clone(),
+            })?;
+            let task = TaskBuilder::new(args)
+                .task_id(TaskId::from_ulid(ulid))
+                .build();
+            by_queue.entry(queue).or_default().push(task);
+            delivered.push(delivery_id);
+        }
+        for (queue, tasks) in by_queue {
+            let config = crate::runtime::apalis_config(queue);
+            apalis_redis::queries::push_tasks(&mut self.redis, &config, &tasks).await?;
+        }
+        sqlx::query("DELETE FROM job_outbox WHERE delivery_id = ANY($1)")
+            .bind(&delivered)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(delivered.len())
+    }
+}

@@ -1,0 +1,374 @@
+//! The worker side: one apalis worker per served queue, each delivery claimed in
+//! Postgres, run under the queue's timeout with panics captured, then marked
+//! succeeded, re-queued with backoff, or failed with its error.
+//!
+//! apalis is configured around the pitfalls in APALIS.md: batch size 1 (prefetch
+//! stalls heartbeats and causes duplicate runs), wake-up by Redis pub/sub with a
+//! polling fallback (idle workers otherwise wait a whole heartbeat), a short
+//! heartbeat so a dead worker's tasks come back in seconds, and handlers that never
+//! return job failures to apalis (its durable retry ignores attempt caps).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use apalis::prelude::{BackendExt, BoxDynError, Data, Monitor, WorkerBuilder, WorkerBuilderExt};
+use apalis_redis::RedisStorage;
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
+use sqlx::PgPool;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::{IntervalStream, ReceiverStream};
+use tokio_util::sync::CancellationToken;
+
+use crate::relay::{Delivery, Relay};
+use crate::{JobPayload, Policies, Queue, store};
+
+/// How a handler says its job did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobFailure {
+    /// Worth another attempt (network errors, a busy remote host).
+    Retryable(String),
+    /// Will fail the same way again (bad input); the job fails now.
+    Permanent(String),
+}
+
+impl JobFailure {
+    pub fn retryable(reason: impl std::fmt::Display) -> Self {
+        Self::Retryable(reason.to_string())
+    }
+
+    pub fn permanent(reason: impl std::fmt::Display) -> Self {
+        Self::Permanent(reason.to_string())
+    }
+
+    fn reason(&self) -> &str {
+        match self {
+            Self::Retryable(r) | Self::Permanent(r) => r,
+        }
+    }
+}
+
+/// What a handler knows about the job it runs.
+#[derive(Debug, Clone)]
+pub struct JobContext {
+    pub job_id: String,
+    pub attempt: u32,
+    pub max_attempts: u32,
+}
+
+type Handler = Arc<
+    dyn Fn(serde_json::Value, JobContext) -> BoxFuture<'static, Result<(), JobFailure>> + Send + Sync,
+>;
+
+/// Timing of worker liveness in Redis: a worker that misses `missed_heartbeats`
+/// beats has its in-flight tasks handed to live workers.
+#[derive(Debug, Clone, Copy)]
+pub struct Liveness {
+    pub heartbeat: Duration,
+    pub missed_heartbeats: usize,
+}
+
+impl Default for Liveness {
+    fn default() -> Self {
+        Self {
+            heartbeat: Duration::from_secs(2),
+            missed_heartbeats: 3,
+        }
+    }
+}
+
+/// Idle workers are woken by Redis pub/sub on each push; this poll covers a
+/// missed message (pub/sub is fire-and-forget) and deliveries apalis re-queues.
+const POLL_FALLBACK: Duration = Duration::from_secs(1);
+
+pub(crate) fn apalis_config(queue: Queue) -> apalis_redis::Config {
+    apalis_redis::Config::default()
+        .queue(queue.redis_namespace())
+        .batch_size(1)
+}
+
+fn push_channel(queue: Queue) -> String {
+    format!("tasks:{}:available", apalis_config(queue).active_jobs_list())
+}
+
+pub struct WorkerRuntime {
+    pool: PgPool,
+    redis_url: String,
+    policies: Policies,
+    liveness: Liveness,
+    grace: Duration,
+    handlers: HashMap<Queue, Handler>,
+}
+
+impl WorkerRuntime {
+    pub fn new(pool: PgPool, redis_url: String, policies: Policies) -> Self {
+        Self {
+            pool,
+            redis_url,
+            policies,
+            liveness: Liveness::default(),
+            grace: Duration::from_secs(30),
+            handlers: HashMap::new(),
+        }
+    }
+
+    pub fn liveness(mut self, liveness: Liveness) -> Self {
+        self.liveness = liveness;
+        self
+    }
+
+    /// How long running jobs may take to finish after SIGTERM before the process
+    /// exits; unfinished ones are handed to other workers by Redis orphan recovery.
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
+    }
+
+    pub fn handle<P, F, Fut>(mut self, handler: F) -> Self
+    where
+        P: JobPayload,
+        F: Fn(P, JobContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), JobFailure>> + Send + 'static,
+    {
+        let handler = Arc::new(handler);
+        let erased: Handler = Arc::new(move |payload, ctx| {
+            let handler = handler.clone();
+            async move {
+                let payload: P = serde_json::from_value(payload)
+                    .map_err(|e| JobFailure::permanent(format!("invalid payload: {e}")))?;
+                handler(payload, ctx).await
+            }
+            .boxed()
+        });
+        self.handlers.insert(P::QUEUE, erased);
+        self
+    }
+
+    /// Queues this build can serve, for the `--queues` default.
+    pub fn served_queues(&self) -> Vec<Queue> {
+        Queue::ALL
+            .into_iter()
+            .filter(|q| self.handlers.contains_key(q))
+            .collect()
+    }
+
+    /// Runs until `shutdown` is cancelled. Returns an error if any queue's worker
+    /// stops on its own (e.g. a Redis error), so the process exits non-zero and its
+    /// supervisor restarts it instead of leaving a live process that runs nothing.
+    pub async fn run(self, queues: &[Queue], shutdown: CancellationToken) -> anyhow::Result<()> {
+        for queue in queues {
+            if !self.handlers.contains_key(queue) {
+                anyhow::bail!("queue {queue} has no handler in this build of berth-worker");
+            }
+        }
+        let redis = crate::redis_conn::connect(&self.redis_url).await?;
+        let identity = process_identity();
+
+        let relay_task = tokio::spawn(Relay::new(self.pool.clone(), redis.clone()).run(shutdown.clone()));
+
+        let mut wakers = HashMap::new();
+        let mut monitor = Monitor::new()
+            .shutdown_timeout(self.grace)
+            .should_restart(|_, _| false);
+        for &queue in queues {
+            let (tx, rx) = mpsc::channel(1);
+            wakers.insert(push_channel(queue), tx);
+            let wake = Arc::new(tokio::sync::Mutex::new(Some(rx)));
+            let dispatch = Arc::new(Dispatch {
+                pool: self.pool.clone(),
+                queue,
+                handler: self.handlers[&queue].clone(),
+                policies: self.policies.clone(),
+                worker: format!("{identity}/{queue}"),
+            });
+            let concurrency = self.policies.get(queue).concurrency;
+            let liveness = self.liveness;
+            let redis = redis.clone();
+            let name = format!("{queue}@{identity}");
+            monitor = monitor.register(move |_restarts| {
+                let receiver = wake
+                    .try_lock()
+                    .ok()
+                    .and_then(|mut r| r.take())
+                    .map(ReceiverStream::new);
+                let ticks = IntervalStream::new(tokio::time::interval(POLL_FALLBACK)).map(|_| ());
+                let wake_stream = match receiver {
+                    Some(pushes) => futures::stream::select(pushes, ticks).boxed(),
+                    None => ticks.boxed(),
+                };
+                let config = apalis_config(queue)
+                    .heartbeat_interval(liveness.heartbeat)
+                    .missed_heartbeats(liveness.missed_heartbeats);
+                let storage = RedisStorage::<Delivery, _>::new(redis.clone())
+                    .with_config(config)
+                    .poll_with_stream(wake_stream);
+                WorkerBuilder::new(name.clone())
+                    .backend(storage)
+                    .data(dispatch.clone())
+                    .concurrency(concurrency)
+                    .build(run_delivery)
+            });
+        }
+        let client = redis::Client::open(self.redis_url.as_str())?;
+        let listener_task = tokio::spawn(wake_on_push(client, wakers, shutdown.clone()));
+
+        let stop = shutdown.clone();
+        let result = monitor.run_with_signal(async move {
+            stop.cancelled().await;
+            Ok(())
+        })
+        .await;
+        let expected = shutdown.is_cancelled();
+        shutdown.cancel();
+        listener_task.abort();
+        let _ = relay_task.await;
+        match (expected, result) {
+            (true, Ok(())) => Ok(()),
+            (true, Err(e)) => Err(anyhow::anyhow!("workers did not shut down cleanly: {e}")),
+            (false, Ok(())) => Err(anyhow::anyhow!("a queue worker stopped on its own")),
+            (false, Err(e)) => Err(anyhow::anyhow!("a queue worker failed: {e}")),
+        }
+    }
+}
+
+fn process_identity() -> String {
+    let host = hostname::get()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "unknown-host".into());
+    // The random part keeps names unique when a pid is reused on a restarted host:
+    // apalis hides a dead worker's tasks behind a live worker of the same name.
+    let nonce: u16 = rand::random();
+    format!("{host}:{}:{nonce:04x}", std::process::id())
+}
+
+/// Relays apalis-redis' push notifications to the waiting queue workers.
+async fn wake_on_push(
+    client: redis::Client,
+    wakers: HashMap<String, mpsc::Sender<()>>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let subscribed = async {
+            let mut pubsub = client.get_async_pubsub().await?;
+            for channel in wakers.keys() {
+                pubsub.subscribe(channel).await?;
+            }
+            Ok::<_, redis::RedisError>(pubsub)
+        };
+        match subscribed.await {
+            Ok(mut pubsub) => {
+                let mut messages = pubsub.on_message();
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        message = messages.next() => match message {
+                            Some(message) => {
+                                if let Some(waker) = wakers.get(message.get_channel_name()) {
+                                    // A full channel already holds a pending wake-up.
+                                    let _ = waker.try_send(());
+                                }
+                            }
+                            None => break,
+                        }
+                    }
+                }
+                tracing::warn!("push notifications lost; polling until resubscribed");
+            }
+            Err(e) => tracing::warn!(error = %e, "could not subscribe to push notifications"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(POLL_FALLBACK) => {}
+        }
+    }
+}
+
+struct Dispatch {
+    pool: PgPool,
+    queue: Queue,
+    handler: Handler,
+    policies: Policies,
+    worker: String,
+}
+
+/// The apalis handler. Job outcomes are recorded in Postgres and never returned
+/// to apalis; only an infrastructure error (Postgres unreachable) is, so apalis
+/// delivers the task again later.
+async fn run_delivery(delivery: Delivery, dispatch: Data<Arc<Dispatch>>) -> Result<(), BoxDynError> {
+    dispatch.run(delivery).await.map_err(|e| {
+        tracing::error!(error = %e, "could not record a job's progress; the delivery will be retried");
+        Box::new(e) as BoxDynError
+    })
+}
+
+impl Dispatch {
+    async fn run(&self, delivery: Delivery) -> Result<(), sqlx::Error> {
+        let Delivery { job_id, delivery_id } = delivery;
+        let span = tracing::info_span!("job", job.id = %job_id, job.kind = %self.queue);
+        let _enter = span.enter();
+        let Some(claimed) = store::claim(&self.pool, &job_id, &delivery_id, &self.worker).await? else {
+            tracing::debug!(delivery.id = %delivery_id, "stale delivery skipped");
+            return Ok(());
+        };
+        if claimed.attempts > claimed.max_attempts {
+            let error = format!(
+                "attempt cap of {} reached: earlier attempts ended with their worker dying",
+                claimed.max_attempts
+            );
+            tracing::warn!(attempts = claimed.attempts, "job failed: {error}");
+            return store::mark_failed(&self.pool, &job_id, &delivery_id, &error).await;
+        }
+        let ctx = JobContext {
+            job_id: job_id.clone(),
+            attempt: claimed.attempts as u32,
+            max_attempts: claimed.max_attempts as u32,
+        };
+        let started = Instant::now();
+        let run = AssertUnwindSafe((self.handler)(claimed.payload, ctx)).catch_unwind();
+        let failure = match tokio::time::timeout(claimed.timeout, run).await {
+            Ok(Ok(Ok(()))) => None,
+            Ok(Ok(Err(failure))) => Some(failure),
+            Ok(Err(panic)) => Some(JobFailure::Retryable(format!(
+                "the job panicked: {}",
+                panic_message(&panic)
+            ))),
+            Err(_) => Some(JobFailure::Retryable(format!(
+                "timed out after {} s",
+                claimed.timeout.as_secs_f64()
+            ))),
+        };
+        let duration_ms = started.elapsed().as_millis() as u64;
+        match failure {
+            None => {
+                tracing::info!(attempt = claimed.attempts, duration_ms, "job succeeded");
+                store::mark_succeeded(&self.pool, &job_id, &delivery_id).await
+            }
+            Some(JobFailure::Retryable(reason)) if claimed.attempts < claimed.max_attempts => {
+                let delay = self.policies.get(self.queue).backoff(claimed.attempts as u32);
+                tracing::warn!(
+                    attempt = claimed.attempts,
+                    duration_ms,
+                    retry_in_ms = delay.as_millis() as u64,
+                    "job attempt failed: {reason}"
+                );
+                store::schedule_retry(&self.pool, &job_id, &delivery_id, &reason, delay).await
+            }
+            Some(failure) => {
+                tracing::warn!(attempt = claimed.attempts, duration_ms, "job failed: {}", failure.reason());
+                store::mark_failed(&self.pool, &job_id, &delivery_id, failure.reason()).await
+            }
+        }
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}

@@ -1,0 +1,565 @@
+//! Job state in Postgres: durable enqueue (job row + outbox row in the caller's
+//! transaction), the worker-side state transitions, status queries, metrics
+//! aggregates, pruning and the reconciler that keeps any job from being stuck.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{PgConnection, PgPool, Row};
+use ulid::Ulid;
+use uuid::Uuid;
+
+use crate::{JobPayload, Policies, Queue};
+
+/// The Postgres channel a committed enqueue notifies, waking the relay at once.
+pub const OUTBOX_CHANNEL: &str = "berth_job_outbox";
+
+/// Upper bounds (seconds) of the job duration histogram.
+pub const DURATION_BUCKETS: [f64; 12] = [
+    0.005, 0.025, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0, 3600.0,
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl JobState {
+    pub const ALL: [JobState; 5] = [
+        JobState::Queued,
+        JobState::Running,
+        JobState::Succeeded,
+        JobState::Failed,
+        JobState::Cancelled,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|state| state.name() == s)
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, JobState::Succeeded | JobState::Failed | JobState::Cancelled)
+    }
+}
+
+/// A job to enqueue, with the resources it acts on (shown by `GET /jobs/{id}` and
+/// used for owner checks).
+#[derive(Debug, Clone)]
+pub struct NewJob<P> {
+    pub payload: P,
+    pub owner_user_id: Option<Uuid>,
+    pub server_id: Option<Uuid>,
+    pub deployment_id: Option<Uuid>,
+    /// While a job with this key is queued or running, enqueueing another with the
+    /// same key returns the existing job instead (e.g. one pending probe per server).
+    pub dedupe_key: Option<String>,
+}
+
+impl<P: JobPayload> NewJob<P> {
+    pub fn new(payload: P) -> Self {
+        Self {
+            payload,
+            owner_user_id: None,
+            server_id: None,
+            deployment_id: None,
+            dedupe_key: None,
+        }
+    }
+
+    pub fn owner(mut self, user_id: Uuid) -> Self {
+        self.owner_user_id = Some(user_id);
+        self
+    }
+
+    pub fn server(mut self, server_id: Uuid) -> Self {
+        self.server_id = Some(server_id);
+        self
+    }
+
+    pub fn deployment(mut self, deployment_id: Uuid) -> Self {
+        self.deployment_id = Some(deployment_id);
+        self
+    }
+
+    pub fn dedupe_key(mut self, key: impl Into<String>) -> Self {
+        self.dedupe_key = Some(key.into());
+        self
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Enqueued {
+    pub id: String,
+    /// False when a job with the same dedupe key was already pending.
+    pub created: bool,
+}
+
+/// Writes the job and its outbox row on the caller's connection, which should be
+/// inside the transaction that writes the data the job belongs to: either both
+/// commit or neither does. The relay moves the outbox row to Redis after commit.
+pub async fn enqueue<P: JobPayload>(
+    conn: &mut PgConnection,
+    policies: &Policies,
+    job: NewJob<P>,
+) -> Result<Enqueued, sqlx::Error> {
+    let queue = P::QUEUE;
+    let policy = policies.get(queue);
+    let id = Ulid::generate().to_string();
+    let payload = serde_json::to_value(&job.payload)
+        .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    let inserted: Option<String> = sqlx::query_scalar(
+        r#"
+        WITH new_job AS (
+            INSERT INTO jobs (id, kind, payload, delivery_id, max_attempts, timeout_ms,
+                              owner_user_id, server_id, deployment_id, dedupe_key)
+            VALUES ($1, $2, $3, $1, $4, $5, $6, $7, $8, $9)
+            ON CONFLICT (dedupe_key) WHERE dedupe_key IS NOT NULL AND state IN ('queued', 'running')
+            DO NOTHING
+            RETURNING id, delivery_id, kind
+        ), outbox AS (
+            INSERT INTO job_outbox (delivery_id, job_id, queue)
+            SELECT delivery_id, id, kind FROM new_job
+        )
+        SELECT id FROM new_job, LATERAL (SELECT pg_notify($10, '')) AS notified
+        "#,
+    )
+    .bind(&id)
+    .bind(queue.name())
+    .bind(payload)
+    .bind(policy.max_attempts as i32)
+    .bind(policy.timeout.as_millis() as i64)
+    .bind(job.owner_user_id)
+    .bind(job.server_id)
+    .bind(job.deployment_id)
+    .bind(&job.dedupe_key)
+    .bind(OUTBOX_CHANNEL)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if let Some(id) = inserted {
+        return Ok(Enqueued { id, created: true });
+    }
+    let existing: String = sqlx::query_scalar(
+        "SELECT id FROM jobs WHERE dedupe_key = $1 AND state IN ('queued', 'running')",
+    )
+    .bind(&job.dedupe_key)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(Enqueued {
+        id: existing,
+        created: false,
+    })
+}
+
+/// Enqueues in a transaction of its own, for callers with no other data to write.
+pub async fn enqueue_now<P: JobPayload>(
+    pool: &PgPool,
+    policies: &Policies,
+    job: NewJob<P>,
+) -> Result<Enqueued, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let enqueued = enqueue(&mut tx, policies, job).await?;
+    tx.commit().await?;
+    Ok(enqueued)
+}
+
+/// What `GET /jobs/{id}` shows.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JobRecord {
+    pub id: String,
+    pub kind: Queue,
+    pub state: JobState,
+    pub attempts: i32,
+    pub max_attempts: i32,
+    pub error: Option<String>,
+    pub worker: Option<String>,
+    pub owner_user_id: Option<Uuid>,
+    pub server_id: Option<Uuid>,
+    pub deployment_id: Option<Uuid>,
+    pub created_at: DateTime<Utc>,
+    pub run_after: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub updated_at: DateTime<Utc>,
+}
+
+const RECORD_COLUMNS: &str = "id, kind, state, attempts, max_attempts, last_error, worker, \
+    owner_user_id, server_id, deployment_id, created_at, run_after, started_at, finished_at, updated_at";
+
+fn record_from_row(row: &sqlx::postgres::PgRow) -> Result<JobRecord, sqlx::Error> {
+    let kind: String = row.try_get("kind")?;
+    let state: String = row.try_get("state")?;
+    let decode = |column: &str, value: &str| sqlx::Error::ColumnDecode {
+        index: column.to_owned(),
+        source: format!("unexpected value {value:?}").into(),
+    };
+    Ok(JobRecord {
+        kind: kind.parse().map_err(|_| decode("kind", &kind))?,
+        state: JobState::parse(&state).ok_or_else(|| decode("state", &state))?,
+        id: row.try_get("id")?,
+        attempts: row.try_get("attempts")?,
+        max_attempts: row.try_get("max_attempts")?,
+        error: row.try_get("last_error")?,
+        worker: row.try_get("worker")?,
+        owner_user_id: row.try_get("owner_user_id")?,
+        server_id: row.try_get("server_id")?,
+        deployment_id: row.try_get("deployment_id")?,
+        created_at: row.try_get("created_at")?,
+        run_after: row.try_get("run_after")?,
+        started_at: row.try_get("started_at")?,
+        finished_at: row.try_get("finished_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+pub async fn get(pool: &PgPool, id: &str) -> Result<Option<JobRecord>, sqlx::Error> {
+    let row = sqlx::query(&format!("SELECT {RECORD_COLUMNS} FROM jobs WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(pool)
+        .await?;
+    row.as_ref().map(record_from_row).transpose()
+}
+
+/// Filters of `GET /jobs`; `owner` is set for everyone but admins.
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    pub owner_user_id: Option<Uuid>,
+    pub kind: Option<Queue>,
+    pub state: Option<JobState>,
+}
+
+/// One page of jobs, newest first, and the total matching the filter.
+pub async fn list(
+    pool: &PgPool,
+    filter: &JobFilter,
+    offset: i64,
+    limit: i64,
+) -> Result<(Vec<JobRecord>, i64), sqlx::Error> {
+    let condition = "($1::uuid IS NULL OR owner_user_id = $1) \
+        AND ($2::text IS NULL OR kind = $2) AND ($3::text IS NULL OR state = $3)";
+    let rows = sqlx::query(&format!(
+        "SELECT {RECORD_COLUMNS} FROM jobs WHERE {condition} ORDER BY created_at DESC, id DESC \
+         OFFSET $4 LIMIT $5"
+    ))
+    .bind(filter.owner_user_id)
+    .bind(filter.kind.map(Queue::name))
+    .bind(filter.state.map(JobState::name))
+    .bind(offset)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    let total: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM jobs WHERE {condition}"))
+        .bind(filter.owner_user_id)
+        .bind(filter.kind.map(Queue::name))
+        .bind(filter.state.map(JobState::name))
+        .fetch_one(pool)
+        .await?;
+    let records = rows.iter().map(record_from_row).collect::<Result<_, _>>()?;
+    Ok((records, total))
+}
+
+/// Cancels a job that has not started; true when it was cancelled.
+pub async fn cancel(pool: &PgPool, id: &str) -> Result<bool, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let cancelled = sqlx::query(
+        "UPDATE jobs SET state = 'cancelled', finished_at = now(), updated_at = now() \
+         WHERE id = $1 AND state = 'queued'",
+    )
+    .bind(id)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    sqlx::query("DELETE FROM job_outbox WHERE job_id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(cancelled)
+}
+
+/// A delivery a worker may run: the job's current delivery, not finished.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub kind: String,
+    pub payload: serde_json::Value,
+    pub attempts: i32,
+    pub max_attempts: i32,
+    pub timeout: Duration,
+}
+
+/// Marks the job running for this delivery and counts the attempt. Returns `None`
+/// when the delivery is stale (the job finished, was cancelled, or was re-issued
+/// under a newer delivery id), so a duplicate Redis delivery never runs. A job left
+/// `running` by a crashed worker can be claimed again by the same delivery, which
+/// is how apalis hands orphaned tasks back.
+pub async fn claim(
+    pool: &PgPool,
+    job_id: &str,
+    delivery_id: &str,
+    worker: &str,
+) -> Result<Option<Claimed>, sqlx::Error> {
+    let row = sqlx::query(
+        "UPDATE jobs SET state = 'running', attempts = attempts + 1, started_at = now(), \
+             worker = $3, updated_at = now() \
+         WHERE id = $1 AND delivery_id = $2 AND state IN ('queued', 'running') \
+         RETURNING kind, payload, attempts, max_attempts, timeout_ms",
+    )
+    .bind(job_id)
+    .bind(delivery_id)
+    .bind(worker)
+    .fetch_optional(pool)
+    .await?;
+    row.map(|row| {
+        Ok(Claimed {
+            kind: row.try_get("kind")?,
+            payload: row.try_get("payload")?,
+            attempts: row.try_get("attempts")?,
+            max_attempts: row.try_get("max_attempts")?,
+            timeout: Duration::from_millis(row.try_get::<i64, _>("timeout_ms")?.max(1) as u64),
+        })
+    })
+    .transpose()
+}
+
+pub async fn mark_succeeded(pool: &PgPool, job_id: &str, delivery_id: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE jobs SET state = 'succeeded', last_error = NULL, finished_at = now(), updated_at = now() \
+         WHERE id = $1 AND delivery_id = $2 AND state = 'running'",
+    )
+    .bind(job_id)
+    .bind(delivery_id)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+pub async fn mark_failed(
+    pool: &PgPool,
+    job_id: &str,
+    delivery_id: &str,
+    error: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE jobs SET state = 'failed', last_error = $3, finished_at = now(), updated_at = now() \
+         WHERE id = $1 AND delivery_id = $2 AND state = 'running'",
+    )
+    .bind(job_id)
+    .bind(delivery_id)
+    .bind(error)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Puts the job back in the queue under a new delivery id, due after `delay`;
+/// the relay pushes it to Redis once due. Durable, unlike apalis' in-process retry.
+pub async fn schedule_retry(
+    pool: &PgPool,
+    job_id: &str,
+    delivery_id: &str,
+    error: &str,
+    delay: Duration,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        r#"
+        WITH retried AS (
+            UPDATE jobs SET state = 'queued', last_error = $3, delivery_id = $4,
+                run_after = now() + make_interval(secs => $5), worker = NULL, updated_at = now()
+            WHERE id = $1 AND delivery_id = $2 AND state = 'running'
+            RETURNING id, kind, delivery_id, run_after
+        )
+        INSERT INTO job_outbox (delivery_id, job_id, queue, run_at)
+        SELECT delivery_id, id, kind, run_after FROM retried
+        "#,
+    )
+    .bind(job_id)
+    .bind(delivery_id)
+    .bind(error)
+    .bind(Ulid::generate().to_string())
+    .bind(delay.as_secs_f64())
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// One row of the job aggregates behind `/metrics`: jobs of a kind in a state, and
+/// for finished ones their duration bucket (index into [`DURATION_BUCKETS`] as
+/// Postgres' `width_bucket` counts: 0 below the first bound); -1 for unfinished.
+#[derive(Debug, Clone)]
+pub struct JobStat {
+    pub kind: String,
+    pub state: String,
+    pub bucket: i32,
+    pub jobs: i64,
+    pub duration_seconds_sum: f64,
+}
+
+/// Live jobs plus the totals folded in by pruning, so the finished counters never
+/// go down when old rows are deleted.
+pub async fn stats(pool: &PgPool) -> Result<Vec<JobStat>, sqlx::Error> {
+    let rows = sqlx::query(
+        r#"
+        SELECT kind, state, bucket, SUM(n)::bigint AS jobs, SUM(s)::float8 AS duration_sum FROM (
+            SELECT kind, state,
+                   CASE WHEN finished_at IS NULL THEN -1
+                        ELSE width_bucket(COALESCE(EXTRACT(EPOCH FROM finished_at - started_at)::float8, 0), $1::float8[])
+                   END AS bucket,
+                   count(*) AS n,
+                   COALESCE(SUM(EXTRACT(EPOCH FROM finished_at - started_at)::float8), 0) AS s
+            FROM jobs GROUP BY 1, 2, 3
+            UNION ALL
+            SELECT kind, outcome, bucket, finished, duration_seconds_sum FROM job_outcome_totals
+        ) AS all_jobs
+        GROUP BY 1, 2, 3
+        "#,
+    )
+    .bind(&DURATION_BUCKETS[..])
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(JobStat {
+                kind: row.try_get("kind")?,
+                state: row.try_get("state")?,
+                bucket: row.try_get("bucket")?,
+                jobs: row.try_get("jobs")?,
+                duration_seconds_sum: row.try_get("duration_sum")?,
+            })
+        })
+        .collect()
+}
+
+/// Deletes finished jobs (and schedule ticks) older than `retention`, folding the
+/// deleted jobs into `job_outcome_totals` in the same statement. Works in bounded
+/// batches so a large backlog never holds long locks. Returns jobs deleted.
+pub async fn prune(pool: &PgPool, retention: Duration) -> Result<u64, sqlx::Error> {
+    const BATCH: i64 = 5000;
+    let mut deleted = 0u64;
+    loop {
+        let n: i64 = sqlx::query_scalar(
+            r#"
+            WITH doomed AS (
+                SELECT id FROM jobs
+                WHERE finished_at < now() - make_interval(secs => $1)
+                ORDER BY finished_at LIMIT $3
+                FOR UPDATE SKIP LOCKED
+            ), gone AS (
+                DELETE FROM jobs j USING doomed d WHERE j.id = d.id
+                RETURNING j.kind, j.state,
+                    COALESCE(EXTRACT(EPOCH FROM j.finished_at - j.started_at)::float8, 0) AS secs
+            ), folded AS (
+                INSERT INTO job_outcome_totals AS t (kind, outcome, bucket, finished, duration_seconds_sum)
+                SELECT kind, state, width_bucket(secs, $2::float8[]), count(*), SUM(secs)
+                FROM gone GROUP BY 1, 2, 3
+                ON CONFLICT (kind, outcome, bucket) DO UPDATE
+                SET finished = t.finished + EXCLUDED.finished,
+                    duration_seconds_sum = t.duration_seconds_sum + EXCLUDED.duration_seconds_sum
+            )
+            SELECT count(*) FROM gone
+            "#,
+        )
+        .bind(retention.as_secs_f64())
+        .bind(&DURATION_BUCKETS[..])
+        .bind(BATCH)
+        .fetch_one(pool)
+        .await?;
+        deleted += n as u64;
+        if n < BATCH {
+            break;
+        }
+    }
+    sqlx::query("DELETE FROM schedule_ticks WHERE tick < now() - make_interval(secs => $1)")
+        .bind(retention.as_secs_f64())
+        .execute(pool)
+        .await?;
+    Ok(deleted)
+}
+
+/// What the reconciler did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Reconciled {
+    pub requeued: u64,
+    pub failed: u64,
+}
+
+/// Finds jobs no worker will ever finish and moves them on:
+/// - `running` longer than their timeout plus `grace`: the worker died and its Redis
+///   task was lost; re-issued, or failed when the attempt cap is reached;
+/// - `queued`, due, with no outbox row, untouched for `lost_after`: the Redis
+///   delivery was lost (e.g. Redis restarted without persistence); re-issued.
+///
+/// Re-issuing gives a new delivery id, so a late original delivery is refused by
+/// [`claim`] and the job still runs once per attempt.
+pub async fn reconcile(pool: &PgPool, grace: Duration, lost_after: Duration) -> Result<Reconciled, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let stuck: Vec<(String, String, bool)> = sqlx::query_as(
+        r#"
+        SELECT id, state, attempts >= max_attempts FROM jobs
+        WHERE (state = 'running'
+               AND started_at < now() - make_interval(secs => timeout_ms / 1000.0 + $1))
+           OR (state = 'queued' AND run_after < now()
+               AND updated_at < now() - make_interval(secs => $2)
+               AND NOT EXISTS (SELECT 1 FROM job_outbox o WHERE o.job_id = jobs.id))
+        LIMIT 1000
+        FOR UPDATE SKIP LOCKED
+        "#,
+    )
+    .bind(grace.as_secs_f64())
+    .bind(lost_after.as_secs_f64())
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut outcome = Reconciled::default();
+    for (id, state, capped) in stuck {
+        if state == "running" && capped {
+            sqlx::query(
+                "UPDATE jobs SET state = 'failed', finished_at = now(), updated_at = now(), \
+                 last_error = 'the worker running this job stopped responding and the attempt cap is reached' \
+                 WHERE id = $1",
+            )
+            .bind(&id)
+            .execute(&mut *tx)
+            .await?;
+            outcome.failed += 1;
+        } else {
+            sqlx::query(
+                r#"
+                WITH reissued AS (
+                    UPDATE jobs SET state = 'queued', delivery_id = $2, worker = NULL, updated_at = now()
+                    WHERE id = $1 RETURNING id, kind, delivery_id
+                )
+                INSERT INTO job_outbox (delivery_id, job_id, queue) SELECT delivery_id, id, kind FROM reissued
+                "#,
+            )
+            .bind(&id)
+            .bind(Ulid::generate().to_string())
+            .execute(&mut *tx)
+            .await?;
+            outcome.requeued += 1;
+        }
+    }
+    if outcome.requeued > 0 {
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(OUTBOX_CHANNEL)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(outcome)
+}

@@ -1,0 +1,54 @@
+use std::time::Duration;
+
+use anyhow::Context;
+use berth_config::{CommonConfig, Env};
+use berth_scheduler::SchedulerConfig;
+use berth_scheduler::schedules::Scheduler;
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() {
+    if let Err(e) = run().await {
+        tracing::error!("berth-scheduler stopped: {e:#}");
+        eprintln!("berth-scheduler: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
+    let env = Env::process();
+    let common = CommonConfig::from_env(&env)?;
+    common.log_format.init_tracing();
+    let config = SchedulerConfig::from_env(&env)?;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect(common.database_url.expose())
+        .await
+        .context("cannot connect to DATABASE_URL")?;
+    let redis = berth_jobs::redis_conn::connect(common.redis_url.expose())
+        .await
+        .context("cannot connect to REDIS_URL")?;
+    let host = hostname::get()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "unknown-host".into());
+    let identity = format!("{host}:{}:{:04x}", std::process::id(), rand::random::<u16>());
+    let names: Vec<_> = config.schedules.iter().map(|(s, _)| s.name()).collect();
+    tracing::info!(identity, schedules = %names.join(","), "berth-scheduler starting");
+
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        stop.cancel();
+    });
+    Scheduler::new(pool, redis, config, identity).run(shutdown).await;
+    tracing::info!("berth-scheduler stopped cleanly");
+    Ok(())
+}

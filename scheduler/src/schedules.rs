@@ -1,0 +1,222 @@
+use std::str::FromStr;
+use std::time::Duration;
+
+use berth_config::{ConfigError, Env};
+use berth_jobs::{housekeeping, store};
+use chrono::{DateTime, Utc};
+use redis::aio::ConnectionManager;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::leader::LeaderLock;
+
+/// The periodic work the scheduler knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Schedule {
+    /// Delete finished jobs and expired rows past the retention.
+    Prune,
+    /// Re-issue or fail jobs that no worker will finish.
+    Reconcile,
+}
+
+impl Schedule {
+    pub const ALL: [Schedule; 2] = [Schedule::Prune, Schedule::Reconcile];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Schedule::Prune => "prune",
+            Schedule::Reconcile => "reconcile",
+        }
+    }
+
+    fn default_cron(self) -> &'static str {
+        match self {
+            Schedule::Prune => "0 */10 * * * *",
+            Schedule::Reconcile => "*/30 * * * * *",
+        }
+    }
+
+    fn timeout(self) -> Duration {
+        match self {
+            Schedule::Prune => Duration::from_secs(300),
+            Schedule::Reconcile => Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    /// Each enabled schedule with its cron expression (seconds field first).
+    pub schedules: Vec<(Schedule, cron::Schedule)>,
+    pub job_retention: Duration,
+    pub leader_ttl: Duration,
+    /// A running job is considered lost this long after its timeout.
+    pub running_grace: Duration,
+    /// A queued job with no outbox row is considered lost after this long.
+    pub queued_lost_after: Duration,
+}
+
+impl SchedulerConfig {
+    /// `BERTH_SCHEDULE_PRUNE`, `BERTH_SCHEDULE_RECONCILE`: cron expressions with a
+    /// seconds field (`0 */10 * * * *`), or `off`.
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let mut schedules = Vec::new();
+        for schedule in Schedule::ALL {
+            let name = format!("BERTH_SCHEDULE_{}", schedule.name().to_ascii_uppercase());
+            let expr = env
+                .optional(&name)
+                .unwrap_or_else(|| schedule.default_cron().to_owned());
+            if expr.trim() == "off" {
+                continue;
+            }
+            let parsed = cron::Schedule::from_str(expr.trim()).map_err(|e| ConfigError::Malformed {
+                name: name.clone(),
+                reason: format!("not a cron expression with a seconds field: {e}"),
+            })?;
+            schedules.push((schedule, parsed));
+        }
+        let retention_hours: u64 = env.parsed("BERTH_JOB_RETENTION_HOURS", 24 * 7)?;
+        Ok(Self {
+            schedules,
+            job_retention: Duration::from_secs(retention_hours * 3600),
+            leader_ttl: env.millis("BERTH_SCHEDULER_LEADER_TTL_MS", Duration::from_secs(15))?,
+            running_grace: env.millis("BERTH_RECONCILE_RUNNING_GRACE_MS", Duration::from_secs(60))?,
+            queued_lost_after: env.millis("BERTH_RECONCILE_QUEUED_LOST_MS", Duration::from_secs(600))?,
+        })
+    }
+}
+
+pub struct Scheduler {
+    pool: PgPool,
+    redis: ConnectionManager,
+    config: SchedulerConfig,
+    identity: String,
+}
+
+impl Scheduler {
+    pub fn new(pool: PgPool, redis: ConnectionManager, config: SchedulerConfig, identity: String) -> Self {
+        Self {
+            pool,
+            redis,
+            config,
+            identity,
+        }
+    }
+
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut lock = LeaderLock::new(self.redis.clone(), self.identity.clone(), self.config.leader_ttl);
+        let renew_every = self.config.leader_ttl / 3;
+        let mut leading = false;
+        let mut last_renewal = tokio::time::Instant::now() - renew_every;
+        let mut next_ticks: Vec<Option<DateTime<Utc>>> = self
+            .config
+            .schedules
+            .iter()
+            .map(|(_, cron)| cron.after(&Utc::now()).next())
+            .collect();
+        loop {
+            if last_renewal.elapsed() >= renew_every {
+                let was_leading = leading;
+                leading = match lock.acquire_or_renew().await {
+                    Ok(held) => held,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "leader lock unavailable; not firing schedules");
+                        false
+                    }
+                };
+                last_renewal = tokio::time::Instant::now();
+                if leading != was_leading {
+                    tracing::info!(leading, "scheduler leadership changed");
+                }
+            }
+            let now = Utc::now();
+            for (i, (schedule, cron)) in self.config.schedules.iter().enumerate() {
+                let Some(tick) = next_ticks[i] else { continue };
+                if tick > now {
+                    continue;
+                }
+                next_ticks[i] = cron.after(&now).next();
+                if leading {
+                    self.fire(*schedule, tick).await;
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            }
+        }
+        if leading && let Err(e) = lock.release().await {
+            tracing::warn!(error = %e, "could not release the leader lock");
+        }
+    }
+
+    /// Claims the tick in Postgres, then runs it; a tick someone else claimed is skipped.
+    async fn fire(&self, schedule: Schedule, tick: DateTime<Utc>) {
+        let claimed = sqlx::query(
+            "INSERT INTO schedule_ticks (schedule, tick, fired_by) VALUES ($1, $2, $3) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(schedule.name())
+        .bind(tick)
+        .bind(&self.identity)
+        .execute(&self.pool)
+        .await;
+        match claimed {
+            Ok(r) if r.rows_affected() == 1 => {}
+            Ok(_) => {
+                tracing::debug!(schedule = schedule.name(), %tick, "tick already fired elsewhere");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(schedule = schedule.name(), error = %e, "could not claim a tick");
+                return;
+            }
+        }
+        tracing::info!(schedule = schedule.name(), tick = %tick.to_rfc3339(), "schedule fired");
+        let work = self.run_schedule(schedule);
+        match tokio::time::timeout(schedule.timeout(), work).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(schedule = schedule.name(), error = format!("{e:#}"), "scheduled work failed"),
+            Err(_) => tracing::warn!(schedule = schedule.name(), "scheduled work timed out"),
+        }
+    }
+
+    async fn run_schedule(&self, schedule: Schedule) -> anyhow::Result<()> {
+        match schedule {
+            Schedule::Prune => {
+                let pruned = housekeeping::prune(&self.pool, &self.redis, self.config.job_retention).await?;
+                tracing::info!(jobs = pruned.jobs, redis_tasks = pruned.redis_tasks, "pruned");
+            }
+            Schedule::Reconcile => {
+                let outcome = store::reconcile(&self.pool, self.config.running_grace, self.config.queued_lost_after).await?;
+                if outcome.requeued + outcome.failed > 0 {
+                    tracing::warn!(requeued = outcome.requeued, failed = outcome.failed, "reconciled lost jobs");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedules_from_env() {
+        let env = Env::from_map(
+            [
+                ("BERTH_SCHEDULE_PRUNE".to_string(), "off".to_string()),
+                ("BERTH_SCHEDULE_RECONCILE".to_string(), "*/5 * * * * *".to_string()),
+            ]
+            .into(),
+        );
+        let config = SchedulerConfig::from_env(&env).unwrap();
+        assert_eq!(config.schedules.len(), 1);
+        assert_eq!(config.schedules[0].0, Schedule::Reconcile);
+
+        let env = Env::from_map([("BERTH_SCHEDULE_PRUNE".to_string(), "every minute".to_string())].into());
+        let err = SchedulerConfig::from_env(&env).unwrap_err().to_string();
+        assert!(err.starts_with("BERTH_SCHEDULE_PRUNE is malformed"), "{err}");
+    }
+}

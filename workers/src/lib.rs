@@ -1,0 +1,4 @@
+//! Job handlers run by `berth-worker`, one module per job kind.
+
+pub mod diagnostic;
+pub mod email;

@@ -1,0 +1,83 @@
+use std::time::Duration;
+
+use anyhow::Context;
+use berth_config::{CommonConfig, Env, MailConfig};
+use berth_jobs::runtime::{Liveness, WorkerRuntime};
+use berth_jobs::{Policies, Queue};
+use berth_workers::{diagnostic, email::Mailer};
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+/// Runs Berth's jobs from the chosen queues until SIGTERM or SIGINT.
+#[derive(Parser)]
+#[command(name = "berth-worker", version)]
+struct Args {
+    /// Comma-separated queues to serve (default: every queue this build handles).
+    #[arg(long, default_value = "")]
+    queues: String,
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    if let Err(e) = run(args).await {
+        tracing::error!("berth-worker stopped: {e:#}");
+        eprintln!("berth-worker: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let env = Env::process();
+    let common = CommonConfig::from_env(&env)?;
+    common.log_format.init_tracing();
+    let mail = MailConfig::from_env(&env)?;
+    let policies = Policies::from_env(&env)?;
+    let liveness = Liveness {
+        heartbeat: env.millis("BERTH_WORKER_HEARTBEAT_MS", Liveness::default().heartbeat)?,
+        missed_heartbeats: env.parsed("BERTH_WORKER_MISSED_HEARTBEATS", Liveness::default().missed_heartbeats)?,
+    };
+    let grace = env.millis("BERTH_WORKER_SHUTDOWN_GRACE_MS", Duration::from_secs(30))?;
+
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(common.database_max_connections)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect(common.database_url.expose())
+        .await
+        .context("cannot connect to DATABASE_URL")?;
+
+    let mailer = Mailer::new(&mail)?;
+    let runtime = WorkerRuntime::new(pool, common.redis_url.expose().to_owned(), policies)
+        .liveness(liveness)
+        .shutdown_grace(grace)
+        .handle(move |job, ctx| {
+            let mailer = mailer.clone();
+            async move { mailer.send(job, ctx).await }
+        })
+        .handle(diagnostic::run);
+
+    let queues = if args.queues.trim().is_empty() {
+        runtime.served_queues()
+    } else {
+        Queue::parse_list(&args.queues)?
+    };
+    let names: Vec<_> = queues.iter().map(|q| q.name()).collect();
+    tracing::info!(queues = %names.join(","), "berth-worker starting");
+
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    runtime.run(&queues, shutdown).await?;
+    tracing::info!("berth-worker stopped cleanly");
+    Ok(())
+}
+
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("shutdown requested; finishing running jobs");
+    shutdown.cancel();
+}
