@@ -156,7 +156,9 @@ impl LogFormat {
     pub fn init_tracing(self) {
         let filter = tracing_subscriber::EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-        let builder = tracing_subscriber::fmt().with_env_filter(filter);
+        // Colour codes only for a terminal; in files and log collectors they are noise.
+        let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+        let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi);
         match self {
             LogFormat::Json => builder.json().init(),
             LogFormat::Text => builder.init(),

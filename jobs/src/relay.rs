@@ -9,14 +9,12 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use apalis::prelude::{TaskBuilder, TaskId};
-use apalis_redis::RedisTask;
+use redis::Script;
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use tokio_util::sync::CancellationToken;
-use ulid::Ulid;
 
 use crate::Queue;
 use crate::store::OUTBOX_CHANNEL;
@@ -29,6 +27,31 @@ pub struct Delivery {
 }
 
 const BATCH: i64 = 500;
+
+/// Stores deliveries the way apalis-redis 1.0's `batch_push.lua` stores a task due
+/// now, with one difference: straight onto the active list. apalis' own push puts
+/// every task in the scheduled set (it clamps `run_at` to the present), from which
+/// `fetch_next.lua` promotes all due tasks with one `unpack`, and that fails past
+/// about 8,000 tasks; it also never publishes the "available" event idle workers
+/// wait for. `HSETNX` keeps a delivery id stored once, however often it is pushed.
+const PUSH_SCRIPT: &str = r#"
+local pushed = 0
+for i = 1, #ARGV, 2 do
+    local task_id = ARGV[i]
+    if redis.call('HSETNX', KEYS[1], task_id, ARGV[i + 1]) == 1 then
+        redis.call('HSET', KEYS[4] .. ':' .. task_id,
+            'attempts', 0, 'max_attempts', 1, 'status', 'Pending', 'idempotency_key', '')
+        redis.call('RPUSH', KEYS[2], task_id)
+        pushed = pushed + 1
+    end
+end
+if pushed > 0 then
+    redis.call('DEL', KEYS[3])
+    redis.call('LPUSH', KEYS[3], 1)
+    redis.call('PUBLISH', 'tasks:' .. KEYS[2] .. ':available', pushed)
+end
+return pushed
+"#;
 const SWEEP_EVERY: Duration = Duration::from_millis(500);
 
 pub struct Relay {
@@ -118,24 +141,30 @@ impl Relay {
         if rows.is_empty() {
             return Ok(0);
         }
-        let mut by_queue: HashMap<Queue, Vec<RedisTask>> = HashMap::new();
+        let mut by_queue: HashMap<Queue, Vec<(String, Vec<u8>)>> = HashMap::new();
         let mut delivered = Vec::with_capacity(rows.len());
         for (delivery_id, job_id, queue) in rows {
             let queue: Queue = queue.parse()?;
-            let ulid: Ulid = delivery_id.parse()?;
             let args = serde_json::to_vec(&Delivery {
                 job_id,
                 delivery_id: delivery_id.clone(),
             })?;
-            let task = TaskBuilder::new(args)
-                .task_id(TaskId::from_ulid(ulid))
-                .build();
-            by_queue.entry(queue).or_default().push(task);
+            by_queue.entry(queue).or_default().push((delivery_id.clone(), args));
             delivered.push(delivery_id);
         }
+        let script = Script::new(PUSH_SCRIPT);
         for (queue, tasks) in by_queue {
             let config = crate::runtime::apalis_config(queue);
-            apalis_redis::queries::push_tasks(&mut self.redis, &config, &tasks).await?;
+            let mut invocation = script.prepare_invoke();
+            invocation
+                .key(config.job_data_hash())
+                .key(config.active_jobs_list())
+                .key(config.signal_list())
+                .key(config.job_meta_hash());
+            for (delivery_id, args) in &tasks {
+                invocation.arg(delivery_id).arg(args);
+            }
+            invocation.invoke_async::<i64>(&mut self.redis).await?;
         }
         sqlx::query("DELETE FROM job_outbox WHERE delivery_id = ANY($1)")
             .bind(&delivered)

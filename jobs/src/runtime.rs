@@ -63,12 +63,15 @@ type Handler = Arc<
     dyn Fn(serde_json::Value, JobContext) -> BoxFuture<'static, Result<(), JobFailure>> + Send + Sync,
 >;
 
-/// Timing of worker liveness in Redis: a worker that misses `missed_heartbeats`
-/// beats has its in-flight tasks handed to live workers.
+/// Timing of a worker in Redis. A worker that misses `missed_heartbeats` beats has
+/// its in-flight tasks handed to live workers. Idle workers are woken by Redis
+/// pub/sub on each push; `poll_fallback` covers a missed message (pub/sub is
+/// fire-and-forget) and deliveries apalis re-queues itself.
 #[derive(Debug, Clone, Copy)]
 pub struct Liveness {
     pub heartbeat: Duration,
     pub missed_heartbeats: usize,
+    pub poll_fallback: Duration,
 }
 
 impl Default for Liveness {
@@ -76,13 +79,10 @@ impl Default for Liveness {
         Self {
             heartbeat: Duration::from_secs(2),
             missed_heartbeats: 3,
+            poll_fallback: Duration::from_secs(1),
         }
     }
 }
-
-/// Idle workers are woken by Redis pub/sub on each push; this poll covers a
-/// missed message (pub/sub is fire-and-forget) and deliveries apalis re-queues.
-const POLL_FALLBACK: Duration = Duration::from_secs(1);
 
 pub(crate) fn apalis_config(queue: Queue) -> apalis_redis::Config {
     apalis_redis::Config::default()
@@ -194,7 +194,7 @@ impl WorkerRuntime {
                     .ok()
                     .and_then(|mut r| r.take())
                     .map(ReceiverStream::new);
-                let ticks = IntervalStream::new(tokio::time::interval(POLL_FALLBACK)).map(|_| ());
+                let ticks = IntervalStream::new(tokio::time::interval(liveness.poll_fallback)).map(|_| ());
                 let wake_stream = match receiver {
                     Some(pushes) => futures::stream::select(pushes, ticks).boxed(),
                     None => ticks.boxed(),
@@ -213,7 +213,7 @@ impl WorkerRuntime {
             });
         }
         let client = redis::Client::open(self.redis_url.as_str())?;
-        let listener_task = tokio::spawn(wake_on_push(client, wakers, shutdown.clone()));
+        let listener_task = tokio::spawn(wake_on_push(client, wakers, self.liveness.poll_fallback, shutdown.clone()));
 
         let stop = shutdown.clone();
         let result = monitor.run_with_signal(async move {
@@ -249,6 +249,7 @@ fn process_identity() -> String {
 async fn wake_on_push(
     client: redis::Client,
     wakers: HashMap<String, mpsc::Sender<()>>,
+    resubscribe_after: Duration,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -282,7 +283,7 @@ async fn wake_on_push(
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(POLL_FALLBACK) => {}
+            _ = tokio::time::sleep(resubscribe_after) => {}
         }
     }
 }

@@ -33,9 +33,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     common.log_format.init_tracing();
     let mail = MailConfig::from_env(&env)?;
     let policies = Policies::from_env(&env)?;
+    let defaults = Liveness::default();
     let liveness = Liveness {
-        heartbeat: env.millis("BERTH_WORKER_HEARTBEAT_MS", Liveness::default().heartbeat)?,
-        missed_heartbeats: env.parsed("BERTH_WORKER_MISSED_HEARTBEATS", Liveness::default().missed_heartbeats)?,
+        heartbeat: env.millis("BERTH_WORKER_HEARTBEAT_MS", defaults.heartbeat)?,
+        missed_heartbeats: env.parsed("BERTH_WORKER_MISSED_HEARTBEATS", defaults.missed_heartbeats)?,
+        poll_fallback: env.millis("BERTH_WORKER_POLL_MS", defaults.poll_fallback)?,
     };
     let grace = env.millis("BERTH_WORKER_SHUTDOWN_GRACE_MS", Duration::from_secs(30))?;
 

@@ -1,0 +1,79 @@
+# Shared by up.sh, test.sh and bench.sh: install and run Berth's backing services
+# from Debian packages, each in a directory of its own, never touching the
+# machine's own service configuration.
+
+SUDO=""
+[ "$(id -u)" = 0 ] || SUDO="sudo"
+
+berth_pg_bin() {
+    ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1
+}
+
+# Installs whatever of Postgres, Redis, the SMTP listener and promtool is missing.
+berth_install_packages() {
+    local missing=()
+    local pg
+    pg=$(berth_pg_bin)
+    { [ -n "$pg" ] && [ -x "$pg/initdb" ] && [ -x "$pg/pgbench" ]; } || missing+=(postgresql)
+    command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+    /usr/bin/python3 -c 'import aiosmtpd' >/dev/null 2>&1 || missing+=(python3-aiosmtpd)
+    command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "installing ${missing[*]} from Debian packages" >&2
+        $SUDO apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    fi
+}
+
+berth_free_port() {
+    /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# berth_start_postgres DIR PORT [fast]: a cluster of our own in DIR on 127.0.0.1:PORT.
+# "fast" turns fsync off: for throwaway test clusters only.
+berth_start_postgres() {
+    local dir=$1 port=$2 mode=${3:-durable}
+    local bin run=()
+    bin=$(berth_pg_bin)
+    mkdir -p "$dir"
+    dir=$(cd "$dir" && pwd)
+    # Postgres refuses to run as root.
+    if [ "$(id -u)" = 0 ]; then
+        chown postgres:postgres "$dir"
+        run=(runuser -u postgres --)
+    fi
+    if [ ! -f "$dir/data/PG_VERSION" ]; then
+        "${run[@]}" "$bin/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 >/dev/null
+    fi
+    local opts="-p $port -k $dir -c listen_addresses=127.0.0.1 -c max_connections=300"
+    [ "$mode" = fast ] && opts="$opts -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+    "${run[@]}" "$bin/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -o "$opts" -w -t 60 start >/dev/null
+}
+
+berth_stop_postgres() {
+    local dir=$1 bin run=()
+    bin=$(berth_pg_bin)
+    [ "$(id -u)" = 0 ] && run=(runuser -u postgres --)
+    [ -f "$dir/data/postmaster.pid" ] && "${run[@]}" "$bin/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null 2>&1 || true
+}
+
+# berth_start_redis DIR PORT: AOF on (everysec), noeviction, as SPEC and APALIS.md ask.
+berth_start_redis() {
+    local dir=$1 port=$2
+    mkdir -p "$dir"
+    dir=$(cd "$dir" && pwd)
+    redis-server --bind 127.0.0.1 --port "$port" --dir "$dir" --daemonize yes \
+        --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" \
+        --appendonly yes --appendfsync everysec --maxmemory-policy noeviction
+    for _ in $(seq 50); do
+        redis-cli -p "$port" ping >/dev/null 2>&1 && return 0
+        sleep 0.1
+    done
+    echo "redis did not start; see $dir/redis.log" >&2
+    return 1
+}
+
+berth_stop_redis() {
+    local dir=$1
+    [ -f "$dir/redis.pid" ] && kill "$(cat "$dir/redis.pid")" 2>/dev/null || true
+}

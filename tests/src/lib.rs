@@ -1,0 +1,295 @@
+//! The test harness: real services started per test, and Berth's real binaries.
+//! Postgres is one cluster per run (started by `scripts/test.sh`, found through
+//! `BERTH_TEST_DATABASE_URL`) with a fresh database per test; Redis and the SMTP
+//! listener are started per test so a test can stop and restart them.
+
+use std::collections::HashMap;
+use std::net::TcpListener as StdListener;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use berth_config::Env;
+use sqlx::{Connection, PgConnection, PgPool};
+use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+
+pub const JWT_SECRET: &str = "test-secret-test-secret-test-secret!";
+pub const MASTER_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+pub fn scratch_dir(label: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "berth-e2e-{label}-{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+/// Waits until `check` is true, polling; panics with `what` after `timeout`.
+pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if check().await {
+            return;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A fresh, migrated database for one test.
+pub struct TestDb {
+    pub url: String,
+    pub pool: PgPool,
+}
+
+impl TestDb {
+    pub async fn new() -> TestDb {
+        let admin_url = std::env::var("BERTH_TEST_DATABASE_URL")
+            .expect("BERTH_TEST_DATABASE_URL is not set: run the suite with scripts/test.sh");
+        let name = format!("berth_test_{:016x}", rand::random::<u64>());
+        let mut admin = PgConnection::connect(&admin_url).await.expect("connect to the test cluster");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await
+            .expect("create test database");
+        let (base, _) = admin_url.rsplit_once('/').expect("database URL has a path");
+        let url = format!("{base}/{name}");
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(10)
+            .connect(&url)
+            .await
+            .expect("connect to test database");
+        berth_api::MIGRATOR.run(&pool).await.expect("migrations");
+        TestDb { url, pool }
+    }
+}
+
+/// A redis-server of the test's own, on a unix socket, that the test can stop and
+/// start again at the same address.
+pub struct TestRedis {
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl TestRedis {
+    pub async fn start() -> TestRedis {
+        let mut redis = TestRedis {
+            dir: scratch_dir("redis"),
+            child: None,
+        };
+        redis.resume().await;
+        redis
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("redis.sock")
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis+unix://{}", self.socket().display())
+    }
+
+    pub async fn resume(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", "0", "--unixsocket"])
+            .arg(self.socket())
+            .args(["--unixsocketperm", "700", "--save", "", "--appendonly", "no", "--dir"])
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("redis-server is installed (scripts/test.sh installs it)");
+        self.child = Some(child);
+        let socket = self.socket();
+        eventually(Duration::from_secs(10), "redis socket", || {
+            let socket = socket.clone();
+            async move { tokio::net::UnixStream::connect(&socket).await.is_ok() }
+        })
+        .await;
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill().await;
+            let _ = child.wait().await;
+        }
+        let _ = std::fs::remove_file(self.socket());
+    }
+}
+
+impl Drop for TestRedis {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.start_kill();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A real SMTP listener (aiosmtpd) that stores what it receives in a Maildir.
+pub struct SmtpSink {
+    pub port: u16,
+    maildir: PathBuf,
+    _child: Child,
+}
+
+impl SmtpSink {
+    pub async fn start() -> SmtpSink {
+        let maildir = scratch_dir("maildir").join("mail");
+        let port = free_port();
+        let child = Command::new("/usr/bin/python3")
+            .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}")])
+            .args(["-c", "aiosmtpd.handlers.Mailbox"])
+            .arg(&maildir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("python3-aiosmtpd is installed (scripts/test.sh installs it)");
+        eventually(Duration::from_secs(15), "SMTP listener", || async move {
+            tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
+        })
+        .await;
+        SmtpSink {
+            port,
+            maildir,
+            _child: child,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("smtp://127.0.0.1:{}", self.port)
+    }
+
+    /// The raw messages received so far.
+    pub fn messages(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(self.maildir.join("new")) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+            .collect()
+    }
+}
+
+/// The settings every Berth process of a test shares.
+pub fn base_env(db: &TestDb, redis: &TestRedis) -> HashMap<String, String> {
+    [
+        ("DATABASE_URL", db.url.clone()),
+        ("REDIS_URL", redis.url()),
+        ("JWT_SECRET", JWT_SECRET.to_owned()),
+        ("BERTH_MASTER_KEY", MASTER_KEY.to_owned()),
+        ("COOKIE_SECURE", "false".to_owned()),
+        ("RUST_LOG", "info".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
+/// `berth-api` served in-process on a free port.
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub state: berth_api::AppState,
+    shutdown: CancellationToken,
+}
+
+impl TestApp {
+    pub async fn spawn(env: HashMap<String, String>) -> TestApp {
+        let env = Env::from_map(env);
+        let config = berth_config::ApiConfig::from_env(&env).expect("api config");
+        let policies = berth_jobs::Policies::from_env(&env).expect("policies");
+        let state = berth_api::AppState::connect(config, policies).await.expect("api state");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let shutdown = CancellationToken::new();
+        tokio::spawn(berth_api::serve(listener, state.clone(), shutdown.clone()));
+        TestApp {
+            base,
+            client: reqwest::Client::new(),
+            state,
+            shutdown,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).send().await.expect("request")
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Berth's own binaries, built by `cargo build --workspace --bins`.
+pub fn binary(name: &str) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let path = target.join("debug").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first (scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// A running Berth process whose output goes to a log file the test can read.
+pub struct BerthProcess {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl BerthProcess {
+    pub fn spawn(name: &str, args: &[&str], env: &HashMap<String, String>) -> BerthProcess {
+        let log = scratch_dir(name).join("output.log");
+        let file = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(binary(name))
+            .args(args)
+            .env_clear()
+            .envs(env)
+            .stdout(file.try_clone().expect("log file"))
+            .stderr(file)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn Berth binary");
+        BerthProcess { child, log }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id().expect("running") as i32
+    }
+
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), signal).expect("signal");
+    }
+}

@@ -1,0 +1,164 @@
+use berth_e2e::{TestApp, TestDb, TestRedis, base_env};
+use serde_json::{Value, json};
+
+async fn app() -> (TestApp, TestDb, TestRedis) {
+    let db = TestDb::new().await;
+    let redis = TestRedis::start().await;
+    let mut env = base_env(&db, &redis);
+    env.insert("BERTH_MAX_JSON_BODY_BYTES".into(), "8192".into());
+    (TestApp::spawn(env).await, db, redis)
+}
+
+fn assert_error(body: &Value, code: &str) {
+    assert_eq!(body["success"], json!(false), "{body}");
+    assert_eq!(body["error"]["code"], json!(code), "{body}");
+    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unknown_routes_and_methods_answer_in_the_envelope() {
+    let (app, _db, _redis) = app().await;
+
+    let res = app.get("/api/v1/no/such/route").await;
+    assert_eq!(res.status(), 404);
+    let request_id = res.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert_eq!(request_id.len(), 36, "a generated UUID: {request_id}");
+    assert_error(&res.json().await.unwrap(), "NOT_FOUND");
+
+    let res = app.client.delete(app.url("/api/v1/health/live")).send().await.unwrap();
+    assert_eq!(res.status(), 405);
+    assert_error(&res.json().await.unwrap(), "NOT_FOUND");
+
+    // A caller's plain request id is kept; an unsafe one is replaced.
+    let res = app
+        .client
+        .get(app.url("/api/v1/health/live"))
+        .header("x-request-id", "trace-abc_123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.headers()["x-request-id"], "trace-abc_123");
+    let res = app
+        .client
+        .get(app.url("/api/v1/health/live"))
+        .header("x-request-id", "bad id with spaces")
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(res.headers()["x-request-id"], "bad id with spaces");
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body, json!({"success": true, "data": {"status": "ok"}}));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bodies_are_validated_with_field_details() {
+    let (app, db, _redis) = app().await;
+    let contact = app.url("/api/v1/contact");
+
+    let res = app
+        .client
+        .post(&contact)
+        .json(&json!({"name": "", "email": "not-an-address", "subject": "Hi", "message": "x".repeat(5001)}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    let body: Value = res.json().await.unwrap();
+    assert_error(&body, "VALIDATION_ERROR");
+    let fields: Vec<&str> = body["error"]["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["name", "message", "email"]);
+
+    // Malformed JSON, a wrong type, an unknown field, no content type.
+    for (raw, content_type) in [
+        ("{\"name\": ", "application/json"),
+        ("{\"name\": 5, \"email\": \"a@b.test\", \"subject\": \"s\", \"message\": \"m\"}", "application/json"),
+        ("{\"name\": \"n\", \"email\": \"a@b.test\", \"subject\": \"s\", \"message\": \"m\", \"admin\": true}", "application/json"),
+        ("{}", "text/plain"),
+    ] {
+        let res = app
+            .client
+            .post(&contact)
+            .header("content-type", content_type)
+            .body(raw)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 400, "{raw}");
+        assert_error(&res.json().await.unwrap(), "VALIDATION_ERROR");
+    }
+
+    let res = app
+        .client
+        .post(&contact)
+        .json(&json!({"name": "Ada", "email": "ada@example.test", "subject": "Hi", "message": "x".repeat(9000)}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 413);
+    assert_error(&res.json().await.unwrap(), "PAYLOAD_TOO_LARGE");
+
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM contact_messages")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, 0, "nothing is written for a refused request");
+
+    let res = app
+        .client
+        .post(&contact)
+        .json(&json!({"name": " Ada ", "email": "ada@example.test", "subject": "Hello", "message": "Line one\nLine two"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["success"], json!(true));
+    let id = body["data"]["id"].as_str().unwrap();
+    let (name, ip): (String, String) =
+        sqlx::query_as("SELECT name, client_ip FROM contact_messages WHERE id::text = $1")
+            .bind(id)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(name, "Ada");
+    assert_eq!(ip, "127.0.0.1");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn openapi_documents_every_route() {
+    let (app, _db, _redis) = app().await;
+    let res = app.get("/api/v1/openapi.json").await;
+    assert_eq!(res.status(), 200);
+    let doc: Value = res.json().await.unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let paths = doc["paths"].as_object().unwrap();
+    let mut documented: Vec<String> = Vec::new();
+    for (path, item) in paths {
+        for method in item.as_object().unwrap().keys() {
+            documented.push(format!("{} {path}", method.to_uppercase()));
+        }
+    }
+    documented.sort();
+    let expected = [
+        "GET /api/v1/health",
+        "GET /api/v1/health/live",
+        "GET /api/v1/health/ready",
+        "GET /api/v1/openapi.json",
+        "GET /api/v1/stats/public",
+        "GET /api/v1/status",
+        "GET /metrics",
+        "POST /api/v1/contact",
+    ];
+    assert_eq!(documented, expected);
+    // Every documented GET route exists (answers something other than 404).
+    for entry in documented.iter().filter(|e| e.starts_with("GET ")) {
+        let path = entry.trim_start_matches("GET ");
+        let status = app.get(path).await.status();
+        assert_ne!(status, 404, "{entry} is documented but not routed");
+    }
+}
