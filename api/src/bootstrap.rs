@@ -22,7 +22,9 @@ pub fn hash_password(password: &str) -> anyhow::Result<String> {
 /// Creates the default admin (verified, `super_admin`) when both settings are
 /// given and no user exists yet. Returns whether it created one.
 pub async fn ensure_default_admin(pool: &PgPool, config: &ApiConfig) -> anyhow::Result<bool> {
-    let (Some(email), Some(password)) = (&config.default_admin_email, &config.default_admin_password) else {
+    let (Some(email), Some(password)) =
+        (&config.default_admin_email, &config.default_admin_password)
+    else {
         return Ok(false);
     };
     if !email_address::EmailAddress::is_valid(email) {

@@ -80,7 +80,9 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
 
 fn json_rejection(rejection: JsonRejection) -> ApiError {
     match rejection.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge("the request body is too large".into()),
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::PayloadTooLarge("the request body is too large".into())
+        }
         StatusCode::UNSUPPORTED_MEDIA_TYPE => {
             ApiError::bad_request("expected a JSON body with Content-Type: application/json")
         }
@@ -92,7 +94,9 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
                 let (field, message) = detail.split_once(": ").unwrap_or(("body", detail));
                 ApiError::validation(vec![FieldError::new(field, message.to_owned())])
             }
-            other => ApiError::bad_request(format!("the body is not valid JSON: {}", other.body_text())),
+            other => {
+                ApiError::bad_request(format!("the body is not valid JSON: {}", other.body_text()))
+            }
         },
     }
 }
@@ -139,7 +143,10 @@ impl PageQuery {
             details.push(FieldError::new("page", "must be at least 1"));
         }
         if !(1..=MAX_PAGE_LIMIT).contains(&limit) {
-            details.push(FieldError::new("limit", format!("must be between 1 and {MAX_PAGE_LIMIT}")));
+            details.push(FieldError::new(
+                "limit",
+                format!("must be between 1 and {MAX_PAGE_LIMIT}"),
+            ));
         }
         if !details.is_empty() {
             return Err(ApiError::validation(details));
@@ -180,11 +187,32 @@ mod tests {
 
     #[test]
     fn page_defaults_and_bounds() {
-        let p = PageQuery { page: None, limit: None }.validate().unwrap();
+        let p = PageQuery {
+            page: None,
+            limit: None,
+        }
+        .validate()
+        .unwrap();
         assert_eq!(p, PageRequest { page: 1, limit: 20 });
-        assert_eq!(PageQuery { page: Some(3), limit: Some(100) }.validate().unwrap().offset(), 200);
+        assert_eq!(
+            PageQuery {
+                page: Some(3),
+                limit: Some(100)
+            }
+            .validate()
+            .unwrap()
+            .offset(),
+            200
+        );
         for (page, limit) in [(0, 20), (1, 0), (1, 101), (-1, 5)] {
-            assert!(PageQuery { page: Some(page), limit: Some(limit) }.validate().is_err());
+            assert!(
+                PageQuery {
+                    page: Some(page),
+                    limit: Some(limit)
+                }
+                .validate()
+                .is_err()
+            );
         }
     }
 }

@@ -81,9 +81,9 @@ impl ApiError {
 /// rejections, layers) get the same envelope.
 pub fn code_for(status: StatusCode) -> &'static str {
     match status {
-        StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY | StatusCode::UNSUPPORTED_MEDIA_TYPE => {
-            "VALIDATION_ERROR"
-        }
+        StatusCode::BAD_REQUEST
+        | StatusCode::UNPROCESSABLE_ENTITY
+        | StatusCode::UNSUPPORTED_MEDIA_TYPE => "VALIDATION_ERROR",
         StatusCode::UNAUTHORIZED => "UNAUTHORIZED",
         StatusCode::FORBIDDEN => "FORBIDDEN",
         StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED => "NOT_FOUND",

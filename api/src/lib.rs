@@ -65,8 +65,13 @@ pub fn router(state: AppState) -> Router {
 
 /// Serves until `shutdown` is cancelled, then drains in-flight requests. Also runs
 /// an outbox relay, so jobs this api enqueues reach Redis without a worker's help.
-pub async fn serve(listener: TcpListener, state: AppState, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let relay = tokio::spawn(Relay::new(state.pool.clone(), state.redis.clone()).run(shutdown.clone()));
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let relay =
+        tokio::spawn(Relay::new(state.pool.clone(), state.redis.clone()).run(shutdown.clone()));
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     let stop = shutdown.clone();
     axum::serve(listener, app)

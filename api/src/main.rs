@@ -54,7 +54,10 @@ async fn serve() -> anyhow::Result<()> {
     let run_migrations = config.run_migrations;
     let state = AppState::connect(config, policies).await?;
     if run_migrations {
-        MIGRATOR.run(&state.pool).await.context("migrations failed")?;
+        MIGRATOR
+            .run(&state.pool)
+            .await
+            .context("migrations failed")?;
     }
     bootstrap::ensure_default_admin(&state.pool, &state.config).await?;
     let listener = tokio::net::TcpListener::bind(addr)

@@ -6,8 +6,12 @@ use std::collections::BTreeMap;
 
 use berth_jobs::store::{self, DURATION_BUCKETS};
 use berth_jobs::{JobState, Queue};
-use prometheus::proto::{Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType};
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::proto::{
+    Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType,
+};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+};
 use sqlx::PgPool;
 
 pub struct Metrics {
@@ -20,18 +24,30 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let http_requests = IntCounterVec::new(
-            Opts::new("berth_http_requests_total", "HTTP requests by route template, method and status"),
+            Opts::new(
+                "berth_http_requests_total",
+                "HTTP requests by route template, method and status",
+            ),
             &["route", "method", "status"],
         )
         .expect("valid metric");
         let http_duration = HistogramVec::new(
-            HistogramOpts::new("berth_http_request_duration_seconds", "HTTP request latency")
-                .buckets(vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            HistogramOpts::new(
+                "berth_http_request_duration_seconds",
+                "HTTP request latency",
+            )
+            .buckets(vec![
+                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
             &["route", "method"],
         )
         .expect("valid metric");
-        registry.register(Box::new(http_requests.clone())).expect("registered once");
-        registry.register(Box::new(http_duration.clone())).expect("registered once");
+        registry
+            .register(Box::new(http_requests.clone()))
+            .expect("registered once");
+        registry
+            .register(Box::new(http_duration.clone()))
+            .expect("registered once");
         Self {
             registry,
             http_requests,
@@ -43,7 +59,9 @@ impl Metrics {
         self.http_requests
             .with_label_values(&[route, method, &status.to_string()])
             .inc();
-        self.http_duration.with_label_values(&[route, method]).observe(seconds);
+        self.http_duration
+            .with_label_values(&[route, method])
+            .observe(seconds);
     }
 
     /// The text exposition of every metric.
@@ -126,7 +144,10 @@ fn job_families(stats: &[store::JobStat]) -> Vec<MetricFamily> {
     let mut finished: BTreeMap<(String, String), Finished> = BTreeMap::new();
     for queue in Queue::ALL {
         for state in JobState::ALL.into_iter().filter(|s| s.is_terminal()) {
-            finished.insert((queue.name().to_owned(), state.name().to_owned()), Finished::default());
+            finished.insert(
+                (queue.name().to_owned(), state.name().to_owned()),
+                Finished::default(),
+            );
         }
     }
     for stat in stats {

@@ -28,11 +28,17 @@ fn accepted_request_id(value: &HeaderValue) -> Option<String> {
     let id = value.to_str().ok()?;
     let plain = !id.is_empty()
         && id.len() <= 64
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
     plain.then(|| id.to_owned())
 }
 
-pub async fn request_context(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+pub async fn request_context(
+    State(state): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let started = Instant::now();
     let request_id = req
         .headers()
@@ -40,7 +46,8 @@ pub async fn request_context(State(state): State<AppState>, mut req: Request, ne
         .and_then(accepted_request_id)
         .unwrap_or_else(|| Uuid::new_v4().to_string());
     let header_value = HeaderValue::from_str(&request_id).expect("request ids are visible ASCII");
-    req.headers_mut().insert(REQUEST_ID_HEADER, header_value.clone());
+    req.headers_mut()
+        .insert(REQUEST_ID_HEADER, header_value.clone());
     let slot = RouteSlot::default();
     req.extensions_mut().insert(slot.clone());
     let method = req.method().clone();
@@ -66,12 +73,17 @@ pub async fn request_context(State(state): State<AppState>, mut req: Request, ne
         let message = status.canonical_reason().unwrap_or("error").to_lowercase();
         response = error_response(status, message, Vec::new());
     }
-    response.headers_mut().insert(REQUEST_ID_HEADER, header_value);
+    response
+        .headers_mut()
+        .insert(REQUEST_ID_HEADER, header_value);
 
     let elapsed = started.elapsed();
-    state
-        .metrics
-        .observe_request(&route, method.as_str(), status.as_u16(), elapsed.as_secs_f64());
+    state.metrics.observe_request(
+        &route,
+        method.as_str(),
+        status.as_u16(),
+        elapsed.as_secs_f64(),
+    );
     span.in_scope(|| {
         tracing::info!(
             status = status.as_u16(),

@@ -22,9 +22,11 @@ pub enum ConfigError {
     Malformed { name: String, reason: String },
 }
 
+type Lookup = Box<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
 /// Where values come from: the process environment in binaries, a map in tests.
 pub struct Env {
-    lookup: Box<dyn Fn(&str) -> Option<String> + Send + Sync>,
+    lookup: Lookup,
 }
 
 impl Env {
@@ -57,10 +59,13 @@ impl Env {
     {
         match self.optional(name) {
             None => Ok(default),
-            Some(raw) => raw.trim().parse().map_err(|e: T::Err| ConfigError::Malformed {
-                name: name.to_owned(),
-                reason: e.to_string(),
-            }),
+            Some(raw) => raw
+                .trim()
+                .parse()
+                .map_err(|e: T::Err| ConfigError::Malformed {
+                    name: name.to_owned(),
+                    reason: e.to_string(),
+                }),
         }
     }
 
@@ -158,7 +163,9 @@ impl LogFormat {
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
         // Colour codes only for a terminal; in files and log collectors they are noise.
         let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-        let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi);
+        let builder = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(ansi);
         match self {
             LogFormat::Json => builder.json().init(),
             LogFormat::Text => builder.init(),
@@ -184,7 +191,11 @@ impl CommonConfig {
         };
         Ok(Self {
             database_url: ServiceUrl::read(env, "DATABASE_URL", &["postgres", "postgresql"])?,
-            redis_url: ServiceUrl::read(env, "REDIS_URL", &["redis", "rediss", "redis+unix", "unix"])?,
+            redis_url: ServiceUrl::read(
+                env,
+                "REDIS_URL",
+                &["redis", "rediss", "redis+unix", "unix"],
+            )?,
             log_format,
             database_max_connections: env.parsed("BERTH_DB_MAX_CONNECTIONS", 10)?,
         })
@@ -231,7 +242,9 @@ impl ApiConfig {
             run_migrations: env.bool("BERTH_RUN_MIGRATIONS", true)?,
             max_json_body_bytes: env.parsed("BERTH_MAX_JSON_BODY_BYTES", 1024 * 1024)?,
             default_admin_email: env.optional("DEFAULT_ADMIN_EMAIL"),
-            default_admin_password: env.optional("DEFAULT_ADMIN_PASSWORD").map(SecretString::from),
+            default_admin_password: env
+                .optional("DEFAULT_ADMIN_PASSWORD")
+                .map(SecretString::from),
         })
     }
 }
@@ -311,13 +324,25 @@ mod tests {
     #[test]
     fn malformed_values_name_the_variable() {
         let err = ApiConfig::from_env(&api_env(&[("BERTH_MASTER_KEY", "c2hvcnQ=")])).unwrap_err();
-        assert!(err.to_string().starts_with("BERTH_MASTER_KEY is malformed"), "{err}");
+        assert!(
+            err.to_string().starts_with("BERTH_MASTER_KEY is malformed"),
+            "{err}"
+        );
         let err = ApiConfig::from_env(&api_env(&[("BERTH_API_ADDR", "nope")])).unwrap_err();
-        assert!(err.to_string().starts_with("BERTH_API_ADDR is malformed"), "{err}");
+        assert!(
+            err.to_string().starts_with("BERTH_API_ADDR is malformed"),
+            "{err}"
+        );
         let err = ApiConfig::from_env(&api_env(&[("COOKIE_SECURE", "maybe")])).unwrap_err();
-        assert!(err.to_string().starts_with("COOKIE_SECURE is malformed"), "{err}");
+        assert!(
+            err.to_string().starts_with("COOKIE_SECURE is malformed"),
+            "{err}"
+        );
         let err = ApiConfig::from_env(&api_env(&[("DATABASE_URL", "mysql://x")])).unwrap_err();
-        assert!(err.to_string().starts_with("DATABASE_URL is malformed"), "{err}");
+        assert!(
+            err.to_string().starts_with("DATABASE_URL is malformed"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -334,7 +359,9 @@ mod tests {
     #[test]
     fn mail_falls_back_to_a_directory() {
         let mail = MailConfig::from_env(&env(&[("BERTH_MAIL_DIR", "/tmp/m")])).unwrap();
-        assert!(matches!(mail.transport, MailTransport::Directory(ref p) if p == &PathBuf::from("/tmp/m")));
+        assert!(
+            matches!(mail.transport, MailTransport::Directory(ref p) if p == &PathBuf::from("/tmp/m"))
+        );
         let mail = MailConfig::from_env(&env(&[("SMTP_URL", "smtp://127.0.0.1:2525")])).unwrap();
         assert!(matches!(mail.transport, MailTransport::Smtp(_)));
     }

@@ -24,12 +24,17 @@ pub struct Pruned {
 /// Deletes finished jobs older than `retention` (their outcomes stay counted in
 /// the metrics) and finished task data in Redis older than an hour. apalis'
 /// `vacuum()` is never used: it also deletes tasks waiting for a retry.
-pub async fn prune(pool: &PgPool, redis: &ConnectionManager, retention: Duration) -> anyhow::Result<Pruned> {
+pub async fn prune(
+    pool: &PgPool,
+    redis: &ConnectionManager,
+    retention: Duration,
+) -> anyhow::Result<Pruned> {
     let jobs = store::prune(pool, retention).await?;
     let mut redis_tasks = 0u64;
     for queue in Queue::ALL {
         let config = apalis_config(queue);
-        let mut storage = RedisStorage::<Delivery, _>::new(redis.clone()).with_config(config.clone());
+        let mut storage =
+            RedisStorage::<Delivery, _>::new(redis.clone()).with_config(config.clone());
         redis_tasks += storage.vacuum_before(REDIS_TASK_RETENTION).await? as u64;
         // The done and dead sets only list ids, are never read by apalis' fetch,
         // and would otherwise grow forever.

@@ -28,7 +28,11 @@ pub enum EmailMessage {
     /// A message an operator sends to check that mail delivery works.
     TestMessage { recipient_name: String },
     /// The 6-digit code that verifies an address or signs a user in.
-    VerificationCode { recipient_name: String, code: String, expires_in_minutes: u32 },
+    VerificationCode {
+        recipient_name: String,
+        code: String,
+        expires_in_minutes: u32,
+    },
 }
 
 impl JobPayload for EmailJob {

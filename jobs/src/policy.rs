@@ -94,7 +94,12 @@ impl Policies {
     }
 
     pub fn defaults() -> Self {
-        Self(Queue::ALL.into_iter().map(|q| (q, JobPolicy::default_for(q))).collect())
+        Self(
+            Queue::ALL
+                .into_iter()
+                .map(|q| (q, JobPolicy::default_for(q)))
+                .collect(),
+        )
     }
 
     pub fn get(&self, queue: Queue) -> JobPolicy {
@@ -113,7 +118,14 @@ mod tests {
             backoff_max: Duration::from_millis(10_000),
             ..JobPolicy::default_for(Queue::Email)
         };
-        for (attempt, full_ms) in [(1, 1000), (2, 2000), (3, 4000), (4, 8000), (5, 10_000), (30, 10_000)] {
+        for (attempt, full_ms) in [
+            (1, 1000),
+            (2, 2000),
+            (3, 4000),
+            (4, 8000),
+            (5, 10_000),
+            (30, 10_000),
+        ] {
             for _ in 0..50 {
                 let d = p.backoff(attempt).as_millis() as u64;
                 assert!(d >= full_ms / 2 && d <= full_ms, "attempt {attempt}: {d}ms");
@@ -124,7 +136,13 @@ mod tests {
     #[test]
     fn env_overrides_and_rejects_zero() {
         let env = Env::from_map([("BERTH_EMAIL_MAX_ATTEMPTS".to_string(), "2".to_string())].into());
-        assert_eq!(Policies::from_env(&env).unwrap().get(Queue::Email).max_attempts, 2);
+        assert_eq!(
+            Policies::from_env(&env)
+                .unwrap()
+                .get(Queue::Email)
+                .max_attempts,
+            2
+        );
         let env = Env::from_map([("BERTH_PROBE_CONCURRENCY".to_string(), "0".to_string())].into());
         let err = Policies::from_env(&env).unwrap_err().to_string();
         assert!(err.contains("BERTH_PROBE_CONCURRENCY"), "{err}");

@@ -73,7 +73,9 @@ impl fmt::Display for Queue {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("unknown queue {0:?}; known queues: deploy, rollback, ssl, probe, backup, email, alerts, diagnostic")]
+#[error(
+    "unknown queue {0:?}; known queues: deploy, rollback, ssl, probe, backup, email, alerts, diagnostic"
+)]
 pub struct UnknownQueue(pub String);
 
 impl FromStr for Queue {
@@ -92,7 +94,10 @@ mod tests {
 
     #[test]
     fn parses_lists() {
-        assert_eq!(Queue::parse_list("email, deploy,email").unwrap(), vec![Queue::Email, Queue::Deploy]);
+        assert_eq!(
+            Queue::parse_list("email, deploy,email").unwrap(),
+            vec![Queue::Email, Queue::Deploy]
+        );
         assert_eq!(Queue::parse_list("").unwrap().len(), Queue::ALL.len());
         assert!(Queue::parse_list("email,nope").is_err());
         for q in Queue::ALL {

@@ -91,7 +91,7 @@ impl Relay {
                     failures += 1;
                     // Log the first failure and then every 20th, so a Redis outage is
                     // visible without flooding the log.
-                    if failures == 1 || failures % 20 == 0 {
+                    if failures == 1 || failures.is_multiple_of(20) {
                         tracing::warn!(error = %e, failures, "relay could not move deliveries to Redis");
                     }
                 }
@@ -149,7 +149,10 @@ impl Relay {
                 job_id,
                 delivery_id: delivery_id.clone(),
             })?;
-            by_queue.entry(queue).or_default().push((delivery_id.clone(), args));
+            by_queue
+                .entry(queue)
+                .or_default()
+                .push((delivery_id.clone(), args));
             delivered.push(delivery_id);
         }
         let script = Script::new(PUSH_SCRIPT);

@@ -60,7 +60,9 @@ pub struct JobContext {
 }
 
 type Handler = Arc<
-    dyn Fn(serde_json::Value, JobContext) -> BoxFuture<'static, Result<(), JobFailure>> + Send + Sync,
+    dyn Fn(serde_json::Value, JobContext) -> BoxFuture<'static, Result<(), JobFailure>>
+        + Send
+        + Sync,
 >;
 
 /// Timing of a worker in Redis. A worker that misses `missed_heartbeats` beats has
@@ -91,7 +93,10 @@ pub(crate) fn apalis_config(queue: Queue) -> apalis_redis::Config {
 }
 
 fn push_channel(queue: Queue) -> String {
-    format!("tasks:{}:available", apalis_config(queue).active_jobs_list())
+    format!(
+        "tasks:{}:available",
+        apalis_config(queue).active_jobs_list()
+    )
 }
 
 pub struct WorkerRuntime {
@@ -167,7 +172,8 @@ impl WorkerRuntime {
         let redis = crate::redis_conn::connect(&self.redis_url).await?;
         let identity = process_identity();
 
-        let relay_task = tokio::spawn(Relay::new(self.pool.clone(), redis.clone()).run(shutdown.clone()));
+        let relay_task =
+            tokio::spawn(Relay::new(self.pool.clone(), redis.clone()).run(shutdown.clone()));
 
         let mut wakers = HashMap::new();
         let mut monitor = Monitor::new()
@@ -194,7 +200,8 @@ impl WorkerRuntime {
                     .ok()
                     .and_then(|mut r| r.take())
                     .map(ReceiverStream::new);
-                let ticks = IntervalStream::new(tokio::time::interval(liveness.poll_fallback)).map(|_| ());
+                let ticks =
+                    IntervalStream::new(tokio::time::interval(liveness.poll_fallback)).map(|_| ());
                 let wake_stream = match receiver {
                     Some(pushes) => futures::stream::select(pushes, ticks).boxed(),
                     None => ticks.boxed(),
@@ -213,14 +220,20 @@ impl WorkerRuntime {
             });
         }
         let client = redis::Client::open(self.redis_url.as_str())?;
-        let listener_task = tokio::spawn(wake_on_push(client, wakers, self.liveness.poll_fallback, shutdown.clone()));
+        let listener_task = tokio::spawn(wake_on_push(
+            client,
+            wakers,
+            self.liveness.poll_fallback,
+            shutdown.clone(),
+        ));
 
         let stop = shutdown.clone();
-        let result = monitor.run_with_signal(async move {
-            stop.cancelled().await;
-            Ok(())
-        })
-        .await;
+        let result = monitor
+            .run_with_signal(async move {
+                stop.cancelled().await;
+                Ok(())
+            })
+            .await;
         let expected = shutdown.is_cancelled();
         shutdown.cancel();
         listener_task.abort();
@@ -299,7 +312,10 @@ struct Dispatch {
 /// The apalis handler. Job outcomes are recorded in Postgres and never returned
 /// to apalis; only an infrastructure error (Postgres unreachable) is, so apalis
 /// delivers the task again later.
-async fn run_delivery(delivery: Delivery, dispatch: Data<Arc<Dispatch>>) -> Result<(), BoxDynError> {
+async fn run_delivery(
+    delivery: Delivery,
+    dispatch: Data<Arc<Dispatch>>,
+) -> Result<(), BoxDynError> {
     dispatch.run(delivery).await.map_err(|e| {
         tracing::error!(error = %e, "could not record a job's progress; the delivery will be retried");
         Box::new(e) as BoxDynError
@@ -308,10 +324,14 @@ async fn run_delivery(delivery: Delivery, dispatch: Data<Arc<Dispatch>>) -> Resu
 
 impl Dispatch {
     async fn run(&self, delivery: Delivery) -> Result<(), sqlx::Error> {
-        let Delivery { job_id, delivery_id } = delivery;
+        let Delivery {
+            job_id,
+            delivery_id,
+        } = delivery;
         let span = tracing::info_span!("job", job.id = %job_id, job.kind = %self.queue);
         let _enter = span.enter();
-        let Some(claimed) = store::claim(&self.pool, &job_id, &delivery_id, &self.worker).await? else {
+        let Some(claimed) = store::claim(&self.pool, &job_id, &delivery_id, &self.worker).await?
+        else {
             tracing::debug!(delivery.id = %delivery_id, "stale delivery skipped");
             return Ok(());
         };
@@ -349,7 +369,10 @@ impl Dispatch {
                 store::mark_succeeded(&self.pool, &job_id, &delivery_id).await
             }
             Some(JobFailure::Retryable(reason)) if claimed.attempts < claimed.max_attempts => {
-                let delay = self.policies.get(self.queue).backoff(claimed.attempts as u32);
+                let delay = self
+                    .policies
+                    .get(self.queue)
+                    .backoff(claimed.attempts as u32);
                 tracing::warn!(
                     attempt = claimed.attempts,
                     duration_ms,
@@ -359,7 +382,12 @@ impl Dispatch {
                 store::schedule_retry(&self.pool, &job_id, &delivery_id, &reason, delay).await
             }
             Some(failure) => {
-                tracing::warn!(attempt = claimed.attempts, duration_ms, "job failed: {}", failure.reason());
+                tracing::warn!(
+                    attempt = claimed.attempts,
+                    duration_ms,
+                    "job failed: {}",
+                    failure.reason()
+                );
                 store::mark_failed(&self.pool, &job_id, &delivery_id, failure.reason()).await
             }
         }

@@ -20,7 +20,9 @@ pub const DURATION_BUCKETS: [f64; 12] = [
     0.005, 0.025, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0, 3600.0,
 ];
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum JobState {
     Queued,
@@ -54,7 +56,10 @@ impl JobState {
     }
 
     pub fn is_terminal(self) -> bool {
-        matches!(self, JobState::Succeeded | JobState::Failed | JobState::Cancelled)
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Failed | JobState::Cancelled
+        )
     }
 }
 
@@ -121,8 +126,8 @@ pub async fn enqueue<P: JobPayload>(
     let queue = P::QUEUE;
     let policy = policies.get(queue);
     let id = Ulid::generate().to_string();
-    let payload = serde_json::to_value(&job.payload)
-        .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    let payload =
+        serde_json::to_value(&job.payload).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
     let inserted: Option<String> = sqlx::query_scalar(
         r#"
         WITH new_job AS (
@@ -338,7 +343,11 @@ pub async fn claim(
     .transpose()
 }
 
-pub async fn mark_succeeded(pool: &PgPool, job_id: &str, delivery_id: &str) -> Result<(), sqlx::Error> {
+pub async fn mark_succeeded(
+    pool: &PgPool,
+    job_id: &str,
+    delivery_id: &str,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE jobs SET state = 'succeeded', last_error = NULL, finished_at = now(), updated_at = now() \
          WHERE id = $1 AND delivery_id = $2 AND state = 'running'",
@@ -507,7 +516,11 @@ pub struct Reconciled {
 ///
 /// Re-issuing gives a new delivery id, so a late original delivery is refused by
 /// [`claim`] and the job still runs once per attempt.
-pub async fn reconcile(pool: &PgPool, grace: Duration, lost_after: Duration) -> Result<Reconciled, sqlx::Error> {
+pub async fn reconcile(
+    pool: &PgPool,
+    grace: Duration,
+    lost_after: Duration,
+) -> Result<Reconciled, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let stuck: Vec<(String, String, bool)> = sqlx::query_as(
         r#"

@@ -14,7 +14,11 @@ pub struct LeaderLock {
 
 impl LeaderLock {
     pub fn new(redis: ConnectionManager, identity: String, ttl: Duration) -> Self {
-        Self { redis, identity, ttl }
+        Self {
+            redis,
+            identity,
+            ttl,
+        }
     }
 
     /// Takes the lease if free, or renews it if ours. True while we lead.

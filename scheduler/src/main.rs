@@ -33,7 +33,11 @@ async fn run() -> anyhow::Result<()> {
         .ok()
         .and_then(|h| h.into_string().ok())
         .unwrap_or_else(|| "unknown-host".into());
-    let identity = format!("{host}:{}:{:04x}", std::process::id(), rand::random::<u16>());
+    let identity = format!(
+        "{host}:{}:{:04x}",
+        std::process::id(),
+        rand::random::<u16>()
+    );
     let names: Vec<_> = config.schedules.iter().map(|(s, _)| s.name()).collect();
     tracing::info!(identity, schedules = %names.join(","), "berth-scheduler starting");
 
@@ -48,7 +52,9 @@ async fn run() -> anyhow::Result<()> {
         }
         stop.cancel();
     });
-    Scheduler::new(pool, redis, config, identity).run(shutdown).await;
+    Scheduler::new(pool, redis, config, identity)
+        .run(shutdown)
+        .await;
     tracing::info!("berth-scheduler stopped cleanly");
     Ok(())
 }

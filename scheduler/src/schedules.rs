@@ -69,10 +69,11 @@ impl SchedulerConfig {
             if expr.trim() == "off" {
                 continue;
             }
-            let parsed = cron::Schedule::from_str(expr.trim()).map_err(|e| ConfigError::Malformed {
-                name: name.clone(),
-                reason: format!("not a cron expression with a seconds field: {e}"),
-            })?;
+            let parsed =
+                cron::Schedule::from_str(expr.trim()).map_err(|e| ConfigError::Malformed {
+                    name: name.clone(),
+                    reason: format!("not a cron expression with a seconds field: {e}"),
+                })?;
             schedules.push((schedule, parsed));
         }
         let retention_hours: u64 = env.parsed("BERTH_JOB_RETENTION_HOURS", 24 * 7)?;
@@ -80,8 +81,10 @@ impl SchedulerConfig {
             schedules,
             job_retention: Duration::from_secs(retention_hours * 3600),
             leader_ttl: env.millis("BERTH_SCHEDULER_LEADER_TTL_MS", Duration::from_secs(15))?,
-            running_grace: env.millis("BERTH_RECONCILE_RUNNING_GRACE_MS", Duration::from_secs(60))?,
-            queued_lost_after: env.millis("BERTH_RECONCILE_QUEUED_LOST_MS", Duration::from_secs(600))?,
+            running_grace: env
+                .millis("BERTH_RECONCILE_RUNNING_GRACE_MS", Duration::from_secs(60))?,
+            queued_lost_after: env
+                .millis("BERTH_RECONCILE_QUEUED_LOST_MS", Duration::from_secs(600))?,
         })
     }
 }
@@ -94,7 +97,12 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    pub fn new(pool: PgPool, redis: ConnectionManager, config: SchedulerConfig, identity: String) -> Self {
+    pub fn new(
+        pool: PgPool,
+        redis: ConnectionManager,
+        config: SchedulerConfig,
+        identity: String,
+    ) -> Self {
         Self {
             pool,
             redis,
@@ -104,7 +112,11 @@ impl Scheduler {
     }
 
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut lock = LeaderLock::new(self.redis.clone(), self.identity.clone(), self.config.leader_ttl);
+        let mut lock = LeaderLock::new(
+            self.redis.clone(),
+            self.identity.clone(),
+            self.config.leader_ttl,
+        );
         let renew_every = self.config.leader_ttl / 3;
         let mut leading = false;
         let mut last_renewal = tokio::time::Instant::now() - renew_every;
@@ -176,7 +188,11 @@ impl Scheduler {
         let work = self.run_schedule(schedule);
         match tokio::time::timeout(schedule.timeout(), work).await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(schedule = schedule.name(), error = format!("{e:#}"), "scheduled work failed"),
+            Ok(Err(e)) => tracing::warn!(
+                schedule = schedule.name(),
+                error = format!("{e:#}"),
+                "scheduled work failed"
+            ),
             Err(_) => tracing::warn!(schedule = schedule.name(), "scheduled work timed out"),
         }
     }
@@ -184,13 +200,27 @@ impl Scheduler {
     async fn run_schedule(&self, schedule: Schedule) -> anyhow::Result<()> {
         match schedule {
             Schedule::Prune => {
-                let pruned = housekeeping::prune(&self.pool, &self.redis, self.config.job_retention).await?;
-                tracing::info!(jobs = pruned.jobs, redis_tasks = pruned.redis_tasks, "pruned");
+                let pruned =
+                    housekeeping::prune(&self.pool, &self.redis, self.config.job_retention).await?;
+                tracing::info!(
+                    jobs = pruned.jobs,
+                    redis_tasks = pruned.redis_tasks,
+                    "pruned"
+                );
             }
             Schedule::Reconcile => {
-                let outcome = store::reconcile(&self.pool, self.config.running_grace, self.config.queued_lost_after).await?;
+                let outcome = store::reconcile(
+                    &self.pool,
+                    self.config.running_grace,
+                    self.config.queued_lost_after,
+                )
+                .await?;
                 if outcome.requeued + outcome.failed > 0 {
-                    tracing::warn!(requeued = outcome.requeued, failed = outcome.failed, "reconciled lost jobs");
+                    tracing::warn!(
+                        requeued = outcome.requeued,
+                        failed = outcome.failed,
+                        "reconciled lost jobs"
+                    );
                 }
             }
         }
@@ -207,7 +237,10 @@ mod tests {
         let env = Env::from_map(
             [
                 ("BERTH_SCHEDULE_PRUNE".to_string(), "off".to_string()),
-                ("BERTH_SCHEDULE_RECONCILE".to_string(), "*/5 * * * * *".to_string()),
+                (
+                    "BERTH_SCHEDULE_RECONCILE".to_string(),
+                    "*/5 * * * * *".to_string(),
+                ),
             ]
             .into(),
         );
@@ -215,8 +248,17 @@ mod tests {
         assert_eq!(config.schedules.len(), 1);
         assert_eq!(config.schedules[0].0, Schedule::Reconcile);
 
-        let env = Env::from_map([("BERTH_SCHEDULE_PRUNE".to_string(), "every minute".to_string())].into());
+        let env = Env::from_map(
+            [(
+                "BERTH_SCHEDULE_PRUNE".to_string(),
+                "every minute".to_string(),
+            )]
+            .into(),
+        );
         let err = SchedulerConfig::from_env(&env).unwrap_err().to_string();
-        assert!(err.starts_with("BERTH_SCHEDULE_PRUNE is malformed"), "{err}");
+        assert!(
+            err.starts_with("BERTH_SCHEDULE_PRUNE is malformed"),
+            "{err}"
+        );
     }
 }

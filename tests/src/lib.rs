@@ -56,7 +56,9 @@ impl TestDb {
         let admin_url = std::env::var("BERTH_TEST_DATABASE_URL")
             .expect("BERTH_TEST_DATABASE_URL is not set: run the suite with scripts/test.sh");
         let name = format!("berth_test_{:016x}", rand::random::<u64>());
-        let mut admin = PgConnection::connect(&admin_url).await.expect("connect to the test cluster");
+        let mut admin = PgConnection::connect(&admin_url)
+            .await
+            .expect("connect to the test cluster");
         sqlx::query(&format!("CREATE DATABASE {name}"))
             .execute(&mut admin)
             .await
@@ -102,7 +104,15 @@ impl TestRedis {
         let child = Command::new("redis-server")
             .args(["--port", "0", "--unixsocket"])
             .arg(self.socket())
-            .args(["--unixsocketperm", "700", "--save", "", "--appendonly", "no", "--dir"])
+            .args([
+                "--unixsocketperm",
+                "700",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+            ])
             .arg(&self.dir)
             .stdout(Stdio::null())
             .kill_on_drop(true)
@@ -163,7 +173,9 @@ impl SmtpSink {
             .spawn()
             .expect("python3-aiosmtpd is installed (scripts/test.sh installs it)");
         eventually(Duration::from_secs(15), "SMTP listener", || async move {
-            tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
         })
         .await;
         SmtpSink {
@@ -217,8 +229,12 @@ impl TestApp {
         let env = Env::from_map(env);
         let config = berth_config::ApiConfig::from_env(&env).expect("api config");
         let policies = berth_jobs::Policies::from_env(&env).expect("policies");
-        let state = berth_api::AppState::connect(config, policies).await.expect("api state");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let state = berth_api::AppState::connect(config, policies)
+            .await
+            .expect("api state");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("addr"));
         let shutdown = CancellationToken::new();
         tokio::spawn(berth_api::serve(listener, state.clone(), shutdown.clone()));
@@ -235,7 +251,11 @@ impl TestApp {
     }
 
     pub async fn get(&self, path: &str) -> reqwest::Response {
-        self.client.get(self.url(path)).send().await.expect("request")
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request")
     }
 }
 

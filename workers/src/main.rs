@@ -36,7 +36,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let defaults = Liveness::default();
     let liveness = Liveness {
         heartbeat: env.millis("BERTH_WORKER_HEARTBEAT_MS", defaults.heartbeat)?,
-        missed_heartbeats: env.parsed("BERTH_WORKER_MISSED_HEARTBEATS", defaults.missed_heartbeats)?,
+        missed_heartbeats: env
+            .parsed("BERTH_WORKER_MISSED_HEARTBEATS", defaults.missed_heartbeats)?,
         poll_fallback: env.millis("BERTH_WORKER_POLL_MS", defaults.poll_fallback)?,
     };
     let grace = env.millis("BERTH_WORKER_SHUTDOWN_GRACE_MS", Duration::from_secs(30))?;

@@ -38,9 +38,18 @@ fn text_field(field: &str, value: &str, max_chars: usize, errors: &mut Vec<Field
     if chars == 0 {
         errors.push(FieldError::new(field, "is required"));
     } else if chars > max_chars {
-        errors.push(FieldError::new(field, format!("must be at most {max_chars} characters")));
-    } else if value.chars().any(|c| c.is_control() && c != '\n' && c != '\r' && c != '\t') {
-        errors.push(FieldError::new(field, "must not contain control characters"));
+        errors.push(FieldError::new(
+            field,
+            format!("must be at most {max_chars} characters"),
+        ));
+    } else if value
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\r' && c != '\t')
+    {
+        errors.push(FieldError::new(
+            field,
+            "must not contain control characters",
+        ));
     }
     value.to_owned()
 }

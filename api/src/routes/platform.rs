@@ -75,7 +75,10 @@ pub async fn ready(State(state): State<AppState>) -> Result<Envelope<Readiness>,
         .filter(|(s, _)| *s == ServiceState::Down)
         .map(|(_, name)| name)
         .collect();
-    Err(ApiError::ServiceUnavailable(format!("not ready: {} down", down.join(" and "))))
+    Err(ApiError::ServiceUnavailable(format!(
+        "not ready: {} down",
+        down.join(" and ")
+    )))
 }
 
 #[derive(Serialize, Default, utoipa::ToSchema)]
@@ -143,7 +146,9 @@ pub async fn status(State(state): State<AppState>) -> Result<Envelope<Status>, A
     let user_setup_complete: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users)")
         .fetch_one(&state.pool)
         .await?;
-    Ok(Envelope::ok(Status { user_setup_complete }))
+    Ok(Envelope::ok(Status {
+        user_setup_complete,
+    }))
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -156,7 +161,9 @@ pub struct PublicStats {
 /// Counts for the landing page.
 #[utoipa::path(get, path = "/stats/public", tag = "platform",
     responses((status = 200, description = "Counts", body = PublicStats)))]
-pub async fn public_stats(State(state): State<AppState>) -> Result<Envelope<PublicStats>, ApiError> {
+pub async fn public_stats(
+    State(state): State<AppState>,
+) -> Result<Envelope<PublicStats>, ApiError> {
     let (users, servers, deployments): (i64, i64, i64) = sqlx::query_as(
         "SELECT (SELECT count(*) FROM users), (SELECT count(*) FROM servers), (SELECT count(*) FROM deployments)",
     )
@@ -173,14 +180,20 @@ pub async fn public_stats(State(state): State<AppState>) -> Result<Envelope<Publ
 #[utoipa::path(get, path = "/metrics", tag = "platform", responses(
     (status = 200, description = "Prometheus text exposition", content_type = "text/plain"),
     (status = 401, description = "Missing or wrong metrics token", body = crate::error::ErrorEnvelope)))]
-pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+pub async fn metrics(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     if let Some(expected) = &state.config.metrics_token {
         let given = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
-        let matches: bool = given.as_bytes().ct_eq(expected.expose_secret().as_bytes()).into();
+        let matches: bool = given
+            .as_bytes()
+            .ct_eq(expected.expose_secret().as_bytes())
+            .into();
         if !matches {
             return Err(ApiError::Unauthorized);
         }
@@ -188,7 +201,10 @@ pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Resul
     let body = state.metrics.render(&state.pool).await;
     Ok((
         StatusCode::OK,
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         body,
     )
         .into_response())

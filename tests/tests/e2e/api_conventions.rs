@@ -12,7 +12,12 @@ async fn app() -> (TestApp, TestDb, TestRedis) {
 fn assert_error(body: &Value, code: &str) {
     assert_eq!(body["success"], json!(false), "{body}");
     assert_eq!(body["error"]["code"], json!(code), "{body}");
-    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -25,7 +30,12 @@ async fn unknown_routes_and_methods_answer_in_the_envelope() {
     assert_eq!(request_id.len(), 36, "a generated UUID: {request_id}");
     assert_error(&res.json().await.unwrap(), "NOT_FOUND");
 
-    let res = app.client.delete(app.url("/api/v1/health/live")).send().await.unwrap();
+    let res = app
+        .client
+        .delete(app.url("/api/v1/health/live"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 405);
     assert_error(&res.json().await.unwrap(), "NOT_FOUND");
 
@@ -76,8 +86,14 @@ async fn bodies_are_validated_with_field_details() {
     // Malformed JSON, a wrong type, an unknown field, no content type.
     for (raw, content_type) in [
         ("{\"name\": ", "application/json"),
-        ("{\"name\": 5, \"email\": \"a@b.test\", \"subject\": \"s\", \"message\": \"m\"}", "application/json"),
-        ("{\"name\": \"n\", \"email\": \"a@b.test\", \"subject\": \"s\", \"message\": \"m\", \"admin\": true}", "application/json"),
+        (
+            "{\"name\": 5, \"email\": \"a@b.test\", \"subject\": \"s\", \"message\": \"m\"}",
+            "application/json",
+        ),
+        (
+            "{\"name\": \"n\", \"email\": \"a@b.test\", \"subject\": \"s\", \"message\": \"m\", \"admin\": true}",
+            "application/json",
+        ),
         ("{}", "text/plain"),
     ] {
         let res = app

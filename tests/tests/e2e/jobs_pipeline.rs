@@ -1,7 +1,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use berth_e2e::{BerthProcess, SmtpSink, TestApp, TestDb, TestRedis, base_env, eventually, free_port};
+use berth_e2e::{
+    BerthProcess, SmtpSink, TestApp, TestDb, TestRedis, base_env, eventually, free_port,
+};
 use berth_jobs::relay::Relay;
 use berth_jobs::store::{self, NewJob};
 use berth_jobs::{DiagnosticJob, EmailJob, EmailMessage, JobRecord, JobState, Policies};
@@ -29,7 +31,10 @@ async fn job(pool: &PgPool, id: &str) -> JobRecord {
 
 async fn wait_for(pool: &PgPool, id: &str, state: JobState, timeout: Duration) -> JobRecord {
     let what = format!("job {id} to be {}", state.name());
-    eventually(timeout, &what, || async { job(pool, id).await.state == state }).await;
+    eventually(timeout, &what, || async {
+        job(pool, id).await.state == state
+    })
+    .await;
     job(pool, id).await
 }
 
@@ -60,25 +65,45 @@ async fn email_is_delivered_over_smtp_and_counted_in_metrics() {
     let _worker = BerthProcess::spawn(
         "berth-worker",
         &["--queues", "email"],
-        &worker_env(&db, &redis, &[("SMTP_URL", &smtp.url()), ("MAIL_FROM", "Berth <noreply@berth.test>")]),
+        &worker_env(
+            &db,
+            &redis,
+            &[
+                ("SMTP_URL", &smtp.url()),
+                ("MAIL_FROM", "Berth <noreply@berth.test>"),
+            ],
+        ),
     );
 
-    let id = store::enqueue_now(&db.pool, &app.state.policies, email("ada@example.test", "424242"))
-        .await
-        .unwrap()
-        .id;
+    let id = store::enqueue_now(
+        &db.pool,
+        &app.state.policies,
+        email("ada@example.test", "424242"),
+    )
+    .await
+    .unwrap()
+    .id;
     let record = wait_for(&db.pool, &id, JobState::Succeeded, Duration::from_secs(30)).await;
     assert_eq!(record.attempts, 1);
     assert_eq!(record.error, None);
     assert!(record.started_at.is_some() && record.finished_at.is_some());
-    assert!(record.worker.as_deref().unwrap().ends_with("/email"), "{record:?}");
+    assert!(
+        record.worker.as_deref().unwrap().ends_with("/email"),
+        "{record:?}"
+    );
 
     let messages = smtp.messages();
     assert_eq!(messages.len(), 1);
     let message = &messages[0];
-    assert!(message.contains("Subject: Your Berth code: 424242"), "{message}");
+    assert!(
+        message.contains("Subject: Your Berth code: 424242"),
+        "{message}"
+    );
     assert!(message.contains("To: ada@example.test"), "{message}");
-    assert!(message.contains("From: Berth <noreply@berth.test>"), "{message}");
+    assert!(
+        message.contains("From: Berth <noreply@berth.test>"),
+        "{message}"
+    );
     assert!(message.contains("Content-Type: text/plain"), "{message}");
     assert!(message.contains("Content-Type: text/html"), "{message}");
 
@@ -87,9 +112,18 @@ async fn email_is_delivered_over_smtp_and_counted_in_metrics() {
     assert_eq!(res.status(), 200);
     let text = res.text().await.unwrap();
     assert!(text.contains("berth_http_requests_total{method=\"GET\",route=\"/api/v1/health/live\",status=\"200\"} 1"), "{text}");
-    assert!(text.contains("berth_jobs_finished_total{kind=\"email\",outcome=\"succeeded\"} 1"), "{text}");
-    assert!(text.contains("berth_job_duration_seconds_count{kind=\"email\",outcome=\"succeeded\"} 1"), "{text}");
-    assert!(text.contains("berth_http_request_duration_seconds_bucket"), "{text}");
+    assert!(
+        text.contains("berth_jobs_finished_total{kind=\"email\",outcome=\"succeeded\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("berth_job_duration_seconds_count{kind=\"email\",outcome=\"succeeded\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("berth_http_request_duration_seconds_bucket"),
+        "{text}"
+    );
 
     let file = berth_e2e::scratch_dir("metrics").join("metrics.txt");
     std::fs::write(&file, &text).unwrap();
@@ -110,10 +144,18 @@ async fn email_is_delivered_over_smtp_and_counted_in_metrics() {
         .execute(&db.pool)
         .await
         .unwrap();
-    assert_eq!(store::prune(&db.pool, Duration::from_secs(3600)).await.unwrap(), 1);
+    assert_eq!(
+        store::prune(&db.pool, Duration::from_secs(3600))
+            .await
+            .unwrap(),
+        1
+    );
     assert!(store::get(&db.pool, &id).await.unwrap().is_none());
     let text = app.get("/metrics").await.text().await.unwrap();
-    assert!(text.contains("berth_jobs_finished_total{kind=\"email\",outcome=\"succeeded\"} 1"), "{text}");
+    assert!(
+        text.contains("berth_jobs_finished_total{kind=\"email\",outcome=\"succeeded\"} 1"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -139,18 +181,39 @@ async fn a_failing_job_is_retried_with_backoff_then_fails_with_its_error() {
         .await
         .unwrap()
         .id;
-    eventually(Duration::from_secs(30), "a retry to be scheduled", || async {
-        let r = job(&db.pool, &id).await;
-        r.state == JobState::Queued && r.attempts == 1
-    })
+    eventually(
+        Duration::from_secs(30),
+        "a retry to be scheduled",
+        || async {
+            let r = job(&db.pool, &id).await;
+            r.state == JobState::Queued && r.attempts == 1
+        },
+    )
     .await;
     let retrying = job(&db.pool, &id).await;
-    assert!(retrying.error.as_deref().unwrap().contains("SMTP delivery failed"), "{retrying:?}");
-    assert!(retrying.run_after > retrying.created_at, "backoff delays the retry");
+    assert!(
+        retrying
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("SMTP delivery failed"),
+        "{retrying:?}"
+    );
+    assert!(
+        retrying.run_after > retrying.created_at,
+        "backoff delays the retry"
+    );
 
     let failed = wait_for(&db.pool, &id, JobState::Failed, Duration::from_secs(30)).await;
     assert_eq!(failed.attempts, 3, "stops at its attempt cap");
-    assert!(failed.error.as_deref().unwrap().contains("SMTP delivery failed"), "{failed:?}");
+    assert!(
+        failed
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("SMTP delivery failed"),
+        "{failed:?}"
+    );
     assert!(failed.finished_at.is_some());
 
     // A permanent failure (an unusable address) fails at once.
@@ -160,7 +223,14 @@ async fn a_failing_job_is_retried_with_backoff_then_fails_with_its_error() {
         .id;
     let failed = wait_for(&db.pool, &id, JobState::Failed, Duration::from_secs(30)).await;
     assert_eq!(failed.attempts, 1);
-    assert!(failed.error.as_deref().unwrap().starts_with("invalid recipient address"), "{failed:?}");
+    assert!(
+        failed
+            .error
+            .as_deref()
+            .unwrap()
+            .starts_with("invalid recipient address"),
+        "{failed:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -173,20 +243,34 @@ async fn a_worker_killed_mid_job_loses_nothing_and_crash_loops_stop_at_the_cap()
 
     let id = enqueue_diagnostic(&db.pool, &policies, 3000).await;
     let running = wait_for(&db.pool, &id, JobState::Running, Duration::from_secs(30)).await;
-    assert!(running.worker.as_deref().unwrap().contains(&format!(":{}:", first.pid())), "{running:?}");
+    assert!(
+        running
+            .worker
+            .as_deref()
+            .unwrap()
+            .contains(&format!(":{}:", first.pid())),
+        "{running:?}"
+    );
     first.signal(Signal::SIGKILL);
 
     let second = BerthProcess::spawn("berth-worker", &["--queues", "diagnostic"], &env);
     let done = wait_for(&db.pool, &id, JobState::Succeeded, Duration::from_secs(60)).await;
     assert_eq!(done.attempts, 2, "the killed attempt counts");
-    assert!(done.worker.as_deref().unwrap().contains(&format!(":{}:", second.pid())), "{done:?}");
+    assert!(
+        done.worker
+            .as_deref()
+            .unwrap()
+            .contains(&format!(":{}:", second.pid())),
+        "{done:?}"
+    );
     drop(second);
 
     // With a cap of one attempt, the redelivery after a crash fails the job
     // instead of running it again (a job that kills its worker cannot loop).
     let mut capped_env = env.clone();
     capped_env.insert("BERTH_DIAGNOSTIC_MAX_ATTEMPTS".into(), "1".into());
-    let capped_policies = Policies::from_env(&berth_config::Env::from_map(capped_env.clone())).unwrap();
+    let capped_policies =
+        Policies::from_env(&berth_config::Env::from_map(capped_env.clone())).unwrap();
     let third = BerthProcess::spawn("berth-worker", &["--queues", "diagnostic"], &capped_env);
     let id = enqueue_diagnostic(&db.pool, &capped_policies, 3000).await;
     wait_for(&db.pool, &id, JobState::Running, Duration::from_secs(30)).await;
@@ -194,7 +278,14 @@ async fn a_worker_killed_mid_job_loses_nothing_and_crash_loops_stop_at_the_cap()
     let _fourth = BerthProcess::spawn("berth-worker", &["--queues", "diagnostic"], &capped_env);
     let failed = wait_for(&db.pool, &id, JobState::Failed, Duration::from_secs(60)).await;
     assert_eq!(failed.attempts, 2);
-    assert!(failed.error.as_deref().unwrap().contains("attempt cap of 1 reached"), "{failed:?}");
+    assert!(
+        failed
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("attempt cap of 1 reached"),
+        "{failed:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -211,7 +302,11 @@ async fn sigterm_lets_running_jobs_finish_then_exits_cleanly() {
         .await
         .expect("worker exits after SIGTERM")
         .unwrap();
-    assert!(status.success(), "clean exit: {status:?}\n{}", worker.output());
+    assert!(
+        status.success(),
+        "clean exit: {status:?}\n{}",
+        worker.output()
+    );
     assert_eq!(job(&db.pool, &id).await.state, JobState::Succeeded);
 }
 
@@ -221,12 +316,25 @@ async fn an_idle_worker_is_woken_by_the_push_not_by_polling() {
     let redis = TestRedis::start().await;
     // With polling and heartbeats every 30 s, only the push notification can start
     // a job on an idle worker quickly.
-    let env = worker_env(&db, &redis, &[("BERTH_WORKER_POLL_MS", "30000"), ("BERTH_WORKER_HEARTBEAT_MS", "30000")]);
+    let env = worker_env(
+        &db,
+        &redis,
+        &[
+            ("BERTH_WORKER_POLL_MS", "30000"),
+            ("BERTH_WORKER_HEARTBEAT_MS", "30000"),
+        ],
+    );
     let policies = Policies::from_env(&berth_config::Env::from_map(env.clone())).unwrap();
     let _worker = BerthProcess::spawn("berth-worker", &["--queues", "diagnostic"], &env);
     // Let the worker register and go idle first.
     let warmup = enqueue_diagnostic(&db.pool, &policies, 0).await;
-    wait_for(&db.pool, &warmup, JobState::Succeeded, Duration::from_secs(45)).await;
+    wait_for(
+        &db.pool,
+        &warmup,
+        JobState::Succeeded,
+        Duration::from_secs(45),
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
     for _ in 0..5 {
@@ -262,11 +370,12 @@ async fn two_workers_run_each_job_exactly_once() {
         done == 300
     })
     .await;
-    let (max_attempts, workers): (i32, i64) =
-        sqlx::query_as("SELECT max(attempts), count(DISTINCT split_part(worker, '/', 1)) FROM jobs")
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
+    let (max_attempts, workers): (i32, i64) = sqlx::query_as(
+        "SELECT max(attempts), count(DISTINCT split_part(worker, '/', 1)) FROM jobs",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
     assert_eq!(max_attempts, 1, "no job ran twice");
     assert_eq!(workers, 2, "both workers took jobs");
 }
@@ -282,11 +391,13 @@ async fn duplicate_and_stale_deliveries_never_run() {
     let id = enqueue_diagnostic(&db.pool, &policies, 0).await;
     assert_eq!(relay.drain().await.unwrap(), 1);
     // A relay whose commit failed after the push pushes the same delivery again.
-    sqlx::query("INSERT INTO job_outbox (delivery_id, job_id, queue) VALUES ($1, $1, 'diagnostic')")
-        .bind(&id)
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    sqlx::query(
+        "INSERT INTO job_outbox (delivery_id, job_id, queue) VALUES ($1, $1, 'diagnostic')",
+    )
+    .bind(&id)
+    .execute(&db.pool)
+    .await
+    .unwrap();
     assert_eq!(relay.drain().await.unwrap(), 1);
     let mut redis_conn = conn.clone();
     let queued: i64 = redis::cmd("LLEN")
@@ -297,25 +408,51 @@ async fn duplicate_and_stale_deliveries_never_run() {
     assert_eq!(queued, 1, "apalis-redis stores a delivery id once");
 
     // Only the job's current delivery may claim it, once it is finished never.
-    assert!(store::claim(&db.pool, &id, "01STALEDELIVERY000000000000", "w").await.unwrap().is_none());
-    let claimed = store::claim(&db.pool, &id, &id, "w").await.unwrap().unwrap();
+    assert!(
+        store::claim(&db.pool, &id, "01STALEDELIVERY000000000000", "w")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let claimed = store::claim(&db.pool, &id, &id, "w")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(claimed.attempts, 1);
     store::mark_succeeded(&db.pool, &id, &id).await.unwrap();
-    assert!(store::claim(&db.pool, &id, &id, "w").await.unwrap().is_none());
+    assert!(
+        store::claim(&db.pool, &id, &id, "w")
+            .await
+            .unwrap()
+            .is_none()
+    );
 
     // Cancelled before it starts: never runs.
     let cancelled = enqueue_diagnostic(&db.pool, &policies, 0).await;
     assert!(store::cancel(&db.pool, &cancelled).await.unwrap());
-    assert!(store::claim(&db.pool, &cancelled, &cancelled, "w").await.unwrap().is_none());
+    assert!(
+        store::claim(&db.pool, &cancelled, &cancelled, "w")
+            .await
+            .unwrap()
+            .is_none()
+    );
     assert_eq!(job(&db.pool, &cancelled).await.state, JobState::Cancelled);
 
     // One pending job per dedupe key.
-    let first = store::enqueue_now(&db.pool, &policies, NewJob::new(DiagnosticJob { sleep_ms: 0 }).dedupe_key("probe:1"))
-        .await
-        .unwrap();
-    let second = store::enqueue_now(&db.pool, &policies, NewJob::new(DiagnosticJob { sleep_ms: 0 }).dedupe_key("probe:1"))
-        .await
-        .unwrap();
+    let first = store::enqueue_now(
+        &db.pool,
+        &policies,
+        NewJob::new(DiagnosticJob { sleep_ms: 0 }).dedupe_key("probe:1"),
+    )
+    .await
+    .unwrap();
+    let second = store::enqueue_now(
+        &db.pool,
+        &policies,
+        NewJob::new(DiagnosticJob { sleep_ms: 0 }).dedupe_key("probe:1"),
+    )
+    .await
+    .unwrap();
     assert!(first.created && !second.created);
     assert_eq!(first.id, second.id);
 }
@@ -336,8 +473,16 @@ async fn the_reconciler_recovers_jobs_redis_lost() {
         .execute(&db.pool)
         .await
         .unwrap();
-    let outcome = store::reconcile(&db.pool, Duration::from_secs(60), Duration::from_secs(600)).await.unwrap();
-    assert_eq!(outcome, store::Reconciled { requeued: 1, failed: 0 });
+    let outcome = store::reconcile(&db.pool, Duration::from_secs(60), Duration::from_secs(600))
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome,
+        store::Reconciled {
+            requeued: 1,
+            failed: 0
+        }
+    );
 
     let env = worker_env(&db, &redis, &[]);
     let _worker = BerthProcess::spawn("berth-worker", &["--queues", "diagnostic"], &env);
@@ -353,9 +498,21 @@ async fn the_reconciler_recovers_jobs_redis_lost() {
     .execute(&db.pool)
     .await
     .unwrap();
-    sqlx::query("DELETE FROM job_outbox WHERE job_id = $1").bind(&stuck).execute(&db.pool).await.unwrap();
-    let outcome = store::reconcile(&db.pool, Duration::from_secs(60), Duration::from_secs(600)).await.unwrap();
-    assert_eq!(outcome, store::Reconciled { requeued: 0, failed: 1 });
+    sqlx::query("DELETE FROM job_outbox WHERE job_id = $1")
+        .bind(&stuck)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let outcome = store::reconcile(&db.pool, Duration::from_secs(60), Duration::from_secs(600))
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome,
+        store::Reconciled {
+            requeued: 0,
+            failed: 1
+        }
+    );
     let failed = job(&db.pool, &stuck).await;
     assert_eq!(failed.state, JobState::Failed);
     assert!(failed.error.unwrap().contains("stopped responding"));
@@ -388,9 +545,13 @@ async fn nine_thousand_due_jobs_do_not_stop_a_worker() {
     const JOBS: i64 = 9000;
     let mut tx = db.pool.begin().await.unwrap();
     for _ in 0..JOBS {
-        store::enqueue(&mut tx, &policies, NewJob::new(DiagnosticJob { sleep_ms: 0 }))
-            .await
-            .unwrap();
+        store::enqueue(
+            &mut tx,
+            &policies,
+            NewJob::new(DiagnosticJob { sleep_ms: 0 }),
+        )
+        .await
+        .unwrap();
     }
     tx.commit().await.unwrap();
     let mut worker = BerthProcess::spawn("berth-worker", &["--queues", "diagnostic"], &env);
@@ -402,5 +563,8 @@ async fn nine_thousand_due_jobs_do_not_stop_a_worker() {
         done == JOBS
     })
     .await;
-    assert!(worker.child.try_wait().unwrap().is_none(), "worker still running");
+    assert!(
+        worker.child.try_wait().unwrap().is_none(),
+        "worker still running"
+    );
 }

@@ -24,16 +24,21 @@ async fn readiness_follows_redis_without_a_restart() {
     let res = app.get("/api/v1/health/ready").await;
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["error"]["code"], "SERVICE_UNAVAILABLE");
-    assert!(body["error"]["message"].as_str().unwrap().contains("redis"), "{body}");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("redis"),
+        "{body}"
+    );
     let health: Value = app.get("/api/v1/health").await.json().await.unwrap();
     assert_eq!(health["data"]["redis"], "down");
     assert_eq!(health["data"]["database"], "up");
     assert_eq!(health["data"]["api"], "up");
 
     redis.resume().await;
-    eventually(Duration::from_secs(20), "ready to answer 200 again", || async {
-        app.get("/api/v1/health/ready").await.status() == 200
-    })
+    eventually(
+        Duration::from_secs(20),
+        "ready to answer 200 again",
+        || async { app.get("/api/v1/health/ready").await.status() == 200 },
+    )
     .await;
 }
 
@@ -45,21 +50,42 @@ async fn status_stats_and_default_admin() {
     let app = TestApp::spawn(env.clone()).await;
 
     let status: Value = app.get("/api/v1/status").await.json().await.unwrap();
-    assert_eq!(status, json!({"success": true, "data": {"userSetupComplete": false}}));
+    assert_eq!(
+        status,
+        json!({"success": true, "data": {"userSetupComplete": false}})
+    );
     let stats: Value = app.get("/api/v1/stats/public").await.json().await.unwrap();
-    assert_eq!(stats["data"], json!({"users": 0, "servers": 0, "deployments": 0}));
+    assert_eq!(
+        stats["data"],
+        json!({"users": 0, "servers": 0, "deployments": 0})
+    );
 
     // A too-short default password stops start-up with a message naming it.
     env.insert("DEFAULT_ADMIN_EMAIL".into(), "admin@example.test".into());
     env.insert("DEFAULT_ADMIN_PASSWORD".into(), "short".into());
-    let config = berth_config::ApiConfig::from_env(&berth_config::Env::from_map(env.clone())).unwrap();
-    let err = berth_api::bootstrap::ensure_default_admin(&db.pool, &config).await.unwrap_err();
+    let config =
+        berth_config::ApiConfig::from_env(&berth_config::Env::from_map(env.clone())).unwrap();
+    let err = berth_api::bootstrap::ensure_default_admin(&db.pool, &config)
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("DEFAULT_ADMIN_PASSWORD"), "{err}");
 
-    env.insert("DEFAULT_ADMIN_PASSWORD".into(), "correct horse battery".into());
+    env.insert(
+        "DEFAULT_ADMIN_PASSWORD".into(),
+        "correct horse battery".into(),
+    );
     let config = berth_config::ApiConfig::from_env(&berth_config::Env::from_map(env)).unwrap();
-    assert!(berth_api::bootstrap::ensure_default_admin(&db.pool, &config).await.unwrap());
-    assert!(!berth_api::bootstrap::ensure_default_admin(&db.pool, &config).await.unwrap(), "created once");
+    assert!(
+        berth_api::bootstrap::ensure_default_admin(&db.pool, &config)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !berth_api::bootstrap::ensure_default_admin(&db.pool, &config)
+            .await
+            .unwrap(),
+        "created once"
+    );
     let (role, verified, hash): (String, bool, String) =
         sqlx::query_as("SELECT role, email_verified, password_hash FROM users")
             .fetch_one(&db.pool)
@@ -67,7 +93,10 @@ async fn status_stats_and_default_admin() {
             .unwrap();
     assert_eq!(role, "super_admin");
     assert!(verified);
-    assert!(hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{hash}");
+    assert!(
+        hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+        "{hash}"
+    );
 
     let status: Value = app.get("/api/v1/status").await.json().await.unwrap();
     assert_eq!(status["data"]["userSetupComplete"], true);
@@ -85,12 +114,35 @@ async fn metrics_need_the_token_when_set() {
 
     let res = app.get("/metrics").await;
     assert_eq!(res.status(), 401);
-    assert_eq!(res.json::<Value>().await.unwrap()["error"]["code"], "UNAUTHORIZED");
-    let res = app.client.get(app.url("/metrics")).bearer_auth("wrong").send().await.unwrap();
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["error"]["code"],
+        "UNAUTHORIZED"
+    );
+    let res = app
+        .client
+        .get(app.url("/metrics"))
+        .bearer_auth("wrong")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 401);
-    let res = app.client.get(app.url("/metrics")).bearer_auth("scrape-me").send().await.unwrap();
+    let res = app
+        .client
+        .get(app.url("/metrics"))
+        .bearer_auth("scrape-me")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 200);
     let text = res.text().await.unwrap();
-    assert!(text.contains("berth_queue_jobs{queue=\"email\",state=\"queued\"} 0"), "{text}");
-    assert!(text.contains("berth_http_requests_total{method=\"GET\",route=\"/metrics\",status=\"401\"} 2"), "{text}");
+    assert!(
+        text.contains("berth_queue_jobs{queue=\"email\",state=\"queued\"} 0"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "berth_http_requests_total{method=\"GET\",route=\"/metrics\",status=\"401\"} 2"
+        ),
+        "{text}"
+    );
 }
