@@ -34,7 +34,7 @@ METRICS_TOKEN=$(secret 24 | tr -d '/+=')
 COOKIE_SECURE=false
 BERTH_MAIL_DIR=$PWD/data/mail
 BERTH_BACKUP_DIR=$PWD/data/backups
-MAIL_FROM=Berth <berth@localhost>
+MAIL_FROM="Berth <berth@localhost>"
 EOT
     chmod 600 .env
     echo "wrote .env with generated secrets"

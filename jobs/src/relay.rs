@@ -155,19 +155,13 @@ impl Relay {
                 .push((delivery_id.clone(), args));
             delivered.push(delivery_id);
         }
-        let script = Script::new(PUSH_SCRIPT);
         for (queue, tasks) in by_queue {
-            let config = crate::runtime::apalis_config(queue);
-            let mut invocation = script.prepare_invoke();
-            invocation
-                .key(config.job_data_hash())
-                .key(config.active_jobs_list())
-                .key(config.signal_list())
-                .key(config.job_meta_hash());
-            for (delivery_id, args) in &tasks {
-                invocation.arg(delivery_id).arg(args);
-            }
-            invocation.invoke_async::<i64>(&mut self.redis).await?;
+            push_deliveries(
+                &mut self.redis,
+                &crate::runtime::apalis_config(queue),
+                &tasks,
+            )
+            .await?;
         }
         sqlx::query("DELETE FROM job_outbox WHERE delivery_id = ANY($1)")
             .bind(&delivered)
@@ -176,4 +170,24 @@ impl Relay {
         tx.commit().await?;
         Ok(delivered.len())
     }
+}
+
+/// Stores deliveries (task id, encoded [`Delivery`]) on a queue's active list with
+/// [`PUSH_SCRIPT`]; returns how many were new.
+pub async fn push_deliveries(
+    redis: &mut ConnectionManager,
+    config: &apalis_redis::Config,
+    tasks: &[(String, Vec<u8>)],
+) -> Result<i64, redis::RedisError> {
+    let script = Script::new(PUSH_SCRIPT);
+    let mut invocation = script.prepare_invoke();
+    invocation
+        .key(config.job_data_hash())
+        .key(config.active_jobs_list())
+        .key(config.signal_list())
+        .key(config.job_meta_hash());
+    for (task_id, args) in tasks {
+        invocation.arg(task_id).arg(args);
+    }
+    invocation.invoke_async(redis).await
 }

@@ -193,7 +193,13 @@ mod tests {
             rendered.html
         );
         // minijinja escapes `/` too; browsers decode it in attributes and text.
-        assert!(rendered.html.contains("https:&#x2f;&#x2f;berth.example.test"), "{}", rendered.html);
+        assert!(
+            rendered
+                .html
+                .contains("https:&#x2f;&#x2f;berth.example.test"),
+            "{}",
+            rendered.html
+        );
         assert!(rendered.text.contains("https://berth.example.test"));
     }
 }

@@ -1,0 +1,407 @@
+//! `scripts/bench.sh` runs this against a Postgres and a Redis of its own and
+//! prints each measurement beside the bound it is compared with, measured in the
+//! same run on the same services. Nothing here asserts: the numbers are for people.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use apalis::prelude::{BoxDynError, Data, WorkerBuilder, WorkerBuilderExt};
+use apalis_redis::RedisStorage;
+use berth_jobs::relay::{Delivery, Relay, push_deliveries};
+use berth_jobs::store::{self, NewJob};
+use berth_jobs::{DiagnosticJob, Policies};
+use sqlx::PgPool;
+use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+
+struct Setup {
+    database_url: String,
+    redis_url: String,
+    pool: PgPool,
+    pgbench: PathBuf,
+    worker_bin: PathBuf,
+    clients: usize,
+    seconds: u64,
+    jobs: usize,
+    concurrency: usize,
+}
+
+fn env(name: &str) -> anyhow::Result<String> {
+    std::env::var(name).with_context(|| format!("{name} is not set (run scripts/bench.sh)"))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let database_url = env("BENCH_DATABASE_URL")?;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(32)
+        .connect(&database_url)
+        .await?;
+    berth_api::MIGRATOR.run(&pool).await?;
+    let setup = Setup {
+        redis_url: env("BENCH_REDIS_URL")?,
+        pgbench: env("BENCH_PGBENCH")?.into(),
+        worker_bin: env("BENCH_WORKER_BIN")?.into(),
+        clients: env("BENCH_CLIENTS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(8),
+        seconds: env("BENCH_SECONDS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(10),
+        jobs: env("BENCH_JOBS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(20_000),
+        concurrency: env("BENCH_CONCURRENCY")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(16),
+        database_url,
+        pool,
+    };
+
+    println!(
+        "Berth job pipeline benchmark ({} cores)",
+        std::thread::available_parallelism()?.get()
+    );
+    println!();
+    enqueue_vs_pgbench(&setup).await?;
+    processing_vs_bare_apalis(&setup).await?;
+    latency_with_idle_worker(&setup).await?;
+    Ok(())
+}
+
+async fn reset(setup: &Setup) -> anyhow::Result<()> {
+    sqlx::query("TRUNCATE jobs, job_outbox, job_outcome_totals")
+        .execute(&setup.pool)
+        .await?;
+    let mut redis = berth_jobs::redis_conn::connect(&setup.redis_url).await?;
+    redis::cmd("FLUSHDB").query_async::<()>(&mut redis).await?;
+    Ok(())
+}
+
+/// Durable enqueue (job row + outbox row + notify, one transaction each, relayed to
+/// Redis) beside pgbench's single-row INSERT transactions, same client count.
+async fn enqueue_vs_pgbench(setup: &Setup) -> anyhow::Result<()> {
+    reset(setup).await?;
+    let policies = Policies::defaults();
+    let redis = berth_jobs::redis_conn::connect(&setup.redis_url).await?;
+    let stop_relay = CancellationToken::new();
+    let relay = tokio::spawn(Relay::new(setup.pool.clone(), redis).run(stop_relay.clone()));
+
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(setup.seconds);
+    let mut clients = Vec::new();
+    for _ in 0..setup.clients {
+        let pool = setup.pool.clone();
+        let policies = policies.clone();
+        clients.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                store::enqueue_now(&pool, &policies, NewJob::new(DiagnosticJob { sleep_ms: 0 }))
+                    .await?;
+                n += 1;
+            }
+            anyhow::Ok(n)
+        }));
+    }
+    let mut enqueued = 0u64;
+    for client in clients {
+        enqueued += client.await??;
+    }
+    // Throughput counts until the relay has moved every delivery to Redis.
+    loop {
+        let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM job_outbox")
+            .fetch_one(&setup.pool)
+            .await?;
+        if pending == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    stop_relay.cancel();
+    relay.await?;
+    let enqueue_rate = enqueued as f64 / elapsed;
+
+    sqlx::query("CREATE TABLE IF NOT EXISTS bench_insert (id BIGSERIAL PRIMARY KEY, v DOUBLE PRECISION, created_at TIMESTAMPTZ DEFAULT now())")
+        .execute(&setup.pool)
+        .await?;
+    let script = std::env::temp_dir().join("berth-bench-insert.sql");
+    std::fs::write(&script, "INSERT INTO bench_insert (v) VALUES (random());\n")?;
+    let output = Command::new(&setup.pgbench)
+        .args([
+            "-n",
+            "-c",
+            &setup.clients.to_string(),
+            "-j",
+            "2",
+            "-T",
+            &setup.seconds.to_string(),
+            "-f",
+        ])
+        .arg(&script)
+        .arg(&setup.database_url)
+        .output()
+        .await?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let pgbench_tps: f64 = text
+        .lines()
+        .find(|l| l.starts_with("tps = "))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .and_then(|v| v.parse().ok())
+        .with_context(|| {
+            format!(
+                "pgbench output: {text}{}",
+                String::from_utf8_lossy(&output.stderr)
+            )
+        })?;
+    sqlx::query("DROP TABLE bench_insert")
+        .execute(&setup.pool)
+        .await?;
+
+    println!(
+        "1. Durable enqueue, {} clients, {} s",
+        setup.clients, setup.seconds
+    );
+    println!("   enqueue (job + outbox + relay to Redis): {enqueue_rate:>9.0} jobs/s");
+    println!("   pgbench single-row INSERT:               {pgbench_tps:>9.0} tps");
+    println!(
+        "   ratio: {:.0} % (target >= 50 %)",
+        100.0 * enqueue_rate / pgbench_tps
+    );
+    println!();
+    Ok(())
+}
+
+fn spawn_worker(setup: &Setup, extra: &[(&str, String)]) -> anyhow::Result<Child> {
+    let mut command = Command::new(&setup.worker_bin);
+    command
+        .args(["--queues", "diagnostic"])
+        .env("DATABASE_URL", &setup.database_url)
+        .env("REDIS_URL", &setup.redis_url)
+        .env(
+            "BERTH_DB_MAX_CONNECTIONS",
+            (setup.concurrency + 4).to_string(),
+        )
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .kill_on_drop(true);
+    for (k, v) in extra {
+        command.env(k, v);
+    }
+    Ok(command.spawn()?)
+}
+
+/// No-op jobs through one berth-worker beside a bare apalis-redis worker draining
+/// the same number of tasks pushed the same way, at the same concurrency.
+async fn processing_vs_bare_apalis(setup: &Setup) -> anyhow::Result<()> {
+    reset(setup).await?;
+    let policies = Policies::defaults();
+    let mut tx = setup.pool.begin().await?;
+    for _ in 0..setup.jobs {
+        store::enqueue(
+            &mut tx,
+            &policies,
+            NewJob::new(DiagnosticJob { sleep_ms: 0 }),
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    let redis = berth_jobs::redis_conn::connect(&setup.redis_url).await?;
+    Relay::new(setup.pool.clone(), redis.clone())
+        .drain()
+        .await?;
+
+    let mut worker = spawn_worker(
+        setup,
+        &[(
+            "BERTH_DIAGNOSTIC_CONCURRENCY",
+            setup.concurrency.to_string(),
+        )],
+    )?;
+    let timeout = Instant::now() + Duration::from_secs(600);
+    loop {
+        let done: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state = 'succeeded'")
+            .fetch_one(&setup.pool)
+            .await?;
+        if done as usize == setup.jobs {
+            break;
+        }
+        if Instant::now() > timeout {
+            bail!("berth-worker finished only {done} of {} jobs", setup.jobs);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    worker.kill().await?;
+    let span: f64 = sqlx::query_scalar(
+        "SELECT EXTRACT(EPOCH FROM max(finished_at) - min(started_at))::float8 FROM jobs",
+    )
+    .fetch_one(&setup.pool)
+    .await?;
+    let berth_rate = setup.jobs as f64 / span;
+
+    // The baseline: apalis-redis alone, no Postgres bookkeeping.
+    let mut redis_conn = redis.clone();
+    redis::cmd("FLUSHDB")
+        .query_async::<()>(&mut redis_conn)
+        .await?;
+    let config = apalis_redis::Config::default()
+        .queue("bench:bare")
+        .batch_size(1);
+    let tasks: Vec<(String, Vec<u8>)> = (0..setup.jobs)
+        .map(|_| {
+            let id = ulid::Ulid::generate().to_string();
+            let args = serde_json::to_vec(&Delivery {
+                job_id: id.clone(),
+                delivery_id: id.clone(),
+            })
+            .expect("json");
+            (id, args)
+        })
+        .collect();
+    for chunk in tasks.chunks(500) {
+        push_deliveries(&mut redis_conn, &config, chunk).await?;
+    }
+    struct Progress {
+        done: AtomicUsize,
+        first: std::sync::OnceLock<Instant>,
+        last: std::sync::Mutex<Option<Instant>>,
+    }
+    let progress = Arc::new(Progress {
+        done: AtomicUsize::new(0),
+        first: std::sync::OnceLock::new(),
+        last: std::sync::Mutex::new(None),
+    });
+    async fn noop(_delivery: Delivery, progress: Data<Arc<Progress>>) -> Result<(), BoxDynError> {
+        progress.first.get_or_init(Instant::now);
+        progress.done.fetch_add(1, Ordering::Relaxed);
+        *progress.last.lock().expect("lock") = Some(Instant::now());
+        Ok(())
+    }
+    let storage = RedisStorage::<Delivery, _>::new(redis.clone()).with_config(config);
+    let bare = WorkerBuilder::new(format!("bench-bare-{}", std::process::id()))
+        .backend(storage)
+        .data(progress.clone())
+        .concurrency(setup.concurrency)
+        .build(noop);
+    let handle = tokio::spawn(async move { bare.run().await });
+    while progress.done.load(Ordering::Relaxed) < setup.jobs {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    handle.abort();
+    let first = *progress.first.get().expect("started");
+    let last = progress.last.lock().expect("lock").expect("finished");
+    let bare_rate = setup.jobs as f64 / (last - first).as_secs_f64();
+
+    println!(
+        "2. No-op job processing, one worker, concurrency {}, {} jobs",
+        setup.concurrency, setup.jobs
+    );
+    println!("   berth-worker (claim + finish in Postgres): {berth_rate:>9.0} jobs/s");
+    println!("   bare apalis-redis worker:                  {bare_rate:>9.0} jobs/s");
+    println!(
+        "   ratio: {:.0} % (target >= 80 %)",
+        100.0 * berth_rate / bare_rate
+    );
+    println!();
+    Ok(())
+}
+
+fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the parenthesised command name; utime and stime are 14 and 15.
+    let after = stat.rsplit_once(')').context("stat format")?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    Ok(fields[11].parse::<u64>()? + fields[12].parse::<u64>()?)
+}
+
+/// Enqueue-to-start latency through the whole path (commit, notify, relay, Redis
+/// push, pub/sub wake-up, fetch, claim) with an idle worker, and that idle
+/// worker's CPU use. The worker runs with its production defaults.
+async fn latency_with_idle_worker(setup: &Setup) -> anyhow::Result<()> {
+    reset(setup).await?;
+    let policies = Policies::defaults();
+    let redis = berth_jobs::redis_conn::connect(&setup.redis_url).await?;
+    let stop_relay = CancellationToken::new();
+    let relay = tokio::spawn(Relay::new(setup.pool.clone(), redis).run(stop_relay.clone()));
+    let mut worker = spawn_worker(setup, &[])?;
+    let pid = worker.id().context("worker pid")?;
+
+    let warmup = store::enqueue_now(
+        &setup.pool,
+        &policies,
+        NewJob::new(DiagnosticJob { sleep_ms: 0 }),
+    )
+    .await?
+    .id;
+    wait_succeeded(&setup.pool, &warmup).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let idle_seconds = 20.0;
+    let ticks_per_second = 100.0; // USER_HZ on Linux
+    let before = cpu_ticks(pid)?;
+    tokio::time::sleep(Duration::from_secs_f64(idle_seconds)).await;
+    let idle_cpu = 100.0 * (cpu_ticks(pid)? - before) as f64 / ticks_per_second / idle_seconds;
+
+    let mut latencies = Vec::new();
+    for i in 0..200u64 {
+        let id = store::enqueue_now(
+            &setup.pool,
+            &policies,
+            NewJob::new(DiagnosticJob { sleep_ms: 0 }),
+        )
+        .await?
+        .id;
+        wait_succeeded(&setup.pool, &id).await?;
+        let ms: f64 = sqlx::query_scalar("SELECT EXTRACT(EPOCH FROM started_at - created_at)::float8 * 1000 FROM jobs WHERE id = $1")
+            .bind(&id)
+            .fetch_one(&setup.pool)
+            .await?;
+        latencies.push(ms);
+        tokio::time::sleep(Duration::from_millis(20 + (i * 7) % 40)).await;
+    }
+    worker.kill().await?;
+    stop_relay.cancel();
+    relay.await?;
+    latencies.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| latencies[((latencies.len() as f64 - 1.0) * p).round() as usize];
+
+    println!(
+        "3. Enqueue-to-start latency, idle worker, {} jobs one at a time",
+        latencies.len()
+    );
+    println!(
+        "   p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (target p99 < 50 ms)",
+        pct(0.5),
+        pct(0.99),
+        pct(1.0)
+    );
+    println!(
+        "   idle worker CPU over {idle_seconds:.0} s: {idle_cpu:.2} % of one core (target < 1 %)"
+    );
+    Ok(())
+}
+
+async fn wait_succeeded(pool: &PgPool, id: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let state: String = sqlx::query_scalar("SELECT state FROM jobs WHERE id = $1")
+            .bind(id)
+            .fetch_one(pool)
+            .await?;
+        if state == "succeeded" {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("job {id} still {state} after 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
