@@ -1,4 +1,6 @@
 -- Job state: Postgres is the source of truth; Redis only carries deliveries.
+-- A job row is its own outbox: `pushed_at IS NULL` until a delivery of it reached
+-- Redis, and the relay sweeps such rows (see ARCHITECTURE.md).
 
 CREATE TABLE jobs (
     id              TEXT PRIMARY KEY,
@@ -7,7 +9,9 @@ CREATE TABLE jobs (
                     CHECK (state IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')),
     payload         JSONB NOT NULL,
     -- The Redis task id of the job's current delivery; only that delivery may run it.
-    delivery_id     TEXT NOT NULL UNIQUE,
+    delivery_id     TEXT NOT NULL,
+    -- When the current delivery was confirmed in Redis; NULL while it may not be.
+    pushed_at       TIMESTAMPTZ,
     attempts        INTEGER NOT NULL DEFAULT 0 CHECK (attempts >= 0),
     max_attempts    INTEGER NOT NULL CHECK (max_attempts > 0),
     timeout_ms      BIGINT NOT NULL CHECK (timeout_ms > 0),
@@ -27,20 +31,11 @@ CREATE TABLE jobs (
 
 CREATE UNIQUE INDEX jobs_pending_dedupe_key ON jobs (dedupe_key)
     WHERE dedupe_key IS NOT NULL AND state IN ('queued', 'running');
+CREATE INDEX jobs_unpushed ON jobs (run_after) WHERE pushed_at IS NULL AND state = 'queued';
 CREATE INDEX jobs_unfinished ON jobs (state, kind) WHERE state IN ('queued', 'running');
 CREATE INDEX jobs_finished_at ON jobs (finished_at) WHERE finished_at IS NOT NULL;
-CREATE INDEX jobs_owner_created ON jobs (owner_user_id, created_at DESC);
-CREATE INDEX jobs_created ON jobs (created_at DESC);
-
--- Deliveries written in the enqueueing transaction and moved to Redis by the relay.
-CREATE TABLE job_outbox (
-    delivery_id TEXT PRIMARY KEY,
-    job_id      TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
-    queue       TEXT NOT NULL,
-    run_at      TIMESTAMPTZ NOT NULL DEFAULT now()
-);
-CREATE INDEX job_outbox_run_at ON job_outbox (run_at);
-CREATE INDEX job_outbox_job ON job_outbox (job_id);
+-- Job ids are ULIDs, so ordering by id is ordering by creation time.
+CREATE INDEX jobs_owner ON jobs (owner_user_id, id DESC) WHERE owner_user_id IS NOT NULL;
 
 -- Finished jobs that pruning deleted, by duration bucket, so metrics counters stay monotonic.
 CREATE TABLE job_outcome_totals (

@@ -64,7 +64,8 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Serves until `shutdown` is cancelled, then drains in-flight requests. Also runs
-/// an outbox relay, so jobs this api enqueues reach Redis without a worker's help.
+/// a relay sweep, so a job whose immediate push failed reaches Redis without a
+/// worker's help.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,

@@ -65,17 +65,6 @@ async fn serve() -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on BERTH_API_ADDR {addr}"))?;
     tracing::info!(%addr, "berth-api listening");
     let shutdown = CancellationToken::new();
-    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    tokio::spawn(berth_config::cancel_on_shutdown_signal(shutdown.clone()));
     berth_api::serve(listener, state, shutdown).await
-}
-
-async fn cancel_on_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
-    tracing::info!("shutdown requested; draining requests");
-    shutdown.cancel();
 }

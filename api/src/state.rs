@@ -3,7 +3,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use berth_config::ApiConfig;
-use berth_jobs::Policies;
+use berth_jobs::{JobClient, Policies};
 use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
@@ -16,7 +16,7 @@ pub struct AppState {
     pub pool: PgPool,
     pub redis: ConnectionManager,
     pub config: Arc<ApiConfig>,
-    pub policies: Policies,
+    pub jobs: JobClient,
     pub metrics: Arc<Metrics>,
 }
 
@@ -33,10 +33,10 @@ impl AppState {
             .await
             .context("cannot connect to REDIS_URL")?;
         Ok(Self {
+            jobs: JobClient::new(pool.clone(), redis.clone(), policies),
             pool,
             redis,
             config: Arc::new(config),
-            policies,
             metrics: Arc::new(Metrics::new()),
         })
     }

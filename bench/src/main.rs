@@ -13,7 +13,7 @@ use apalis::prelude::{BoxDynError, Data, WorkerBuilder, WorkerBuilderExt};
 use apalis_redis::RedisStorage;
 use berth_jobs::relay::{Delivery, Relay, push_deliveries};
 use berth_jobs::store::{self, NewJob};
-use berth_jobs::{DiagnosticJob, Policies};
+use berth_jobs::{DiagnosticJob, JobClient, Policies};
 use sqlx::PgPool;
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
@@ -78,7 +78,7 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn reset(setup: &Setup) -> anyhow::Result<()> {
-    sqlx::query("TRUNCATE jobs, job_outbox, job_outcome_totals")
+    sqlx::query("TRUNCATE jobs, job_outcome_totals")
         .execute(&setup.pool)
         .await?;
     let mut redis = berth_jobs::redis_conn::connect(&setup.redis_url).await?;
@@ -86,12 +86,13 @@ async fn reset(setup: &Setup) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Durable enqueue (job row + outbox row + notify, one transaction each, relayed to
-/// Redis) beside pgbench's single-row INSERT transactions, same client count.
+/// Durable enqueue (the job row committed, its delivery pushed to Redis, and the
+/// relay's sweep confirming it) beside pgbench's single-row INSERT transactions,
+/// same client count.
 async fn enqueue_vs_pgbench(setup: &Setup) -> anyhow::Result<()> {
     reset(setup).await?;
-    let policies = Policies::defaults();
     let redis = berth_jobs::redis_conn::connect(&setup.redis_url).await?;
+    let jobs = JobClient::new(setup.pool.clone(), redis.clone(), Policies::defaults());
     let stop_relay = CancellationToken::new();
     let relay = tokio::spawn(Relay::new(setup.pool.clone(), redis).run(stop_relay.clone()));
 
@@ -99,12 +100,11 @@ async fn enqueue_vs_pgbench(setup: &Setup) -> anyhow::Result<()> {
     let deadline = started + Duration::from_secs(setup.seconds);
     let mut clients = Vec::new();
     for _ in 0..setup.clients {
-        let pool = setup.pool.clone();
-        let policies = policies.clone();
+        let jobs = jobs.clone();
         clients.push(tokio::spawn(async move {
             let mut n = 0u64;
             while Instant::now() < deadline {
-                store::enqueue_now(&pool, &policies, NewJob::new(DiagnosticJob { sleep_ms: 0 }))
+                jobs.enqueue(NewJob::new(DiagnosticJob { sleep_ms: 0 }))
                     .await?;
                 n += 1;
             }
@@ -115,9 +115,9 @@ async fn enqueue_vs_pgbench(setup: &Setup) -> anyhow::Result<()> {
     for client in clients {
         enqueued += client.await??;
     }
-    // Throughput counts until the relay has moved every delivery to Redis.
+    // Throughput counts until the sweep has confirmed every delivery in Redis.
     loop {
-        let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM job_outbox")
+        let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE pushed_at IS NULL")
             .fetch_one(&setup.pool)
             .await?;
         if pending == 0 {
@@ -170,7 +170,7 @@ async fn enqueue_vs_pgbench(setup: &Setup) -> anyhow::Result<()> {
         "1. Durable enqueue, {} clients, {} s",
         setup.clients, setup.seconds
     );
-    println!("   enqueue (job + outbox + relay to Redis): {enqueue_rate:>9.0} jobs/s");
+    println!("   enqueue (job row + Redis push + sweep):   {enqueue_rate:>9.0} jobs/s");
     println!("   pgbench single-row INSERT:               {pgbench_tps:>9.0} tps");
     println!(
         "   ratio: {:.0} % (target >= 50 %)",
@@ -322,25 +322,22 @@ fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
     Ok(fields[11].parse::<u64>()? + fields[12].parse::<u64>()?)
 }
 
-/// Enqueue-to-start latency through the whole path (commit, notify, relay, Redis
-/// push, pub/sub wake-up, fetch, claim) with an idle worker, and that idle
+/// Enqueue-to-start latency through the whole path (commit, Redis push, pub/sub
+/// wake-up, fetch, claim) with an idle worker, and that idle
 /// worker's CPU use. The worker runs with its production defaults.
 async fn latency_with_idle_worker(setup: &Setup) -> anyhow::Result<()> {
     reset(setup).await?;
-    let policies = Policies::defaults();
     let redis = berth_jobs::redis_conn::connect(&setup.redis_url).await?;
+    let jobs = JobClient::new(setup.pool.clone(), redis.clone(), Policies::defaults());
     let stop_relay = CancellationToken::new();
     let relay = tokio::spawn(Relay::new(setup.pool.clone(), redis).run(stop_relay.clone()));
     let mut worker = spawn_worker(setup, &[])?;
     let pid = worker.id().context("worker pid")?;
 
-    let warmup = store::enqueue_now(
-        &setup.pool,
-        &policies,
-        NewJob::new(DiagnosticJob { sleep_ms: 0 }),
-    )
-    .await?
-    .id;
+    let warmup = jobs
+        .enqueue(NewJob::new(DiagnosticJob { sleep_ms: 0 }))
+        .await?
+        .id;
     wait_succeeded(&setup.pool, &warmup).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
 
@@ -352,13 +349,10 @@ async fn latency_with_idle_worker(setup: &Setup) -> anyhow::Result<()> {
 
     let mut latencies = Vec::new();
     for i in 0..200u64 {
-        let id = store::enqueue_now(
-            &setup.pool,
-            &policies,
-            NewJob::new(DiagnosticJob { sleep_ms: 0 }),
-        )
-        .await?
-        .id;
+        let id = jobs
+            .enqueue(NewJob::new(DiagnosticJob { sleep_ms: 0 }))
+            .await?
+            .id;
         wait_succeeded(&setup.pool, &id).await?;
         let ms: f64 = sqlx::query_scalar("SELECT EXTRACT(EPOCH FROM started_at - created_at)::float8 * 1000 FROM jobs WHERE id = $1")
             .bind(&id)

@@ -173,6 +173,18 @@ impl LogFormat {
     }
 }
 
+/// Cancels `shutdown` on SIGTERM or SIGINT, so every binary drains the same way.
+pub async fn cancel_on_shutdown_signal(shutdown: tokio_util::sync::CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("shutdown requested");
+    shutdown.cancel();
+}
+
 /// Settings every Berth process shares.
 #[derive(Debug, Clone)]
 pub struct CommonConfig {

@@ -4,6 +4,7 @@
 //! apalis-redis, only carries deliveries to workers. See ARCHITECTURE.md for why
 //! and for the invariants this crate keeps.
 
+pub mod client;
 pub mod housekeeping;
 pub mod payload;
 pub mod policy;
@@ -13,6 +14,7 @@ pub mod relay;
 pub mod runtime;
 pub mod store;
 
+pub use client::JobClient;
 pub use payload::{DiagnosticJob, EmailJob, EmailMessage, JobPayload};
 pub use policy::{JobPolicy, Policies};
 pub use queue::Queue;

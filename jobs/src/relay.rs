@@ -1,10 +1,13 @@
-//! The outbox relay: moves committed deliveries from `job_outbox` to Redis.
+//! The relay: moves job deliveries that may not be in Redis yet (`pushed_at IS
+//! NULL`, due) to Redis. Enqueuers push at once after their commit
+//! ([`crate::JobClient::dispatch`]); this sweep is what guarantees delivery when
+//! that push never happened (a crash, a Redis blip) and what starts delayed retries.
 //!
 //! Several relays may run (every api and worker process runs one); `FOR UPDATE
-//! SKIP LOCKED` gives each row to one of them, and the row is deleted in the same
-//! transaction that saw the Redis push succeed. If that commit fails after the push,
-//! the row is pushed again later: the duplicate carries the same delivery id, which
-//! apalis-redis refuses to store twice, and `claim` refuses to run twice.
+//! SKIP LOCKED` gives each row to one of them, and the row is marked pushed in the
+//! transaction that saw the Redis push succeed. Pushing a delivery twice is
+//! harmless: the push script stores a delivery id once, and `claim` runs a
+//! delivery once.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -13,11 +16,9 @@ use redis::Script;
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
-use sqlx::postgres::PgListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::Queue;
-use crate::store::OUTBOX_CHANNEL;
 
 /// What travels through Redis: which job, and which delivery of it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -64,60 +65,29 @@ impl Relay {
         Self { pool, redis }
     }
 
-    /// Relays until shutdown: at once on each enqueue notification, and on a short
-    /// sweep for delayed retries and for anything a missed notification left behind.
+    /// Sweeps until shutdown.
     pub async fn run(mut self, shutdown: CancellationToken) {
-        let mut listener = None;
         let mut failures = 0u32;
         loop {
-            if listener.is_none() {
-                listener = match PgListener::connect_with(&self.pool).await {
-                    Ok(mut l) => match l.listen(OUTBOX_CHANNEL).await {
-                        Ok(()) => Some(l),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "relay could not listen for enqueues");
-                            None
-                        }
-                    },
-                    Err(e) => {
-                        tracing::warn!(error = %e, "relay could not connect a listener");
-                        None
-                    }
-                };
-            }
             match self.drain().await {
                 Ok(_) => failures = 0,
                 Err(e) => {
                     failures += 1;
-                    // Log the first failure and then every 20th, so a Redis outage is
+                    // The first failure and then every 20th, so an outage is
                     // visible without flooding the log.
                     if failures == 1 || failures.is_multiple_of(20) {
                         tracing::warn!(error = %e, failures, "relay could not move deliveries to Redis");
                     }
                 }
             }
-            let wait = async {
-                match listener.as_mut() {
-                    Some(l) => l.try_recv().await.map(|_| ()),
-                    None => {
-                        tokio::time::sleep(SWEEP_EVERY).await;
-                        Ok(())
-                    }
-                }
-            };
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(SWEEP_EVERY) => {}
-                received = wait => {
-                    if received.is_err() {
-                        listener = None;
-                    }
-                }
             }
         }
     }
 
-    /// Moves every due outbox row to Redis; returns how many.
+    /// Moves every due, unpushed delivery to Redis; returns how many.
     pub async fn drain(&mut self) -> anyhow::Result<usize> {
         let mut total = 0;
         loop {
@@ -132,8 +102,9 @@ impl Relay {
     async fn relay_batch(&mut self) -> anyhow::Result<usize> {
         let mut tx = self.pool.begin().await?;
         let rows: Vec<(String, String, String)> = sqlx::query_as(
-            "SELECT delivery_id, job_id, queue FROM job_outbox WHERE run_at <= now() \
-             ORDER BY run_at LIMIT $1 FOR UPDATE SKIP LOCKED",
+            "SELECT delivery_id, id, kind FROM jobs \
+             WHERE state = 'queued' AND pushed_at IS NULL AND run_after <= now() \
+             ORDER BY run_after LIMIT $1 FOR UPDATE SKIP LOCKED",
         )
         .bind(BATCH)
         .fetch_all(&mut *tx)
@@ -142,18 +113,15 @@ impl Relay {
             return Ok(0);
         }
         let mut by_queue: HashMap<Queue, Vec<(String, Vec<u8>)>> = HashMap::new();
-        let mut delivered = Vec::with_capacity(rows.len());
+        let mut pushed = Vec::with_capacity(rows.len());
         for (delivery_id, job_id, queue) in rows {
             let queue: Queue = queue.parse()?;
             let args = serde_json::to_vec(&Delivery {
-                job_id,
+                job_id: job_id.clone(),
                 delivery_id: delivery_id.clone(),
             })?;
-            by_queue
-                .entry(queue)
-                .or_default()
-                .push((delivery_id.clone(), args));
-            delivered.push(delivery_id);
+            by_queue.entry(queue).or_default().push((delivery_id, args));
+            pushed.push(job_id);
         }
         for (queue, tasks) in by_queue {
             push_deliveries(
@@ -163,13 +131,30 @@ impl Relay {
             )
             .await?;
         }
-        sqlx::query("DELETE FROM job_outbox WHERE delivery_id = ANY($1)")
-            .bind(&delivered)
+        sqlx::query("UPDATE jobs SET pushed_at = now() WHERE id = ANY($1)")
+            .bind(&pushed)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(delivered.len())
+        Ok(pushed.len())
     }
+}
+
+/// Stores deliveries (task id, encoded [`Delivery`]) on a queue's active list with
+/// [`PUSH_SCRIPT`]; returns how many were new.
+pub async fn push_delivery(
+    redis: &mut ConnectionManager,
+    queue: Queue,
+    job_id: &str,
+    delivery_id: &str,
+) -> Result<i64, redis::RedisError> {
+    let args = serde_json::to_vec(&Delivery {
+        job_id: job_id.to_owned(),
+        delivery_id: delivery_id.to_owned(),
+    })
+    .expect("a delivery serializes");
+    let config = crate::runtime::apalis_config(queue);
+    push_deliveries(redis, &config, &[(delivery_id.to_owned(), args)]).await
 }
 
 /// Stores deliveries (task id, encoded [`Delivery`]) on a queue's active list with

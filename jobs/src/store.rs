@@ -1,6 +1,7 @@
-//! Job state in Postgres: durable enqueue (job row + outbox row in the caller's
-//! transaction), the worker-side state transitions, status queries, metrics
-//! aggregates, pruning and the reconciler that keeps any job from being stuck.
+//! Job state in Postgres: durable enqueue (the job row, written in the caller's
+//! transaction, is its own outbox), the worker-side state transitions, status
+//! queries, metrics aggregates, pruning and the reconciler that keeps any job from
+//! being stuck.
 
 use std::time::Duration;
 
@@ -11,9 +12,6 @@ use ulid::Ulid;
 use uuid::Uuid;
 
 use crate::{JobPayload, Policies, Queue};
-
-/// The Postgres channel a committed enqueue notifies, waking the relay at once.
-pub const OUTBOX_CHANNEL: &str = "berth_job_outbox";
 
 /// Upper bounds (seconds) of the job duration histogram.
 pub const DURATION_BUCKETS: [f64; 12] = [
@@ -111,13 +109,23 @@ impl<P: JobPayload> NewJob<P> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Enqueued {
     pub id: String,
-    /// False when a job with the same dedupe key was already pending.
-    pub created: bool,
+    pub queue: Queue,
+    /// The delivery to push to Redis; `None` when a job with the same dedupe key was
+    /// already pending and is returned instead.
+    pub delivery_id: Option<String>,
 }
 
-/// Writes the job and its outbox row on the caller's connection, which should be
-/// inside the transaction that writes the data the job belongs to: either both
-/// commit or neither does. The relay moves the outbox row to Redis after commit.
+impl Enqueued {
+    pub fn created(&self) -> bool {
+        self.delivery_id.is_some()
+    }
+}
+
+/// Writes the job on the caller's connection, which should be inside the
+/// transaction that writes the data the job belongs to: both commit or neither
+/// does. The row is its own outbox (`pushed_at IS NULL`): after commit, hand the
+/// result to [`crate::JobClient::dispatch`] to start it at once; the relay's sweep
+/// pushes it anyway if that never happens.
 pub async fn enqueue<P: JobPayload>(
     conn: &mut PgConnection,
     policies: &Policies,
@@ -129,20 +137,11 @@ pub async fn enqueue<P: JobPayload>(
     let payload =
         serde_json::to_value(&job.payload).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
     let inserted: Option<String> = sqlx::query_scalar(
-        r#"
-        WITH new_job AS (
-            INSERT INTO jobs (id, kind, payload, delivery_id, max_attempts, timeout_ms,
-                              owner_user_id, server_id, deployment_id, dedupe_key)
-            VALUES ($1, $2, $3, $1, $4, $5, $6, $7, $8, $9)
-            ON CONFLICT (dedupe_key) WHERE dedupe_key IS NOT NULL AND state IN ('queued', 'running')
-            DO NOTHING
-            RETURNING id, delivery_id, kind
-        ), outbox AS (
-            INSERT INTO job_outbox (delivery_id, job_id, queue)
-            SELECT delivery_id, id, kind FROM new_job
-        )
-        SELECT id FROM new_job, LATERAL (SELECT pg_notify($10, '')) AS notified
-        "#,
+        "INSERT INTO jobs (id, kind, payload, delivery_id, max_attempts, timeout_ms, \
+                           owner_user_id, server_id, deployment_id, dedupe_key) \
+         VALUES ($1, $2, $3, $1, $4, $5, $6, $7, $8, $9) \
+         ON CONFLICT (dedupe_key) WHERE dedupe_key IS NOT NULL AND state IN ('queued', 'running') \
+         DO NOTHING RETURNING id",
     )
     .bind(&id)
     .bind(queue.name())
@@ -153,11 +152,14 @@ pub async fn enqueue<P: JobPayload>(
     .bind(job.server_id)
     .bind(job.deployment_id)
     .bind(&job.dedupe_key)
-    .bind(OUTBOX_CHANNEL)
     .fetch_optional(&mut *conn)
     .await?;
     if let Some(id) = inserted {
-        return Ok(Enqueued { id, created: true });
+        return Ok(Enqueued {
+            delivery_id: Some(id.clone()),
+            id,
+            queue,
+        });
     }
     let existing: String = sqlx::query_scalar(
         "SELECT id FROM jobs WHERE dedupe_key = $1 AND state IN ('queued', 'running')",
@@ -167,20 +169,9 @@ pub async fn enqueue<P: JobPayload>(
     .await?;
     Ok(Enqueued {
         id: existing,
-        created: false,
+        queue,
+        delivery_id: None,
     })
-}
-
-/// Enqueues in a transaction of its own, for callers with no other data to write.
-pub async fn enqueue_now<P: JobPayload>(
-    pool: &PgPool,
-    policies: &Policies,
-    job: NewJob<P>,
-) -> Result<Enqueued, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let enqueued = enqueue(&mut tx, policies, job).await?;
-    tx.commit().await?;
-    Ok(enqueued)
 }
 
 /// What `GET /jobs/{id}` shows.
@@ -259,7 +250,7 @@ pub async fn list(
     let condition = "($1::uuid IS NULL OR owner_user_id = $1) \
         AND ($2::text IS NULL OR kind = $2) AND ($3::text IS NULL OR state = $3)";
     let rows = sqlx::query(&format!(
-        "SELECT {RECORD_COLUMNS} FROM jobs WHERE {condition} ORDER BY created_at DESC, id DESC \
+        "SELECT {RECORD_COLUMNS} FROM jobs WHERE {condition} ORDER BY id DESC \
          OFFSET $4 LIMIT $5"
     ))
     .bind(filter.owner_user_id)
@@ -279,24 +270,18 @@ pub async fn list(
     Ok((records, total))
 }
 
-/// Cancels a job that has not started; true when it was cancelled.
+/// Cancels a job that has not started; true when it was cancelled. A delivery of
+/// it already in Redis is refused by [`claim`].
 pub async fn cancel(pool: &PgPool, id: &str) -> Result<bool, sqlx::Error> {
-    let mut tx = pool.begin().await?;
     let cancelled = sqlx::query(
         "UPDATE jobs SET state = 'cancelled', finished_at = now(), updated_at = now() \
          WHERE id = $1 AND state = 'queued'",
     )
     .bind(id)
-    .execute(&mut *tx)
+    .execute(pool)
     .await?
-    .rows_affected()
-        == 1;
-    sqlx::query("DELETE FROM job_outbox WHERE job_id = $1")
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await?;
-    Ok(cancelled)
+    .rows_affected();
+    Ok(cancelled == 1)
 }
 
 /// A delivery a worker may run: the job's current delivery, not finished.
@@ -322,7 +307,7 @@ pub async fn claim(
 ) -> Result<Option<Claimed>, sqlx::Error> {
     let row = sqlx::query(
         "UPDATE jobs SET state = 'running', attempts = attempts + 1, started_at = now(), \
-             worker = $3, updated_at = now() \
+             worker = $3, pushed_at = COALESCE(pushed_at, now()), updated_at = now() \
          WHERE id = $1 AND delivery_id = $2 AND state IN ('queued', 'running') \
          RETURNING kind, payload, attempts, max_attempts, timeout_ms",
     )
@@ -378,7 +363,7 @@ pub async fn mark_failed(
 }
 
 /// Puts the job back in the queue under a new delivery id, due after `delay`;
-/// the relay pushes it to Redis once due. Durable, unlike apalis' in-process retry.
+/// the relay's sweep pushes it to Redis once due. Durable, unlike apalis' retry.
 pub async fn schedule_retry(
     pool: &PgPool,
     job_id: &str,
@@ -387,16 +372,9 @@ pub async fn schedule_retry(
     delay: Duration,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        r#"
-        WITH retried AS (
-            UPDATE jobs SET state = 'queued', last_error = $3, delivery_id = $4,
-                run_after = now() + make_interval(secs => $5), worker = NULL, updated_at = now()
-            WHERE id = $1 AND delivery_id = $2 AND state = 'running'
-            RETURNING id, kind, delivery_id, run_after
-        )
-        INSERT INTO job_outbox (delivery_id, job_id, queue, run_at)
-        SELECT delivery_id, id, kind, run_after FROM retried
-        "#,
+        "UPDATE jobs SET state = 'queued', last_error = $3, delivery_id = $4, pushed_at = NULL, \
+             run_after = now() + make_interval(secs => $5), worker = NULL, updated_at = now() \
+         WHERE id = $1 AND delivery_id = $2 AND state = 'running'",
     )
     .bind(job_id)
     .bind(delivery_id)
@@ -511,8 +489,8 @@ pub struct Reconciled {
 /// Finds jobs no worker will ever finish and moves them on:
 /// - `running` longer than their timeout plus `grace`: the worker died and its Redis
 ///   task was lost; re-issued, or failed when the attempt cap is reached;
-/// - `queued`, due, with no outbox row, untouched for `lost_after`: the Redis
-///   delivery was lost (e.g. Redis restarted without persistence); re-issued.
+/// - `queued`, pushed to Redis but untouched for `lost_after`: the delivery was
+///   lost (e.g. Redis restarted without persistence); re-issued.
 ///
 /// Re-issuing gives a new delivery id, so a late original delivery is refused by
 /// [`claim`] and the job still runs once per attempt.
@@ -527,9 +505,8 @@ pub async fn reconcile(
         SELECT id, state, attempts >= max_attempts FROM jobs
         WHERE (state = 'running'
                AND started_at < now() - make_interval(secs => timeout_ms / 1000.0 + $1))
-           OR (state = 'queued' AND run_after < now()
-               AND updated_at < now() - make_interval(secs => $2)
-               AND NOT EXISTS (SELECT 1 FROM job_outbox o WHERE o.job_id = jobs.id))
+           OR (state = 'queued' AND pushed_at IS NOT NULL
+               AND updated_at < now() - make_interval(secs => $2))
         LIMIT 1000
         FOR UPDATE SKIP LOCKED
         "#,
@@ -552,13 +529,8 @@ pub async fn reconcile(
             outcome.failed += 1;
         } else {
             sqlx::query(
-                r#"
-                WITH reissued AS (
-                    UPDATE jobs SET state = 'queued', delivery_id = $2, worker = NULL, updated_at = now()
-                    WHERE id = $1 RETURNING id, kind, delivery_id
-                )
-                INSERT INTO job_outbox (delivery_id, job_id, queue) SELECT delivery_id, id, kind FROM reissued
-                "#,
+                "UPDATE jobs SET state = 'queued', delivery_id = $2, pushed_at = NULL, worker = NULL, \
+                     updated_at = now() WHERE id = $1",
             )
             .bind(&id)
             .bind(Ulid::generate().to_string())
@@ -566,12 +538,6 @@ pub async fn reconcile(
             .await?;
             outcome.requeued += 1;
         }
-    }
-    if outcome.requeued > 0 {
-        sqlx::query("SELECT pg_notify($1, '')")
-            .bind(OUTBOX_CHANNEL)
-            .execute(&mut *tx)
-            .await?;
     }
     tx.commit().await?;
     Ok(outcome)

@@ -42,16 +42,7 @@ async fn run() -> anyhow::Result<()> {
     tracing::info!(identity, schedules = %names.join(","), "berth-scheduler starting");
 
     let shutdown = CancellationToken::new();
-    let stop = shutdown.clone();
-    tokio::spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-        stop.cancel();
-    });
+    tokio::spawn(berth_config::cancel_on_shutdown_signal(shutdown.clone()));
     Scheduler::new(pool, redis, config, identity)
         .run(shutdown)
         .await;

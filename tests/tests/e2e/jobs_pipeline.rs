@@ -6,7 +6,7 @@ use berth_e2e::{
 };
 use berth_jobs::relay::Relay;
 use berth_jobs::store::{self, NewJob};
-use berth_jobs::{DiagnosticJob, EmailJob, EmailMessage, JobRecord, JobState, Policies};
+use berth_jobs::{DiagnosticJob, EmailJob, EmailMessage, JobClient, JobRecord, JobState, Policies};
 use nix::sys::signal::Signal;
 use sqlx::PgPool;
 
@@ -25,6 +25,38 @@ fn worker_env(db: &TestDb, redis: &TestRedis, extra: &[(&str, &str)]) -> HashMap
     env
 }
 
+/// A test database and Redis, the worker settings and the job policies they imply.
+struct Pipeline {
+    db: TestDb,
+    redis: TestRedis,
+    env: HashMap<String, String>,
+    jobs: JobClient,
+}
+
+async fn pipeline(extra: &[(&str, &str)]) -> Pipeline {
+    let db = TestDb::new().await;
+    let redis = TestRedis::start().await;
+    let env = worker_env(&db, &redis, extra);
+    let jobs = client(&db, &redis, &env).await;
+    Pipeline {
+        db,
+        redis,
+        env,
+        jobs,
+    }
+}
+
+/// Enqueues with the policies a worker with `env` uses.
+async fn client(db: &TestDb, redis: &TestRedis, env: &HashMap<String, String>) -> JobClient {
+    let policies = Policies::from_env(&berth_config::Env::from_map(env.clone())).unwrap();
+    let conn = berth_jobs::redis_conn::connect(&redis.url()).await.unwrap();
+    JobClient::new(db.pool.clone(), conn, policies)
+}
+
+fn diagnostic_worker(env: &HashMap<String, String>) -> BerthProcess {
+    BerthProcess::spawn("berth-worker", &["--queues", "diagnostic"], env)
+}
+
 async fn job(pool: &PgPool, id: &str) -> JobRecord {
     store::get(pool, id).await.unwrap().expect("job exists")
 }
@@ -38,8 +70,8 @@ async fn wait_for(pool: &PgPool, id: &str, state: JobState, timeout: Duration) -
     job(pool, id).await
 }
 
-async fn enqueue_diagnostic(pool: &PgPool, policies: &Policies, sleep_ms: u64) -> String {
-    store::enqueue_now(pool, policies, NewJob::new(DiagnosticJob { sleep_ms }))
+async fn enqueue_diagnostic(jobs: &JobClient, sleep_ms: u64) -> String {
+    jobs.enqueue(NewJob::new(DiagnosticJob { sleep_ms }))
         .await
         .unwrap()
         .id
@@ -75,14 +107,13 @@ async fn email_is_delivered_over_smtp_and_counted_in_metrics() {
         ),
     );
 
-    let id = store::enqueue_now(
-        &db.pool,
-        &app.state.policies,
-        email("ada@example.test", "424242"),
-    )
-    .await
-    .unwrap()
-    .id;
+    let id = app
+        .state
+        .jobs
+        .enqueue(email("ada@example.test", "424242"))
+        .await
+        .unwrap()
+        .id;
     let record = wait_for(&db.pool, &id, JobState::Succeeded, Duration::from_secs(30)).await;
     assert_eq!(record.attempts, 1);
     assert_eq!(record.error, None);
@@ -172,12 +203,11 @@ async fn a_failing_job_is_retried_with_backoff_then_fails_with_its_error() {
             ("BERTH_EMAIL_BACKOFF_MS", "400"),
         ],
     );
-    let policies = Policies::from_env(&berth_config::Env::from_map(env.clone())).unwrap();
+    let jobs = client(&db, &redis, &env).await;
     let _worker = BerthProcess::spawn("berth-worker", &["--queues", "email"], &env);
-    let app = TestApp::spawn(base_env(&db, &redis)).await; // relays the enqueue
-    let _ = &app;
 
-    let id = store::enqueue_now(&db.pool, &policies, email("ada@example.test", "111111"))
+    let id = jobs
+        .enqueue(email("ada@example.test", "111111"))
         .await
         .unwrap()
         .id;
@@ -217,7 +247,8 @@ async fn a_failing_job_is_retried_with_backoff_then_fails_with_its_error() {
     assert!(failed.finished_at.is_some());
 
     // A permanent failure (an unusable address) fails at once.
-    let id = store::enqueue_now(&db.pool, &policies, email("not an address", "111111"))
+    let id = jobs
+        .enqueue(email("not an address", "111111"))
         .await
         .unwrap()
         .id;
@@ -235,13 +266,15 @@ async fn a_failing_job_is_retried_with_backoff_then_fails_with_its_error() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_worker_killed_mid_job_loses_nothing_and_crash_loops_stop_at_the_cap() {
-    let db = TestDb::new().await;
-    let redis = TestRedis::start().await;
-    let env = worker_env(&db, &redis, &[]);
-    let policies = Policies::from_env(&berth_config::Env::from_map(env.clone())).unwrap();
-    let first = BerthProcess::spawn("berth-worker", &["--queues", "diagnostic"], &env);
+    let Pipeline {
+        db,
+        redis,
+        env,
+        jobs,
+    } = pipeline(&[]).await;
+    let first = diagnostic_worker(&env);
 
-    let id = enqueue_diagnostic(&db.pool, &policies, 3000).await;
+    let id = enqueue_diagnostic(&jobs, 3000).await;
     let running = wait_for(&db.pool, &id, JobState::Running, Duration::from_secs(30)).await;
     assert!(
         running
@@ -253,7 +286,7 @@ async fn a_worker_killed_mid_job_loses_nothing_and_crash_loops_stop_at_the_cap()
     );
     first.signal(Signal::SIGKILL);
 
-    let second = BerthProcess::spawn("berth-worker", &["--queues", "diagnostic"], &env);
+    let second = diagnostic_worker(&env);
     let done = wait_for(&db.pool, &id, JobState::Succeeded, Duration::from_secs(60)).await;
     assert_eq!(done.attempts, 2, "the killed attempt counts");
     assert!(
@@ -269,13 +302,12 @@ async fn a_worker_killed_mid_job_loses_nothing_and_crash_loops_stop_at_the_cap()
     // instead of running it again (a job that kills its worker cannot loop).
     let mut capped_env = env.clone();
     capped_env.insert("BERTH_DIAGNOSTIC_MAX_ATTEMPTS".into(), "1".into());
-    let capped_policies =
-        Policies::from_env(&berth_config::Env::from_map(capped_env.clone())).unwrap();
-    let third = BerthProcess::spawn("berth-worker", &["--queues", "diagnostic"], &capped_env);
-    let id = enqueue_diagnostic(&db.pool, &capped_policies, 3000).await;
+    let capped_jobs = client(&db, &redis, &capped_env).await;
+    let third = diagnostic_worker(&capped_env);
+    let id = enqueue_diagnostic(&capped_jobs, 3000).await;
     wait_for(&db.pool, &id, JobState::Running, Duration::from_secs(30)).await;
     third.signal(Signal::SIGKILL);
-    let _fourth = BerthProcess::spawn("berth-worker", &["--queues", "diagnostic"], &capped_env);
+    let _fourth = diagnostic_worker(&capped_env);
     let failed = wait_for(&db.pool, &id, JobState::Failed, Duration::from_secs(60)).await;
     assert_eq!(failed.attempts, 2);
     assert!(
@@ -290,12 +322,14 @@ async fn a_worker_killed_mid_job_loses_nothing_and_crash_loops_stop_at_the_cap()
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_lets_running_jobs_finish_then_exits_cleanly() {
-    let db = TestDb::new().await;
-    let redis = TestRedis::start().await;
-    let env = worker_env(&db, &redis, &[]);
-    let policies = Policies::from_env(&berth_config::Env::from_map(env.clone())).unwrap();
-    let mut worker = BerthProcess::spawn("berth-worker", &["--queues", "diagnostic"], &env);
-    let id = enqueue_diagnostic(&db.pool, &policies, 1500).await;
+    let Pipeline {
+        db,
+        redis: _redis,
+        env,
+        jobs,
+    } = pipeline(&[]).await;
+    let mut worker = diagnostic_worker(&env);
+    let id = enqueue_diagnostic(&jobs, 1500).await;
     wait_for(&db.pool, &id, JobState::Running, Duration::from_secs(30)).await;
     worker.signal(Signal::SIGTERM);
     let status = tokio::time::timeout(Duration::from_secs(30), worker.child.wait())
@@ -324,10 +358,10 @@ async fn an_idle_worker_is_woken_by_the_push_not_by_polling() {
             ("BERTH_WORKER_HEARTBEAT_MS", "30000"),
         ],
     );
-    let policies = Policies::from_env(&berth_config::Env::from_map(env.clone())).unwrap();
-    let _worker = BerthProcess::spawn("berth-worker", &["--queues", "diagnostic"], &env);
+    let jobs = client(&db, &redis, &env).await;
+    let _worker = diagnostic_worker(&env);
     // Let the worker register and go idle first.
-    let warmup = enqueue_diagnostic(&db.pool, &policies, 0).await;
+    let warmup = enqueue_diagnostic(&jobs, 0).await;
     wait_for(
         &db.pool,
         &warmup,
@@ -338,7 +372,7 @@ async fn an_idle_worker_is_woken_by_the_push_not_by_polling() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
     for _ in 0..5 {
-        let id = enqueue_diagnostic(&db.pool, &policies, 0).await;
+        let id = enqueue_diagnostic(&jobs, 0).await;
         let done = wait_for(&db.pool, &id, JobState::Succeeded, Duration::from_secs(40)).await;
         let pickup = done.started_at.unwrap() - done.created_at;
         assert!(pickup < chrono_ms(1000), "picked up after {pickup:?}");
@@ -352,15 +386,17 @@ fn chrono_ms(ms: i64) -> chrono::TimeDelta {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_workers_run_each_job_exactly_once() {
-    let db = TestDb::new().await;
-    let redis = TestRedis::start().await;
-    let env = worker_env(&db, &redis, &[("BERTH_DIAGNOSTIC_CONCURRENCY", "8")]);
-    let policies = Policies::from_env(&berth_config::Env::from_map(env.clone())).unwrap();
-    let _a = BerthProcess::spawn("berth-worker", &["--queues", "diagnostic"], &env);
-    let _b = BerthProcess::spawn("berth-worker", &["--queues", "diagnostic"], &env);
+    let Pipeline {
+        db,
+        redis: _redis,
+        env,
+        jobs,
+    } = pipeline(&[("BERTH_DIAGNOSTIC_CONCURRENCY", "8")]).await;
+    let _a = diagnostic_worker(&env);
+    let _b = diagnostic_worker(&env);
     let mut ids = Vec::new();
     for i in 0..300 {
-        ids.push(enqueue_diagnostic(&db.pool, &policies, i % 7).await);
+        ids.push(enqueue_diagnostic(&jobs, i % 7).await);
     }
     eventually(Duration::from_secs(90), "300 jobs to succeed", || async {
         let done: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state = 'succeeded'")
@@ -384,30 +420,43 @@ async fn two_workers_run_each_job_exactly_once() {
 async fn duplicate_and_stale_deliveries_never_run() {
     let db = TestDb::new().await;
     let redis = TestRedis::start().await;
-    let policies = Policies::defaults();
+    let jobs = client(&db, &redis, &HashMap::new()).await;
     let conn = berth_jobs::redis_conn::connect(&redis.url()).await.unwrap();
     let mut relay = Relay::new(db.pool.clone(), conn.clone());
+    let active_list = || {
+        let mut conn = conn.clone();
+        async move {
+            redis::cmd("LLEN")
+                .arg("berth:diagnostic:active")
+                .query_async::<i64>(&mut conn)
+                .await
+                .unwrap()
+        }
+    };
 
-    let id = enqueue_diagnostic(&db.pool, &policies, 0).await;
-    assert_eq!(relay.drain().await.unwrap(), 1);
-    // A relay whose commit failed after the push pushes the same delivery again.
-    sqlx::query(
-        "INSERT INTO job_outbox (delivery_id, job_id, queue) VALUES ($1, $1, 'diagnostic')",
+    // Committed but never dispatched (the enqueuer crashed): the sweep pushes it.
+    let mut tx = db.pool.begin().await.unwrap();
+    let enqueued = store::enqueue(
+        &mut tx,
+        jobs.policies(),
+        NewJob::new(DiagnosticJob { sleep_ms: 0 }),
     )
-    .bind(&id)
-    .execute(&db.pool)
     .await
     .unwrap();
+    tx.commit().await.unwrap();
     assert_eq!(relay.drain().await.unwrap(), 1);
-    let mut redis_conn = conn.clone();
-    let queued: i64 = redis::cmd("LLEN")
-        .arg("berth:diagnostic:active")
-        .query_async(&mut redis_conn)
+    assert_eq!(relay.drain().await.unwrap(), 0, "marked pushed");
+    // Pushed again: by a relay whose commit failed, and by a late immediate push.
+    sqlx::query("UPDATE jobs SET pushed_at = NULL")
+        .execute(&db.pool)
         .await
         .unwrap();
-    assert_eq!(queued, 1, "apalis-redis stores a delivery id once");
+    assert_eq!(relay.drain().await.unwrap(), 1);
+    jobs.dispatch(&enqueued).await;
+    assert_eq!(active_list().await, 1, "a delivery id is stored once");
 
-    // Only the job's current delivery may claim it, once it is finished never.
+    // Only the job's current delivery may claim it; once finished, never.
+    let id = enqueued.id;
     assert!(
         store::claim(&db.pool, &id, "01STALEDELIVERY000000000000", "w")
             .await
@@ -428,7 +477,7 @@ async fn duplicate_and_stale_deliveries_never_run() {
     );
 
     // Cancelled before it starts: never runs.
-    let cancelled = enqueue_diagnostic(&db.pool, &policies, 0).await;
+    let cancelled = enqueue_diagnostic(&jobs, 0).await;
     assert!(store::cancel(&db.pool, &cancelled).await.unwrap());
     assert!(
         store::claim(&db.pool, &cancelled, &cancelled, "w")
@@ -439,21 +488,10 @@ async fn duplicate_and_stale_deliveries_never_run() {
     assert_eq!(job(&db.pool, &cancelled).await.state, JobState::Cancelled);
 
     // One pending job per dedupe key.
-    let first = store::enqueue_now(
-        &db.pool,
-        &policies,
-        NewJob::new(DiagnosticJob { sleep_ms: 0 }).dedupe_key("probe:1"),
-    )
-    .await
-    .unwrap();
-    let second = store::enqueue_now(
-        &db.pool,
-        &policies,
-        NewJob::new(DiagnosticJob { sleep_ms: 0 }).dedupe_key("probe:1"),
-    )
-    .await
-    .unwrap();
-    assert!(first.created && !second.created);
+    let probe = || NewJob::new(DiagnosticJob { sleep_ms: 0 }).dedupe_key("probe:1");
+    let first = jobs.enqueue(probe()).await.unwrap();
+    let second = jobs.enqueue(probe()).await.unwrap();
+    assert!(first.created() && !second.created());
     assert_eq!(first.id, second.id);
 }
 
@@ -461,9 +499,9 @@ async fn duplicate_and_stale_deliveries_never_run() {
 async fn the_reconciler_recovers_jobs_redis_lost() {
     let db = TestDb::new().await;
     let mut redis = TestRedis::start().await;
-    let policies = Policies::defaults();
+    let jobs = client(&db, &redis, &HashMap::new()).await;
     let conn = berth_jobs::redis_conn::connect(&redis.url()).await.unwrap();
-    let id = enqueue_diagnostic(&db.pool, &policies, 0).await;
+    let id = enqueue_diagnostic(&jobs, 0).await;
     Relay::new(db.pool.clone(), conn).drain().await.unwrap();
 
     // Redis restarts without persistence: the delivery is gone.
@@ -485,12 +523,12 @@ async fn the_reconciler_recovers_jobs_redis_lost() {
     );
 
     let env = worker_env(&db, &redis, &[]);
-    let _worker = BerthProcess::spawn("berth-worker", &["--queues", "diagnostic"], &env);
+    let _worker = diagnostic_worker(&env);
     let done = wait_for(&db.pool, &id, JobState::Succeeded, Duration::from_secs(30)).await;
     assert_eq!(done.attempts, 1);
 
     // A job left running past its timeout by a vanished worker: at its cap, failed.
-    let stuck = enqueue_diagnostic(&db.pool, &policies, 0).await;
+    let stuck = enqueue_diagnostic(&jobs, 0).await;
     sqlx::query(
         "UPDATE jobs SET state = 'running', attempts = max_attempts, started_at = now() - interval '2 hours' WHERE id = $1",
     )
@@ -498,11 +536,6 @@ async fn the_reconciler_recovers_jobs_redis_lost() {
     .execute(&db.pool)
     .await
     .unwrap();
-    sqlx::query("DELETE FROM job_outbox WHERE job_id = $1")
-        .bind(&stuck)
-        .execute(&db.pool)
-        .await
-        .unwrap();
     let outcome = store::reconcile(&db.pool, Duration::from_secs(60), Duration::from_secs(600))
         .await
         .unwrap();
@@ -520,12 +553,14 @@ async fn the_reconciler_recovers_jobs_redis_lost() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_worker_exits_non_zero_when_redis_goes_away() {
-    let db = TestDb::new().await;
-    let mut redis = TestRedis::start().await;
-    let env = worker_env(&db, &redis, &[]);
-    let policies = Policies::from_env(&berth_config::Env::from_map(env.clone())).unwrap();
-    let mut worker = BerthProcess::spawn("berth-worker", &["--queues", "diagnostic"], &env);
-    let id = enqueue_diagnostic(&db.pool, &policies, 0).await;
+    let Pipeline {
+        db,
+        mut redis,
+        env,
+        jobs,
+    } = pipeline(&[]).await;
+    let mut worker = diagnostic_worker(&env);
+    let id = enqueue_diagnostic(&jobs, 0).await;
     wait_for(&db.pool, &id, JobState::Succeeded, Duration::from_secs(30)).await;
 
     redis.stop().await;
@@ -538,23 +573,25 @@ async fn a_worker_exits_non_zero_when_redis_goes_away() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn nine_thousand_due_jobs_do_not_stop_a_worker() {
-    let db = TestDb::new().await;
-    let redis = TestRedis::start().await;
-    let env = worker_env(&db, &redis, &[("BERTH_DIAGNOSTIC_CONCURRENCY", "32")]);
-    let policies = Policies::from_env(&berth_config::Env::from_map(env.clone())).unwrap();
+    let Pipeline {
+        db,
+        redis: _redis,
+        env,
+        jobs,
+    } = pipeline(&[("BERTH_DIAGNOSTIC_CONCURRENCY", "32")]).await;
     const JOBS: i64 = 9000;
     let mut tx = db.pool.begin().await.unwrap();
     for _ in 0..JOBS {
         store::enqueue(
             &mut tx,
-            &policies,
+            jobs.policies(),
             NewJob::new(DiagnosticJob { sleep_ms: 0 }),
         )
         .await
         .unwrap();
     }
     tx.commit().await.unwrap();
-    let mut worker = BerthProcess::spawn("berth-worker", &["--queues", "diagnostic"], &env);
+    let mut worker = diagnostic_worker(&env);
     eventually(Duration::from_secs(240), "9000 jobs to succeed", || async {
         let done: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state = 'succeeded'")
             .fetch_one(&db.pool)

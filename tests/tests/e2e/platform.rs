@@ -146,3 +146,69 @@ async fn metrics_need_the_token_when_set() {
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn binaries_refuse_to_start_naming_a_missing_or_malformed_setting() {
+    let db = TestDb::new().await;
+    let redis = TestRedis::start().await;
+    let mut env = base_env(&db, &redis);
+    env.remove("JWT_SECRET");
+    let mut api = berth_e2e::BerthProcess::spawn("berth-api", &[], &env);
+    let status = api.child.wait().await.unwrap();
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        api.output().contains("JWT_SECRET is required but not set"),
+        "{}",
+        api.output()
+    );
+
+    let mut env = base_env(&db, &redis);
+    env.insert("BERTH_EMAIL_CONCURRENCY".into(), "many".into());
+    let mut worker = berth_e2e::BerthProcess::spawn("berth-worker", &[], &env);
+    assert_eq!(worker.child.wait().await.unwrap().code(), Some(1));
+    assert!(
+        worker
+            .output()
+            .contains("BERTH_EMAIL_CONCURRENCY is malformed"),
+        "{}",
+        worker.output()
+    );
+
+    let mut worker = berth_e2e::BerthProcess::spawn(
+        "berth-worker",
+        &["--queues", "email,nope"],
+        &base_env(&db, &redis),
+    );
+    assert_eq!(worker.child.wait().await.unwrap().code(), Some(1));
+    assert!(
+        worker.output().contains("unknown queue \"nope\""),
+        "{}",
+        worker.output()
+    );
+    let printed = api.output() + &worker.output();
+    assert!(
+        !printed.contains(berth_e2e::MASTER_KEY),
+        "no secret in the output"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn migrate_subcommand_applies_migrations_to_an_empty_database() {
+    let db = TestDb::new().await;
+    let redis = TestRedis::start().await;
+    sqlx::raw_sql("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let mut migrate =
+        berth_e2e::BerthProcess::spawn("berth-api", &["migrate"], &base_env(&db, &redis));
+    let status = migrate.child.wait().await.unwrap();
+    assert!(status.success(), "{}", migrate.output());
+    let tables: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public' AND table_name IN ('jobs', 'schedule_ticks', 'users')",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(tables, 3);
+}
