@@ -1,24 +1,36 @@
 use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 
+use crate::batch::{BatchError, Batcher};
 use crate::relay::push_delivery;
-use crate::store::{self, Enqueued, NewJob};
+use crate::store::{self, Enqueued, JobRow, NewJob};
 use crate::{JobPayload, Policies};
+
+/// Concurrent standalone enqueues share one insert, up to this many rows.
+const MAX_ENQUEUE_BATCH: usize = 64;
 
 /// What the api and the scheduler enqueue through.
 #[derive(Clone)]
 pub struct JobClient {
-    pool: PgPool,
     redis: ConnectionManager,
     policies: Policies,
+    inserts: Batcher<JobRow, Enqueued>,
 }
 
 impl JobClient {
+    /// Needs a Tokio runtime: it starts the task that writes batched enqueues.
     pub fn new(pool: PgPool, redis: ConnectionManager, policies: Policies) -> Self {
+        let inserts = Batcher::spawn(MAX_ENQUEUE_BATCH, move |rows| {
+            let pool = pool.clone();
+            async move {
+                let mut conn = pool.acquire().await?;
+                store::insert(&mut conn, rows).await
+            }
+        });
         Self {
-            pool,
             redis,
             policies,
+            inserts,
         }
     }
 
@@ -26,13 +38,12 @@ impl JobClient {
         &self.policies
     }
 
-    /// Enqueues a job that belongs to no other write, and starts it at once.
-    /// For a job that belongs with other data, call [`store::enqueue`] on that
-    /// transaction and, after commit, [`JobClient::dispatch`].
-    pub async fn enqueue<P: JobPayload>(&self, job: NewJob<P>) -> Result<Enqueued, sqlx::Error> {
-        let mut conn = self.pool.acquire().await?;
-        let enqueued = store::enqueue(&mut conn, &self.policies, job).await?;
-        drop(conn);
+    /// Enqueues a job that belongs to no other write, and starts it at once. It is
+    /// durable when this returns. For a job that belongs with other data, call
+    /// [`store::enqueue`] in that transaction and, after commit, [`JobClient::dispatch`].
+    pub async fn enqueue<P: JobPayload>(&self, job: NewJob<P>) -> Result<Enqueued, BatchError> {
+        let row = JobRow::new(&self.policies, job)?;
+        let enqueued = self.inserts.call(row).await?;
         self.dispatch(&enqueued).await;
         Ok(enqueued)
     }

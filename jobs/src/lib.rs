@@ -4,6 +4,7 @@
 //! apalis-redis, only carries deliveries to workers. See ARCHITECTURE.md for why
 //! and for the invariants this crate keeps.
 
+pub mod batch;
 pub mod client;
 pub mod housekeeping;
 pub mod payload;

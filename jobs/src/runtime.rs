@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::{IntervalStream, ReceiverStream};
 use tokio_util::sync::CancellationToken;
 
+use crate::batch::{BatchError, Batcher};
 use crate::relay::{Delivery, Relay};
 use crate::{JobPayload, Policies, Queue, store};
 
@@ -183,14 +184,15 @@ impl WorkerRuntime {
             let (tx, rx) = mpsc::channel(1);
             wakers.insert(push_channel(queue), tx);
             let wake = Arc::new(tokio::sync::Mutex::new(Some(rx)));
-            let dispatch = Arc::new(Dispatch {
-                pool: self.pool.clone(),
-                queue,
-                handler: self.handlers[&queue].clone(),
-                policies: self.policies.clone(),
-                worker: format!("{identity}/{queue}"),
-            });
             let concurrency = self.policies.get(queue).concurrency;
+            let dispatch = Arc::new(Dispatch::new(
+                self.pool.clone(),
+                queue,
+                self.handlers[&queue].clone(),
+                self.policies.clone(),
+                format!("{identity}/{queue}"),
+                concurrency,
+            ));
             let liveness = self.liveness;
             let redis = redis.clone();
             let name = format!("{queue}@{identity}");
@@ -301,12 +303,50 @@ async fn wake_on_push(
     }
 }
 
+type DeliveryKey = (String, String);
+
 struct Dispatch {
     pool: PgPool,
     queue: Queue,
     handler: Handler,
     policies: Policies,
-    worker: String,
+    /// Claims and successes of concurrently running jobs share statements.
+    claims: Batcher<DeliveryKey, Option<store::Claimed>>,
+    successes: Batcher<DeliveryKey, ()>,
+}
+
+impl Dispatch {
+    fn new(
+        pool: PgPool,
+        queue: Queue,
+        handler: Handler,
+        policies: Policies,
+        worker: String,
+        concurrency: usize,
+    ) -> Self {
+        let claims = {
+            let (pool, worker) = (pool.clone(), worker.clone());
+            Batcher::spawn(concurrency, move |deliveries| {
+                let (pool, worker) = (pool.clone(), worker.clone());
+                async move { store::claim_many(&pool, &worker, deliveries).await }
+            })
+        };
+        let successes = {
+            let pool = pool.clone();
+            Batcher::spawn(concurrency, move |deliveries| {
+                let pool = pool.clone();
+                async move { store::mark_succeeded_many(&pool, deliveries).await }
+            })
+        };
+        Self {
+            pool,
+            queue,
+            handler,
+            policies,
+            claims,
+            successes,
+        }
+    }
 }
 
 /// The apalis handler. Job outcomes are recorded in Postgres and never returned
@@ -323,14 +363,17 @@ async fn run_delivery(
 }
 
 impl Dispatch {
-    async fn run(&self, delivery: Delivery) -> Result<(), sqlx::Error> {
+    async fn run(&self, delivery: Delivery) -> Result<(), BatchError> {
         let Delivery {
             job_id,
             delivery_id,
         } = delivery;
         let span = tracing::info_span!("job", job.id = %job_id, job.kind = %self.queue);
         let _enter = span.enter();
-        let Some(claimed) = store::claim(&self.pool, &job_id, &delivery_id, &self.worker).await?
+        let Some(claimed) = self
+            .claims
+            .call((job_id.clone(), delivery_id.clone()))
+            .await?
         else {
             tracing::debug!(delivery.id = %delivery_id, "stale delivery skipped");
             return Ok(());
@@ -341,7 +384,7 @@ impl Dispatch {
                 claimed.max_attempts
             );
             tracing::warn!(attempts = claimed.attempts, "job failed: {error}");
-            return store::mark_failed(&self.pool, &job_id, &delivery_id, &error).await;
+            return Ok(store::mark_failed(&self.pool, &job_id, &delivery_id, &error).await?);
         }
         let ctx = JobContext {
             job_id: job_id.clone(),
@@ -366,7 +409,7 @@ impl Dispatch {
         match failure {
             None => {
                 tracing::info!(attempt = claimed.attempts, duration_ms, "job succeeded");
-                store::mark_succeeded(&self.pool, &job_id, &delivery_id).await
+                self.successes.call((job_id, delivery_id)).await
             }
             Some(JobFailure::Retryable(reason)) if claimed.attempts < claimed.max_attempts => {
                 let delay = self
@@ -379,7 +422,10 @@ impl Dispatch {
                     retry_in_ms = delay.as_millis() as u64,
                     "job attempt failed: {reason}"
                 );
-                store::schedule_retry(&self.pool, &job_id, &delivery_id, &reason, delay).await
+                Ok(
+                    store::schedule_retry(&self.pool, &job_id, &delivery_id, &reason, delay)
+                        .await?,
+                )
             }
             Some(failure) => {
                 tracing::warn!(
@@ -388,7 +434,7 @@ impl Dispatch {
                     "job failed: {}",
                     failure.reason()
                 );
-                store::mark_failed(&self.pool, &job_id, &delivery_id, failure.reason()).await
+                Ok(store::mark_failed(&self.pool, &job_id, &delivery_id, failure.reason()).await?)
             }
         }
     }

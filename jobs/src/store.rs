@@ -121,6 +121,38 @@ impl Enqueued {
     }
 }
 
+/// A job as it is inserted: payload encoded, the queue's policy applied.
+#[derive(Debug, Clone)]
+pub struct JobRow {
+    id: String,
+    queue: Queue,
+    payload: serde_json::Value,
+    max_attempts: i32,
+    timeout_ms: i64,
+    owner_user_id: Option<Uuid>,
+    server_id: Option<Uuid>,
+    deployment_id: Option<Uuid>,
+    dedupe_key: Option<String>,
+}
+
+impl JobRow {
+    pub fn new<P: JobPayload>(policies: &Policies, job: NewJob<P>) -> Result<Self, sqlx::Error> {
+        let policy = policies.get(P::QUEUE);
+        Ok(Self {
+            id: Ulid::generate().to_string(),
+            queue: P::QUEUE,
+            payload: serde_json::to_value(&job.payload)
+                .map_err(|e| sqlx::Error::Encode(Box::new(e)))?,
+            max_attempts: policy.max_attempts as i32,
+            timeout_ms: policy.timeout.as_millis() as i64,
+            owner_user_id: job.owner_user_id,
+            server_id: job.server_id,
+            deployment_id: job.deployment_id,
+            dedupe_key: job.dedupe_key,
+        })
+    }
+}
+
 /// Writes the job on the caller's connection, which should be inside the
 /// transaction that writes the data the job belongs to: both commit or neither
 /// does. The row is its own outbox (`pushed_at IS NULL`): after commit, hand the
@@ -131,47 +163,103 @@ pub async fn enqueue<P: JobPayload>(
     policies: &Policies,
     job: NewJob<P>,
 ) -> Result<Enqueued, sqlx::Error> {
-    let queue = P::QUEUE;
-    let policy = policies.get(queue);
-    let id = Ulid::generate().to_string();
-    let payload =
-        serde_json::to_value(&job.payload).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-    let inserted: Option<String> = sqlx::query_scalar(
+    let row = JobRow::new(policies, job)?;
+    let mut enqueued = insert(conn, vec![row]).await?;
+    Ok(enqueued.remove(0))
+}
+
+/// Inserts jobs in one statement; one answer per row, in order. A row whose dedupe
+/// key is held by a pending job (or by an earlier row of the same call) answers
+/// with that job instead.
+pub async fn insert(
+    conn: &mut PgConnection,
+    rows: Vec<JobRow>,
+) -> Result<Vec<Enqueued>, sqlx::Error> {
+    let mut columns = (
+        Vec::with_capacity(rows.len()),
+        Vec::with_capacity(rows.len()),
+        Vec::with_capacity(rows.len()),
+        Vec::with_capacity(rows.len()),
+        Vec::with_capacity(rows.len()),
+        Vec::with_capacity(rows.len()),
+        Vec::with_capacity(rows.len()),
+        Vec::with_capacity(rows.len()),
+        Vec::with_capacity(rows.len()),
+    );
+    for row in &rows {
+        columns.0.push(row.id.clone());
+        columns.1.push(row.queue.name());
+        columns.2.push(row.payload.clone());
+        columns.3.push(row.max_attempts);
+        columns.4.push(row.timeout_ms);
+        columns.5.push(row.owner_user_id);
+        columns.6.push(row.server_id);
+        columns.7.push(row.deployment_id);
+        columns.8.push(row.dedupe_key.clone());
+    }
+    let inserted: Vec<String> = sqlx::query_scalar(
         "INSERT INTO jobs (id, kind, payload, delivery_id, max_attempts, timeout_ms, \
                            owner_user_id, server_id, deployment_id, dedupe_key) \
-         VALUES ($1, $2, $3, $1, $4, $5, $6, $7, $8, $9) \
+         SELECT id, kind, payload, id, max_attempts, timeout_ms, owner_user_id, server_id, deployment_id, dedupe_key \
+         FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::int[], $5::bigint[], \
+                     $6::uuid[], $7::uuid[], $8::uuid[], $9::text[]) \
+              AS r(id, kind, payload, max_attempts, timeout_ms, owner_user_id, server_id, deployment_id, dedupe_key) \
          ON CONFLICT (dedupe_key) WHERE dedupe_key IS NOT NULL AND state IN ('queued', 'running') \
          DO NOTHING RETURNING id",
     )
-    .bind(&id)
-    .bind(queue.name())
-    .bind(payload)
-    .bind(policy.max_attempts as i32)
-    .bind(policy.timeout.as_millis() as i64)
-    .bind(job.owner_user_id)
-    .bind(job.server_id)
-    .bind(job.deployment_id)
-    .bind(&job.dedupe_key)
-    .fetch_optional(&mut *conn)
+    .bind(&columns.0)
+    .bind(&columns.1)
+    .bind(&columns.2)
+    .bind(&columns.3)
+    .bind(&columns.4)
+    .bind(&columns.5)
+    .bind(&columns.6)
+    .bind(&columns.7)
+    .bind(&columns.8)
+    .fetch_all(&mut *conn)
     .await?;
-    if let Some(id) = inserted {
-        return Ok(Enqueued {
-            delivery_id: Some(id.clone()),
-            id,
-            queue,
-        });
-    }
-    let existing: String = sqlx::query_scalar(
-        "SELECT id FROM jobs WHERE dedupe_key = $1 AND state IN ('queued', 'running')",
-    )
-    .bind(&job.dedupe_key)
-    .fetch_one(&mut *conn)
-    .await?;
-    Ok(Enqueued {
-        id: existing,
-        queue,
-        delivery_id: None,
-    })
+    let inserted: std::collections::HashSet<String> = inserted.into_iter().collect();
+    let deduped: Vec<String> = rows
+        .iter()
+        .filter(|r| !inserted.contains(&r.id))
+        .filter_map(|r| r.dedupe_key.clone())
+        .collect();
+    let existing: std::collections::HashMap<String, String> = if deduped.is_empty() {
+        Default::default()
+    } else {
+        sqlx::query_as(
+            "SELECT dedupe_key, id FROM jobs \
+             WHERE dedupe_key = ANY($1) AND state IN ('queued', 'running')",
+        )
+        .bind(&deduped)
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .collect()
+    };
+    rows.into_iter()
+        .map(|row| {
+            if inserted.contains(&row.id) {
+                return Ok(Enqueued {
+                    delivery_id: Some(row.id.clone()),
+                    id: row.id,
+                    queue: row.queue,
+                });
+            }
+            let key = row.dedupe_key.unwrap_or_default();
+            let id = existing.get(&key).cloned().ok_or_else(|| {
+                // The pending job finished between the insert and the lookup.
+                sqlx::Error::Protocol(format!(
+                    "job with dedupe key {key:?} vanished; enqueue again"
+                ))
+            })?;
+            Ok(Enqueued {
+                id,
+                queue: row.queue,
+                delivery_id: None,
+            })
+        })
+        .collect()
 }
 
 /// What `GET /jobs/{id}` shows.
@@ -305,27 +393,51 @@ pub async fn claim(
     delivery_id: &str,
     worker: &str,
 ) -> Result<Option<Claimed>, sqlx::Error> {
-    let row = sqlx::query(
-        "UPDATE jobs SET state = 'running', attempts = attempts + 1, started_at = now(), \
-             worker = $3, pushed_at = COALESCE(pushed_at, now()), updated_at = now() \
-         WHERE id = $1 AND delivery_id = $2 AND state IN ('queued', 'running') \
-         RETURNING kind, payload, attempts, max_attempts, timeout_ms",
+    let mut claimed = claim_many(
+        pool,
+        worker,
+        vec![(job_id.to_owned(), delivery_id.to_owned())],
     )
-    .bind(job_id)
-    .bind(delivery_id)
-    .bind(worker)
-    .fetch_optional(pool)
     .await?;
-    row.map(|row| {
-        Ok(Claimed {
-            kind: row.try_get("kind")?,
-            payload: row.try_get("payload")?,
-            attempts: row.try_get("attempts")?,
-            max_attempts: row.try_get("max_attempts")?,
-            timeout: Duration::from_millis(row.try_get::<i64, _>("timeout_ms")?.max(1) as u64),
-        })
-    })
-    .transpose()
+    Ok(claimed.remove(0))
+}
+
+/// [`claim`] for many deliveries in one statement; one answer per delivery, in
+/// order. The same delivery twice in one call is claimed once.
+pub async fn claim_many(
+    pool: &PgPool,
+    worker: &str,
+    deliveries: Vec<(String, String)>,
+) -> Result<Vec<Option<Claimed>>, sqlx::Error> {
+    let (job_ids, delivery_ids): (Vec<String>, Vec<String>) = deliveries.iter().cloned().unzip();
+    let rows = sqlx::query(
+        "UPDATE jobs j SET state = 'running', attempts = j.attempts + 1, started_at = now(), \
+             worker = $3, pushed_at = COALESCE(j.pushed_at, now()), updated_at = now() \
+         FROM (SELECT DISTINCT * FROM unnest($1::text[], $2::text[])) AS d(id, delivery_id) \
+         WHERE j.id = d.id AND j.delivery_id = d.delivery_id AND j.state IN ('queued', 'running') \
+         RETURNING j.id, j.delivery_id, j.kind, j.payload, j.attempts, j.max_attempts, j.timeout_ms",
+    )
+    .bind(&job_ids)
+    .bind(&delivery_ids)
+    .bind(worker)
+    .fetch_all(pool)
+    .await?;
+    let mut claimed = std::collections::HashMap::new();
+    for row in rows {
+        let key: (String, String) = (row.try_get("id")?, row.try_get("delivery_id")?);
+        claimed.insert(
+            key,
+            Claimed {
+                kind: row.try_get("kind")?,
+                payload: row.try_get("payload")?,
+                attempts: row.try_get("attempts")?,
+                max_attempts: row.try_get("max_attempts")?,
+                timeout: Duration::from_millis(row.try_get::<i64, _>("timeout_ms")?.max(1) as u64),
+            },
+        );
+    }
+    // `remove` hands a claim to the first asker only.
+    Ok(deliveries.iter().map(|key| claimed.remove(key)).collect())
 }
 
 pub async fn mark_succeeded(
@@ -333,15 +445,26 @@ pub async fn mark_succeeded(
     job_id: &str,
     delivery_id: &str,
 ) -> Result<(), sqlx::Error> {
+    mark_succeeded_many(pool, vec![(job_id.to_owned(), delivery_id.to_owned())]).await?;
+    Ok(())
+}
+
+/// Marks many running deliveries succeeded in one statement.
+pub async fn mark_succeeded_many(
+    pool: &PgPool,
+    deliveries: Vec<(String, String)>,
+) -> Result<Vec<()>, sqlx::Error> {
+    let (job_ids, delivery_ids): (Vec<String>, Vec<String>) = deliveries.iter().cloned().unzip();
     sqlx::query(
-        "UPDATE jobs SET state = 'succeeded', last_error = NULL, finished_at = now(), updated_at = now() \
-         WHERE id = $1 AND delivery_id = $2 AND state = 'running'",
+        "UPDATE jobs j SET state = 'succeeded', last_error = NULL, finished_at = now(), updated_at = now() \
+         FROM unnest($1::text[], $2::text[]) AS d(id, delivery_id) \
+         WHERE j.id = d.id AND j.delivery_id = d.delivery_id AND j.state = 'running'",
     )
-    .bind(job_id)
-    .bind(delivery_id)
+    .bind(&job_ids)
+    .bind(&delivery_ids)
     .execute(pool)
     .await?;
-    Ok(())
+    Ok(vec![(); deliveries.len()])
 }
 
 pub async fn mark_failed(

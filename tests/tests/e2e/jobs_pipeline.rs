@@ -493,6 +493,27 @@ async fn duplicate_and_stale_deliveries_never_run() {
     let second = jobs.enqueue(probe()).await.unwrap();
     assert!(first.created() && !second.created());
     assert_eq!(first.id, second.id);
+
+    // Concurrent enqueues share batched inserts; a key still yields one job.
+    let racers = (0..20).map(|_| {
+        let jobs = jobs.clone();
+        tokio::spawn(async move {
+            let job = NewJob::new(DiagnosticJob { sleep_ms: 0 }).dedupe_key("probe:2");
+            jobs.enqueue(job).await.unwrap()
+        })
+    });
+    let results: Vec<_> = futures::future::join_all(racers)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    assert_eq!(results.iter().filter(|e| e.created()).count(), 1);
+    assert!(results.iter().all(|e| e.id == results[0].id));
+    let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE dedupe_key = 'probe:2'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(pending, 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]
