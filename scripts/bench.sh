@@ -27,4 +27,4 @@ BENCH_DATABASE_URL="postgres://postgres@127.0.0.1:$pg_port/postgres" \
 BENCH_REDIS_URL="redis://127.0.0.1:$redis_port" \
 BENCH_PGBENCH="$(berth_pg_bin)/pgbench" \
 BENCH_WORKER_BIN="$PWD/target/release/berth-worker" \
-    ./target/release/berth-bench
+    ./target/release/berth-bench "$@"

@@ -1,3 +1,5 @@
+use std::time::Duration;
+
 use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 
@@ -20,7 +22,8 @@ pub struct JobClient {
 impl JobClient {
     /// Needs a Tokio runtime: it starts the task that writes batched enqueues.
     pub fn new(pool: PgPool, redis: ConnectionManager, policies: Policies) -> Self {
-        let inserts = Batcher::spawn(MAX_ENQUEUE_BATCH, move |rows| {
+        // No linger: an enqueue is on a request's path.
+        let inserts = Batcher::spawn(MAX_ENQUEUE_BATCH, Duration::ZERO, move |rows| {
             let pool = pool.clone();
             async move {
                 let mut conn = pool.acquire().await?;

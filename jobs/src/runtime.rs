@@ -22,6 +22,7 @@ use sqlx::PgPool;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::{IntervalStream, ReceiverStream};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::batch::{BatchError, Batcher};
 use crate::relay::{Delivery, Relay};
@@ -305,6 +306,9 @@ async fn wake_on_push(
 
 type DeliveryKey = (String, String);
 
+const CLAIM_LINGER: Duration = Duration::from_millis(1);
+const SUCCESS_LINGER: Duration = Duration::from_millis(2);
+
 struct Dispatch {
     pool: PgPool,
     queue: Queue,
@@ -326,14 +330,17 @@ impl Dispatch {
     ) -> Self {
         let claims = {
             let (pool, worker) = (pool.clone(), worker.clone());
-            Batcher::spawn(concurrency, move |deliveries| {
+            // Claims gate a job's start: they linger only under load, and briefly.
+            Batcher::spawn(concurrency, CLAIM_LINGER, move |deliveries| {
                 let (pool, worker) = (pool.clone(), worker.clone());
                 async move { store::claim_many(&pool, &worker, deliveries).await }
             })
         };
         let successes = {
             let pool = pool.clone();
-            Batcher::spawn(concurrency, move |deliveries| {
+            // A success only holds back the job's Redis ack, so it may wait a
+            // little for others finishing at the same time.
+            Batcher::spawn(concurrency, SUCCESS_LINGER, move |deliveries| {
                 let pool = pool.clone();
                 async move { store::mark_succeeded_many(&pool, deliveries).await }
             })
@@ -364,12 +371,15 @@ async fn run_delivery(
 
 impl Dispatch {
     async fn run(&self, delivery: Delivery) -> Result<(), BatchError> {
+        let span = tracing::info_span!("job", job.id = %delivery.job_id, job.kind = %self.queue);
+        self.run_in_span(delivery).instrument(span).await
+    }
+
+    async fn run_in_span(&self, delivery: Delivery) -> Result<(), BatchError> {
         let Delivery {
             job_id,
             delivery_id,
         } = delivery;
-        let span = tracing::info_span!("job", job.id = %job_id, job.kind = %self.queue);
-        let _enter = span.enter();
         let Some(claimed) = self
             .claims
             .call((job_id.clone(), delivery_id.clone()))
