@@ -1,39 +1,50 @@
+use std::collections::HashMap;
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 
 use crate::batch::{BatchError, Batcher};
-use crate::relay::push_delivery;
+use crate::relay::{Delivery, push_deliveries};
+use crate::runtime::apalis_config;
 use crate::store::{self, Enqueued, JobRow, NewJob};
-use crate::{JobPayload, Policies};
+use crate::{JobPayload, Policies, Queue};
 
-/// Concurrent standalone enqueues share one insert, up to this many rows.
-const MAX_ENQUEUE_BATCH: usize = 64;
+/// Concurrent standalone enqueues share one insert, and concurrent pushes one
+/// Redis call, up to this many jobs.
+const MAX_BATCH: usize = 64;
 
-/// What the api and the scheduler enqueue through.
+/// What the api and the scheduler enqueue through. Enqueues are written and pushed
+/// in two pipelined stages, each batching whatever arrives while it is busy; no
+/// stage lingers, since an enqueue is on a request's path.
 #[derive(Clone)]
 pub struct JobClient {
-    redis: ConnectionManager,
     policies: Policies,
     inserts: Batcher<JobRow, Enqueued>,
+    pushes: Batcher<Enqueued, ()>,
 }
 
 impl JobClient {
-    /// Needs a Tokio runtime: it starts the task that writes batched enqueues.
+    /// Needs a Tokio runtime: it starts the tasks that write the batches.
     pub fn new(pool: PgPool, redis: ConnectionManager, policies: Policies) -> Self {
-        // No linger: an enqueue is on a request's path.
-        let inserts = Batcher::spawn(MAX_ENQUEUE_BATCH, Duration::ZERO, move |rows| {
+        let inserts = Batcher::spawn(MAX_BATCH, Duration::ZERO, move |rows| {
             let pool = pool.clone();
             async move {
                 let mut conn = pool.acquire().await?;
                 store::insert(&mut conn, rows).await
             }
         });
+        let pushes = Batcher::spawn(MAX_BATCH, Duration::ZERO, move |jobs: Vec<Enqueued>| {
+            let redis = redis.clone();
+            async move {
+                push_now(redis, &jobs).await;
+                Ok(vec![(); jobs.len()])
+            }
+        });
         Self {
-            redis,
             policies,
             inserts,
+            pushes,
         }
     }
 
@@ -52,14 +63,35 @@ impl JobClient {
     }
 
     /// Pushes a committed job's delivery to Redis now rather than at the relay's
-    /// next sweep. A failure only delays the job: the sweep pushes it.
+    /// next sweep, which pushes it anyway if this fails.
     pub async fn dispatch(&self, enqueued: &Enqueued) {
-        let Some(delivery_id) = &enqueued.delivery_id else {
-            return;
+        if enqueued.created() {
+            let _ = self.pushes.call(enqueued.clone()).await;
+        }
+    }
+}
+
+/// Pushes new jobs' deliveries to Redis. A failure only delays them: the relay's
+/// sweep pushes (and marks) whatever is not marked pushed.
+async fn push_now(mut redis: ConnectionManager, enqueued: &[Enqueued]) {
+    let mut by_queue: HashMap<Queue, Vec<(String, Vec<u8>)>> = HashMap::new();
+    for job in enqueued {
+        let Some(delivery_id) = &job.delivery_id else {
+            continue;
         };
-        let mut redis = self.redis.clone();
-        if let Err(e) = push_delivery(&mut redis, enqueued.queue, &enqueued.id, delivery_id).await {
-            tracing::warn!(job.id = %enqueued.id, error = %e, "immediate push failed; the relay will push the job");
+        let args = serde_json::to_vec(&Delivery {
+            job_id: job.id.clone(),
+            delivery_id: delivery_id.clone(),
+        })
+        .expect("a delivery serializes");
+        by_queue
+            .entry(job.queue)
+            .or_default()
+            .push((delivery_id.clone(), args));
+    }
+    for (queue, tasks) in &by_queue {
+        if let Err(e) = push_deliveries(&mut redis, &apalis_config(*queue), tasks).await {
+            tracing::warn!(error = %e, jobs = tasks.len(), "immediate push failed; the relay will push these jobs");
         }
     }
 }

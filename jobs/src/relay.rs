@@ -131,30 +131,10 @@ impl Relay {
             )
             .await?;
         }
-        sqlx::query("UPDATE jobs SET pushed_at = now() WHERE id = ANY($1)")
-            .bind(&pushed)
-            .execute(&mut *tx)
-            .await?;
+        crate::store::mark_pushed(&mut *tx, &pushed).await?;
         tx.commit().await?;
         Ok(pushed.len())
     }
-}
-
-/// Stores deliveries (task id, encoded [`Delivery`]) on a queue's active list with
-/// [`PUSH_SCRIPT`]; returns how many were new.
-pub async fn push_delivery(
-    redis: &mut ConnectionManager,
-    queue: Queue,
-    job_id: &str,
-    delivery_id: &str,
-) -> Result<i64, redis::RedisError> {
-    let args = serde_json::to_vec(&Delivery {
-        job_id: job_id.to_owned(),
-        delivery_id: delivery_id.to_owned(),
-    })
-    .expect("a delivery serializes");
-    let config = crate::runtime::apalis_config(queue);
-    push_deliveries(redis, &config, &[(delivery_id.to_owned(), args)]).await
 }
 
 /// Stores deliveries (task id, encoded [`Delivery`]) on a queue's active list with

@@ -262,6 +262,18 @@ pub async fn insert(
         .collect()
 }
 
+/// Records that these jobs' current deliveries are in Redis.
+pub async fn mark_pushed<'c, E>(executor: E, job_ids: &[String]) -> Result<(), sqlx::Error>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Postgres>,
+{
+    sqlx::query("UPDATE jobs SET pushed_at = now() WHERE id = ANY($1) AND pushed_at IS NULL")
+        .bind(job_ids)
+        .execute(executor)
+        .await?;
+    Ok(())
+}
+
 /// What `GET /jobs/{id}` shows.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
