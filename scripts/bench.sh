@@ -16,6 +16,7 @@ cleanup() {
     rm -rf "$run_dir"
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 pg_port=$(berth_free_port)
 redis_port=$(berth_free_port)

@@ -73,7 +73,16 @@ berth_start_redis() {
     return 1
 }
 
+# Waits for Redis to exit: its shutdown save needs its directory, and a Redis
+# whose final save fails refuses to exit.
 berth_stop_redis() {
-    local dir=$1
-    [ -f "$dir/redis.pid" ] && kill "$(cat "$dir/redis.pid")" 2>/dev/null || true
+    local dir=$1 pid
+    [ -f "$dir/redis.pid" ] || return 0
+    pid=$(cat "$dir/redis.pid")
+    kill "$pid" 2>/dev/null || return 0
+    for _ in $(seq 100); do
+        kill -0 "$pid" 2>/dev/null || return 0
+        sleep 0.1
+    done
+    kill -9 "$pid" 2>/dev/null || true
 }

@@ -16,6 +16,7 @@ cleanup() {
     rm -rf "$run_dir"
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 port=$(berth_free_port)
 berth_start_postgres "$run_dir/pg" "$port" fast
