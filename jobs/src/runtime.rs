@@ -184,6 +184,8 @@ impl WorkerRuntime {
         for &queue in queues {
             let (tx, rx) = mpsc::channel(1);
             wakers.insert(push_channel(queue), tx);
+            // apalis wants a factory closure (for restarts, which are off: a stopped
+            // worker ends the process); the push receiver moves into its one call.
             let wake = Arc::new(tokio::sync::Mutex::new(Some(rx)));
             let concurrency = self.policies.get(queue).concurrency;
             let dispatch = Arc::new(Dispatch::new(

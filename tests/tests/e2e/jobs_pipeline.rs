@@ -380,6 +380,14 @@ async fn an_idle_worker_is_woken_by_the_push_not_by_polling() {
     }
 }
 
+/// Runs the reconciler with the scheduler's default thresholds: (requeued, failed).
+async fn reconcile(db: &TestDb) -> (u64, u64) {
+    let outcome = store::reconcile(&db.pool, Duration::from_secs(60), Duration::from_secs(600))
+        .await
+        .unwrap();
+    (outcome.requeued, outcome.failed)
+}
+
 fn chrono_ms(ms: i64) -> chrono::TimeDelta {
     chrono::TimeDelta::milliseconds(ms)
 }
@@ -388,12 +396,26 @@ fn chrono_ms(ms: i64) -> chrono::TimeDelta {
 async fn two_workers_run_each_job_exactly_once() {
     let Pipeline {
         db,
-        redis: _redis,
+        redis,
         env,
         jobs,
     } = pipeline(&[("BERTH_DIAGNOSTIC_CONCURRENCY", "8")]).await;
     let _a = diagnostic_worker(&env);
     let _b = diagnostic_worker(&env);
+    // Both must be serving before the jobs arrive, or one could take them all.
+    let conn = berth_jobs::redis_conn::connect(&redis.url()).await.unwrap();
+    eventually(Duration::from_secs(30), "both workers to register", || {
+        let mut conn = conn.clone();
+        async move {
+            let registered: i64 = redis::cmd("ZCARD")
+                .arg("berth:diagnostic:workers")
+                .query_async(&mut conn)
+                .await
+                .unwrap_or(0);
+            registered == 2
+        }
+    })
+    .await;
     let mut ids = Vec::new();
     for i in 0..300 {
         ids.push(enqueue_diagnostic(&jobs, i % 7).await);
@@ -532,16 +554,7 @@ async fn the_reconciler_recovers_jobs_redis_lost() {
         .execute(&db.pool)
         .await
         .unwrap();
-    let outcome = store::reconcile(&db.pool, Duration::from_secs(60), Duration::from_secs(600))
-        .await
-        .unwrap();
-    assert_eq!(
-        outcome,
-        store::Reconciled {
-            requeued: 1,
-            failed: 0
-        }
-    );
+    assert_eq!(reconcile(&db).await, (1, 0));
 
     let env = worker_env(&db, &redis, &[]);
     let _worker = diagnostic_worker(&env);
@@ -549,24 +562,25 @@ async fn the_reconciler_recovers_jobs_redis_lost() {
     assert_eq!(done.attempts, 1);
 
     // A job left running past its timeout by a vanished worker: at its cap, failed.
-    let stuck = enqueue_diagnostic(&jobs, 0).await;
+    // It is written running in one transaction, so no worker or sweep sees it queued.
+    let mut tx = db.pool.begin().await.unwrap();
+    let stuck = store::enqueue(
+        &mut tx,
+        jobs.policies(),
+        NewJob::new(DiagnosticJob { sleep_ms: 0 }),
+    )
+    .await
+    .unwrap()
+    .id;
     sqlx::query(
         "UPDATE jobs SET state = 'running', attempts = max_attempts, started_at = now() - interval '2 hours' WHERE id = $1",
     )
     .bind(&stuck)
-    .execute(&db.pool)
+    .execute(&mut *tx)
     .await
     .unwrap();
-    let outcome = store::reconcile(&db.pool, Duration::from_secs(60), Duration::from_secs(600))
-        .await
-        .unwrap();
-    assert_eq!(
-        outcome,
-        store::Reconciled {
-            requeued: 0,
-            failed: 1
-        }
-    );
+    tx.commit().await.unwrap();
+    assert_eq!(reconcile(&db).await, (0, 1));
     let failed = job(&db.pool, &stuck).await;
     assert_eq!(failed.state, JobState::Failed);
     assert!(failed.error.unwrap().contains("stopped responding"));
