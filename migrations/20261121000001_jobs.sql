@@ -33,8 +33,9 @@ CREATE UNIQUE INDEX jobs_pending_dedupe_key ON jobs (dedupe_key)
     WHERE dedupe_key IS NOT NULL AND state IN ('queued', 'running');
 CREATE INDEX jobs_unpushed ON jobs (run_after) WHERE pushed_at IS NULL AND state = 'queued';
 CREATE INDEX jobs_unfinished ON jobs (state, kind) WHERE state IN ('queued', 'running');
-CREATE INDEX jobs_finished_at ON jobs (finished_at) WHERE finished_at IS NOT NULL;
--- Job ids are ULIDs, so ordering by id is ordering by creation time.
+-- Job ids are ULIDs, so ordering by id is ordering by creation time: listing and
+-- pruning (oldest first) walk the primary key; no finished_at index that every
+-- finishing job would have to write to.
 CREATE INDEX jobs_owner ON jobs (owner_user_id, id DESC) WHERE owner_user_id IS NOT NULL;
 
 -- Finished jobs that pruning deleted, by duration bucket, so metrics counters stay monotonic.

@@ -53,7 +53,12 @@ if pushed > 0 then
 end
 return pushed
 "#;
+/// How often the sweep runs: how soon a retry that fell due reaches Redis.
 const SWEEP_EVERY: Duration = Duration::from_millis(500);
+/// A fresh job was pushed by its enqueuer and is normally claimed (and so marked)
+/// within milliseconds; the sweep leaves it alone this long rather than re-lock
+/// and re-write every new row. A job whose immediate push failed waits this long.
+pub const SWEEP_GRACE: Duration = Duration::from_secs(3);
 
 pub struct Relay {
     pool: PgPool,
@@ -104,9 +109,11 @@ impl Relay {
         let rows: Vec<(String, String, String)> = sqlx::query_as(
             "SELECT delivery_id, id, kind FROM jobs \
              WHERE state = 'queued' AND pushed_at IS NULL AND run_after <= now() \
+               AND (attempts > 0 OR updated_at < now() - make_interval(secs => $2)) \
              ORDER BY run_after LIMIT $1 FOR UPDATE SKIP LOCKED",
         )
         .bind(BATCH)
+        .bind(SWEEP_GRACE.as_secs_f64())
         .fetch_all(&mut *tx)
         .await?;
         if rows.is_empty() {

@@ -580,7 +580,7 @@ pub async fn prune(pool: &PgPool, retention: Duration) -> Result<u64, sqlx::Erro
             WITH doomed AS (
                 SELECT id FROM jobs
                 WHERE finished_at < now() - make_interval(secs => $1)
-                ORDER BY finished_at LIMIT $3
+                ORDER BY id LIMIT $3
                 FOR UPDATE SKIP LOCKED
             ), gone AS (
                 DELETE FROM jobs j USING doomed d WHERE j.id = d.id

@@ -456,7 +456,8 @@ async fn duplicate_and_stale_deliveries_never_run() {
         }
     };
 
-    // Committed but never dispatched (the enqueuer crashed): the sweep pushes it.
+    // Committed but never dispatched (the enqueuer crashed): once past the grace
+    // the sweep pushes it; before, it leaves the enqueuer time to push it.
     let mut tx = db.pool.begin().await.unwrap();
     let enqueued = store::enqueue(
         &mut tx,
@@ -466,6 +467,11 @@ async fn duplicate_and_stale_deliveries_never_run() {
     .await
     .unwrap();
     tx.commit().await.unwrap();
+    assert_eq!(relay.drain().await.unwrap(), 0, "within the grace");
+    sqlx::query("UPDATE jobs SET updated_at = now() - interval '10 seconds'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
     assert_eq!(relay.drain().await.unwrap(), 1);
     assert_eq!(relay.drain().await.unwrap(), 0, "marked pushed");
     // Pushed again: by a relay whose commit failed, and by a late immediate push.
@@ -545,15 +551,16 @@ async fn the_reconciler_recovers_jobs_redis_lost() {
     let jobs = client(&db, &redis, &HashMap::new()).await;
     let conn = berth_jobs::redis_conn::connect(&redis.url()).await.unwrap();
     let id = enqueue_diagnostic(&jobs, 0).await;
-    Relay::new(db.pool.clone(), conn).drain().await.unwrap();
-
-    // Redis restarts without persistence: the delivery is gone.
-    redis.stop().await;
-    redis.resume().await;
+    // An hour later (no worker ran), the sweep has confirmed it in Redis…
     sqlx::query("UPDATE jobs SET updated_at = now() - interval '1 hour'")
         .execute(&db.pool)
         .await
         .unwrap();
+    assert_eq!(Relay::new(db.pool.clone(), conn).drain().await.unwrap(), 1);
+
+    // …and then Redis restarts without persistence: the delivery is gone.
+    redis.stop().await;
+    redis.resume().await;
     assert_eq!(reconcile(&db).await, (1, 0));
 
     let env = worker_env(&db, &redis, &[]);
