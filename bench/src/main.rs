@@ -28,7 +28,8 @@ struct Setup {
     seconds: u64,
     rounds: usize,
     jobs: usize,
-    concurrency: usize,
+    /// Phase 2 runs at each of these (`BENCH_CONCURRENCY=16,32`), both sides alike.
+    concurrency: Vec<usize>,
 }
 
 fn env(name: &str) -> anyhow::Result<String> {
@@ -58,7 +59,15 @@ async fn main() -> anyhow::Result<()> {
         seconds: setting("BENCH_SECONDS", 5),
         rounds: setting("BENCH_ROUNDS", 3),
         jobs: setting("BENCH_JOBS", 10_000),
-        concurrency: setting("BENCH_CONCURRENCY", 16),
+        concurrency: std::env::var("BENCH_CONCURRENCY")
+            .unwrap_or_else(|_| "16,32".into())
+            .split(',')
+            .map(|c| {
+                c.trim()
+                    .parse()
+                    .context("BENCH_CONCURRENCY: comma-separated numbers")
+            })
+            .collect::<anyhow::Result<_>>()?,
         database_url,
         pool,
     };
@@ -77,7 +86,9 @@ async fn main() -> anyhow::Result<()> {
         enqueue_vs_pgbench(&setup).await?;
     }
     if wanted(2) {
-        processing_vs_bare_apalis(&setup).await?;
+        for &concurrency in &setup.concurrency {
+            processing_vs_bare_apalis(&setup, concurrency).await?;
+        }
     }
     if wanted(3) {
         latency_with_idle_worker(&setup).await?;
@@ -224,10 +235,7 @@ fn spawn_worker(setup: &Setup, extra: &[(&str, String)]) -> anyhow::Result<Child
         .args(["--queues", "diagnostic"])
         .env("DATABASE_URL", &setup.database_url)
         .env("REDIS_URL", &setup.redis_url)
-        .env(
-            "BERTH_DB_MAX_CONNECTIONS",
-            (setup.concurrency + 4).to_string(),
-        )
+        .env("BERTH_DB_MAX_CONNECTIONS", "40")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .kill_on_drop(true);
@@ -240,16 +248,16 @@ fn spawn_worker(setup: &Setup, extra: &[(&str, String)]) -> anyhow::Result<Child
 /// No-op jobs through one berth-worker beside a bare apalis-redis worker draining
 /// the same number of tasks pushed the same way, at the same concurrency,
 /// alternating over several rounds.
-async fn processing_vs_bare_apalis(setup: &Setup) -> anyhow::Result<()> {
+async fn processing_vs_bare_apalis(setup: &Setup, concurrency: usize) -> anyhow::Result<()> {
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
     for _ in 0..setup.rounds {
-        ours.push(berth_worker_round(setup).await?);
-        theirs.push(bare_apalis_round(setup).await?);
+        ours.push(berth_worker_round(setup, concurrency).await?);
+        theirs.push(bare_apalis_round(setup, concurrency).await?);
     }
     let (ours_median, theirs_median) = (median(ours.clone()), median(theirs.clone()));
     println!(
         "2. No-op job processing, one worker, concurrency {}, {} jobs, {} rounds each side, alternating",
-        setup.concurrency, setup.jobs, setup.rounds
+        concurrency, setup.jobs, setup.rounds
     );
     println!(
         "   berth-worker (claim + finish in Postgres): median {ours_median:>6.0} jobs/s  (rounds: {})",
@@ -267,7 +275,7 @@ async fn processing_vs_bare_apalis(setup: &Setup) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn berth_worker_round(setup: &Setup) -> anyhow::Result<f64> {
+async fn berth_worker_round(setup: &Setup, concurrency: usize) -> anyhow::Result<f64> {
     reset(setup).await?;
     let policies = Policies::defaults();
     let mut tx = setup.pool.begin().await?;
@@ -290,10 +298,7 @@ async fn berth_worker_round(setup: &Setup) -> anyhow::Result<f64> {
 
     let mut worker = spawn_worker(
         setup,
-        &[(
-            "BERTH_DIAGNOSTIC_CONCURRENCY",
-            setup.concurrency.to_string(),
-        )],
+        &[("BERTH_DIAGNOSTIC_CONCURRENCY", concurrency.to_string())],
     )?;
     let timeout = Instant::now() + Duration::from_secs(600);
     // Progress is read from the small partial index of unfinished jobs, and not
@@ -321,7 +326,7 @@ async fn berth_worker_round(setup: &Setup) -> anyhow::Result<f64> {
 }
 
 /// The baseline: apalis-redis alone, no Postgres bookkeeping.
-async fn bare_apalis_round(setup: &Setup) -> anyhow::Result<f64> {
+async fn bare_apalis_round(setup: &Setup, concurrency: usize) -> anyhow::Result<f64> {
     reset(setup).await?;
     let mut redis = berth_jobs::redis_conn::connect(&setup.redis_url).await?;
     let config = apalis_redis::Config::default()
@@ -365,7 +370,7 @@ async fn bare_apalis_round(setup: &Setup) -> anyhow::Result<f64> {
     ))
     .backend(storage)
     .data(progress.clone())
-    .concurrency(setup.concurrency)
+    .concurrency(concurrency)
     .build(noop);
     let handle = tokio::spawn(async move { bare.run().await });
     while progress.done.load(Ordering::Relaxed) < setup.jobs {
