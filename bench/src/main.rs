@@ -288,9 +288,13 @@ async fn berth_worker_round(setup: &Setup, concurrency: usize) -> anyhow::Result
         .await?;
     }
     tx.commit().await?;
+    // Past the sweep's grace, so the drain below pushes them all.
     sqlx::query("UPDATE jobs SET updated_at = now() - interval '1 minute'")
         .execute(&setup.pool)
         .await?;
+    // TRUNCATE left the planner no statistics, so it would plan the claim join for
+    // an empty table until autoanalyze happens mid-round; a live table has them.
+    sqlx::query("ANALYZE jobs").execute(&setup.pool).await?;
     let redis = berth_jobs::redis_conn::connect(&setup.redis_url).await?;
     Relay::new(setup.pool.clone(), redis.clone())
         .drain()
