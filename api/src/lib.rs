@@ -1,10 +1,12 @@
 //! `berth-api`: validates, authorizes, writes Postgres, enqueues, answers at once.
 
 pub mod bootstrap;
+pub mod client_ip;
 pub mod envelope;
 pub mod error;
 pub mod metrics;
 pub mod middleware;
+pub mod rate_limit;
 pub mod routes;
 pub mod state;
 
@@ -46,7 +48,14 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(routes::platform::status))
         .routes(routes!(routes::platform::public_stats))
         .routes(routes!(routes::platform::openapi))
-        .routes(routes!(routes::contact::create));
+        .merge(
+            OpenApiRouter::new()
+                .routes(routes!(routes::contact::create))
+                .route_layer(axum::middleware::from_fn_with_state(
+                    (state.clone(), "contact", state.config.contact_rate_limit),
+                    rate_limit::per_ip,
+                )),
+        );
     let (router, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/api/v1", v1)
         .routes(routes!(routes::platform::metrics))

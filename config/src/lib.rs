@@ -150,6 +150,28 @@ impl fmt::Debug for MasterKey {
     }
 }
 
+/// At most `max` requests per `window`, written `MAX/SECONDS` (e.g. `5/600`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub max: u32,
+    pub window: Duration,
+}
+
+impl RateLimit {
+    fn read(env: &Env, name: &str, default: RateLimit) -> Result<Self, ConfigError> {
+        let Some(raw) = env.optional(name) else {
+            return Ok(default);
+        };
+        let parsed = raw.trim().split_once('/').and_then(|(max, secs)| {
+            Some(RateLimit {
+                max: max.trim().parse().ok().filter(|m| *m > 0)?,
+                window: Duration::from_secs(secs.trim().parse().ok().filter(|s| *s > 0)?),
+            })
+        });
+        parsed.ok_or_else(|| malformed(name, "expected MAX/SECONDS, both at least 1, e.g. 5/600"))
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
@@ -228,6 +250,10 @@ pub struct ApiConfig {
     pub max_json_body_bytes: usize,
     pub default_admin_email: Option<String>,
     pub default_admin_password: Option<SecretString>,
+    /// Take the client address from the last `X-Forwarded-For` entry (the one
+    /// the reverse proxy in front of Berth added) instead of the peer address.
+    pub trust_proxy: bool,
+    pub contact_rate_limit: RateLimit,
 }
 
 impl ApiConfig {
@@ -257,6 +283,15 @@ impl ApiConfig {
             default_admin_password: env
                 .optional("DEFAULT_ADMIN_PASSWORD")
                 .map(SecretString::from),
+            trust_proxy: env.bool("BERTH_TRUST_PROXY", false)?,
+            contact_rate_limit: RateLimit::read(
+                env,
+                "BERTH_RATE_LIMIT_CONTACT",
+                RateLimit {
+                    max: 5,
+                    window: Duration::from_secs(600),
+                },
+            )?,
         })
     }
 }
@@ -366,6 +401,30 @@ mod tests {
         }
         assert!(config.cookie_secure);
         assert_eq!(config.addr.to_string(), "127.0.0.1:8080");
+    }
+
+    #[test]
+    fn rate_limits_parse_or_name_the_variable() {
+        let config =
+            ApiConfig::from_env(&api_env(&[("BERTH_RATE_LIMIT_CONTACT", "3/60")])).unwrap();
+        assert_eq!(
+            config.contact_rate_limit,
+            RateLimit {
+                max: 3,
+                window: Duration::from_secs(60)
+            }
+        );
+        let config = ApiConfig::from_env(&api_env(&[])).unwrap();
+        assert_eq!(config.contact_rate_limit.max, 5);
+        for bad in ["3", "0/60", "3/0", "a/b", "3/60/1"] {
+            let err =
+                ApiConfig::from_env(&api_env(&[("BERTH_RATE_LIMIT_CONTACT", bad)])).unwrap_err();
+            assert!(
+                err.to_string()
+                    .starts_with("BERTH_RATE_LIMIT_CONTACT is malformed"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -1,12 +1,11 @@
 //! SPEC §3.9: the public contact form. Admins read the messages (`/admin/contact`,
 //! with the administration issue).
 
-use std::net::SocketAddr;
-
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::client_ip::ClientIp;
 use crate::envelope::{Envelope, Json};
 use crate::error::{ApiError, FieldError};
 use crate::state::AppState;
@@ -87,10 +86,11 @@ pub struct ContactReceived {
 #[utoipa::path(post, path = "/contact", tag = "platform", request_body = ContactRequest, responses(
     (status = 201, description = "Message stored", body = ContactReceived),
     (status = 400, description = "Invalid fields", body = crate::error::ErrorEnvelope),
-    (status = 413, description = "Body too large", body = crate::error::ErrorEnvelope)))]
+    (status = 413, description = "Body too large", body = crate::error::ErrorEnvelope),
+    (status = 429, description = "Too many messages from this address (BERTH_RATE_LIMIT_CONTACT)", body = crate::error::ErrorEnvelope)))]
 pub async fn create(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientIp(ip): ClientIp,
     Json(req): Json<ContactRequest>,
 ) -> Result<Envelope<ContactReceived>, ApiError> {
     let msg = ContactMessage::try_from(req)?;
@@ -104,7 +104,7 @@ pub async fn create(
     .bind(&msg.email)
     .bind(&msg.subject)
     .bind(&msg.message)
-    .bind(peer.ip().to_string())
+    .bind(ip.to_string())
     .execute(&state.pool)
     .await?;
     Ok(Envelope::created(ContactReceived { id }))

@@ -6,6 +6,7 @@ async fn app() -> (TestApp, TestDb, TestRedis) {
     let redis = TestRedis::start().await;
     let mut env = base_env(&db, &redis);
     env.insert("BERTH_MAX_JSON_BODY_BYTES".into(), "8192".into());
+    env.insert("BERTH_RATE_LIMIT_CONTACT".into(), "100/60".into());
     (TestApp::spawn(env).await, db, redis)
 }
 
@@ -177,4 +178,65 @@ async fn openapi_documents_every_route() {
         let status = app.get(path).await.status();
         assert_ne!(status, 404, "{entry} is documented but not routed");
     }
+}
+
+fn header(res: &reqwest::Response, name: &str) -> u64 {
+    res.headers()[name].to_str().unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_contact_form_is_rate_limited_per_address() {
+    let db = TestDb::new().await;
+    let redis = TestRedis::start().await;
+    let mut env = base_env(&db, &redis);
+    env.insert("BERTH_RATE_LIMIT_CONTACT".into(), "3/60".into());
+    let app = TestApp::spawn(env).await;
+    let message =
+        json!({"name": "Ada", "email": "ada@example.test", "subject": "Hi", "message": "Hello"});
+    let post = |client: &reqwest::Client| {
+        client
+            .post(app.url("/api/v1/contact"))
+            .json(&message)
+            .send()
+    };
+
+    for remaining in [2, 1, 0] {
+        let res = post(&app.client).await.unwrap();
+        assert_eq!(res.status(), 201);
+        assert_eq!(header(&res, "x-ratelimit-limit"), 3);
+        assert_eq!(header(&res, "x-ratelimit-remaining"), remaining);
+        assert!((1..=60).contains(&header(&res, "x-ratelimit-reset")));
+        assert!(res.headers().get("retry-after").is_none());
+    }
+    let res = post(&app.client).await.unwrap();
+    assert_eq!(res.status(), 429);
+    assert_eq!(header(&res, "x-ratelimit-remaining"), 0);
+    assert!((1..=60).contains(&header(&res, "retry-after")));
+    assert_error(&res.json().await.unwrap(), "RATE_LIMIT_EXCEEDED");
+
+    // A forwarded-for header is not believed unless BERTH_TRUST_PROXY is set.
+    let res = app
+        .client
+        .post(app.url("/api/v1/contact"))
+        .header("x-forwarded-for", "198.51.100.9")
+        .json(&message)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 429);
+
+    // Another address has its own allowance.
+    let other = reqwest::Client::builder()
+        .local_address("127.0.0.2".parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap();
+    let res = post(&other).await.unwrap();
+    assert_eq!(res.status(), 201);
+    assert_eq!(header(&res, "x-ratelimit-remaining"), 2);
+
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM contact_messages")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, 4, "refused messages are not stored");
 }

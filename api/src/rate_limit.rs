@@ -1,0 +1,93 @@
+//! Fixed-window rate limits counted in Redis, shared by every api replica
+//! (SPEC §2): `X-RateLimit-Limit`, `-Remaining` and `-Reset` (seconds until the
+//! window ends) on every response of a limited route, and 429 with `Retry-After`
+//! past the limit.
+
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::{HeaderMap, HeaderValue};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use berth_config::RateLimit;
+use redis::Script;
+use redis::aio::ConnectionManager;
+
+use crate::client_ip::ClientIp;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateDecision {
+    pub limit: u32,
+    pub remaining: u32,
+    pub reset_secs: u64,
+    pub allowed: bool,
+}
+
+impl RateDecision {
+    pub fn write_headers(&self, headers: &mut HeaderMap) {
+        headers.insert("x-ratelimit-limit", HeaderValue::from(self.limit));
+        headers.insert("x-ratelimit-remaining", HeaderValue::from(self.remaining));
+        headers.insert("x-ratelimit-reset", HeaderValue::from(self.reset_secs));
+        if !self.allowed {
+            headers.insert("retry-after", HeaderValue::from(self.reset_secs));
+        }
+    }
+}
+
+/// Counts one hit of `subject` against `scope`'s limit. The window starts with
+/// the first hit; INCR and its expiry are one script so no counter lives forever.
+pub async fn hit(
+    redis: &ConnectionManager,
+    scope: &str,
+    subject: &str,
+    limit: RateLimit,
+) -> Result<RateDecision, redis::RedisError> {
+    let script = Script::new(
+        r#"
+        local n = redis.call('INCR', KEYS[1])
+        if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+        return {n, redis.call('PTTL', KEYS[1])}
+        "#,
+    );
+    let (count, ttl_ms): (u64, i64) = script
+        .key(format!("berth:ratelimit:{scope}:{subject}"))
+        .arg(limit.window.as_millis() as u64)
+        .invoke_async(&mut redis.clone())
+        .await?;
+    let max = u64::from(limit.max);
+    Ok(RateDecision {
+        limit: limit.max,
+        remaining: max.saturating_sub(count) as u32,
+        reset_secs: (ttl_ms.max(0) as u64).div_ceil(1000).max(1),
+        allowed: count <= max,
+    })
+}
+
+/// Per-client-address limit for one route group: `from_fn_with_state((state, scope, limit), per_ip)`.
+/// While Redis is unreachable requests are let through (and logged): a public
+/// form staying up matters more than its limit for that time.
+pub async fn per_ip(
+    State((state, scope, limit)): State<(AppState, &'static str, RateLimit)>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let (mut parts, body) = req.into_parts();
+    let ClientIp(ip) = match ClientIp::from_request_parts(&mut parts, &state).await {
+        Ok(ip) => ip,
+        Err(e) => return e.into_response(),
+    };
+    let decision = match hit(&state.redis, scope, &ip.to_string(), limit).await {
+        Ok(decision) => decision,
+        Err(e) => {
+            tracing::warn!(error = %e, scope, "rate limit not checked: Redis unavailable");
+            return next.run(Request::from_parts(parts, body)).await;
+        }
+    };
+    let mut response = if decision.allowed {
+        next.run(Request::from_parts(parts, body)).await
+    } else {
+        ApiError::RateLimited.into_response()
+    };
+    decision.write_headers(response.headers_mut());
+    response
+}
