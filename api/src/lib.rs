@@ -1,5 +1,6 @@
 //! `berth-api`: validates, authorizes, writes Postgres, enqueues, answers at once.
 
+pub mod audit;
 pub mod bootstrap;
 pub mod client_ip;
 pub mod envelope;

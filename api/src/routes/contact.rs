@@ -5,6 +5,7 @@ use axum::extract::State;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::audit::{self, AuditEntry, RequestId};
 use crate::client_ip::ClientIp;
 use crate::envelope::{Envelope, Json};
 use crate::error::{ApiError, FieldError};
@@ -91,10 +92,12 @@ pub struct ContactReceived {
 pub async fn create(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
+    request_id: RequestId,
     Json(req): Json<ContactRequest>,
 ) -> Result<Envelope<ContactReceived>, ApiError> {
     let msg = ContactMessage::try_from(req)?;
     let id = Uuid::new_v4();
+    let mut tx = state.pool.begin().await?;
     sqlx::query(
         "INSERT INTO contact_messages (id, name, email, subject, message, client_ip) \
          VALUES ($1, $2, $3, $4, $5, $6)",
@@ -105,7 +108,21 @@ pub async fn create(
     .bind(&msg.subject)
     .bind(&msg.message)
     .bind(ip.to_string())
-    .execute(&state.pool)
+    .execute(&mut *tx)
     .await?;
+    audit::record(
+        &mut tx,
+        AuditEntry {
+            actor_user_id: None,
+            action: "contact.create",
+            target_type: "contact_message",
+            target_id: id.to_string(),
+            client_ip: ip,
+            request_id: &request_id,
+            details: serde_json::json!({ "email": msg.email }),
+        },
+    )
+    .await?;
+    tx.commit().await?;
     Ok(Envelope::created(ContactReceived { id }))
 }

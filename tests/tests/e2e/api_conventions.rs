@@ -133,9 +133,25 @@ async fn bodies_are_validated_with_field_details() {
         .await
         .unwrap();
     assert_eq!(res.status(), 201);
+    let request_id = res.headers()["x-request-id"].to_str().unwrap().to_owned();
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["success"], json!(true));
     let id = body["data"]["id"].as_str().unwrap();
+    // Audited once, with the request's id; refused requests changed nothing.
+    let audit: Vec<(String, String, String, String)> =
+        sqlx::query_as("SELECT action, target_id, client_ip, request_id FROM audit_logs")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        audit,
+        [(
+            "contact.create".to_owned(),
+            id.to_owned(),
+            "127.0.0.1".to_owned(),
+            request_id
+        )]
+    );
     let (name, ip): (String, String) =
         sqlx::query_as("SELECT name, client_ip FROM contact_messages WHERE id::text = $1")
             .bind(id)
