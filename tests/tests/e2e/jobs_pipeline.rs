@@ -61,6 +61,11 @@ async fn job(pool: &PgPool, id: &str) -> JobRecord {
     store::get(pool, id).await.unwrap().expect("job exists")
 }
 
+/// The job's recorded error; empty when it has none.
+fn error_of(record: &JobRecord) -> &str {
+    record.error.as_deref().unwrap_or_default()
+}
+
 async fn wait_for(pool: &PgPool, id: &str, state: JobState, timeout: Duration) -> JobRecord {
     let what = format!("job {id} to be {}", state.name());
     eventually(timeout, &what, || async {
@@ -222,11 +227,7 @@ async fn a_failing_job_is_retried_with_backoff_then_fails_with_its_error() {
     .await;
     let retrying = job(&db.pool, &id).await;
     assert!(
-        retrying
-            .error
-            .as_deref()
-            .unwrap()
-            .contains("SMTP delivery failed"),
+        error_of(&retrying).contains("SMTP delivery failed"),
         "{retrying:?}"
     );
     assert!(
@@ -237,11 +238,7 @@ async fn a_failing_job_is_retried_with_backoff_then_fails_with_its_error() {
     let failed = wait_for(&db.pool, &id, JobState::Failed, Duration::from_secs(30)).await;
     assert_eq!(failed.attempts, 3, "stops at its attempt cap");
     assert!(
-        failed
-            .error
-            .as_deref()
-            .unwrap()
-            .contains("SMTP delivery failed"),
+        error_of(&failed).contains("SMTP delivery failed"),
         "{failed:?}"
     );
     assert!(failed.finished_at.is_some());
@@ -255,11 +252,7 @@ async fn a_failing_job_is_retried_with_backoff_then_fails_with_its_error() {
     let failed = wait_for(&db.pool, &id, JobState::Failed, Duration::from_secs(30)).await;
     assert_eq!(failed.attempts, 1);
     assert!(
-        failed
-            .error
-            .as_deref()
-            .unwrap()
-            .starts_with("invalid recipient address"),
+        error_of(&failed).starts_with("invalid recipient address"),
         "{failed:?}"
     );
 }
@@ -311,11 +304,7 @@ async fn a_worker_killed_mid_job_loses_nothing_and_crash_loops_stop_at_the_cap()
     let failed = wait_for(&db.pool, &id, JobState::Failed, Duration::from_secs(60)).await;
     assert_eq!(failed.attempts, 2);
     assert!(
-        failed
-            .error
-            .as_deref()
-            .unwrap()
-            .contains("attempt cap of 1 reached"),
+        error_of(&failed).contains("attempt cap of 1 reached"),
         "{failed:?}"
     );
 }
