@@ -1,12 +1,10 @@
-use std::collections::HashMap;
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 
 use crate::batch::{BatchError, Batcher};
-use crate::relay::{Delivery, push_deliveries};
-use crate::runtime::apalis_config;
+use crate::relay::{Delivery, push_jobs};
 use crate::store::{self, Enqueued, JobRow, NewJob};
 use crate::{JobPayload, Policies, Queue};
 
@@ -74,24 +72,20 @@ impl JobClient {
 /// Pushes new jobs' deliveries to Redis. A failure only delays them: the relay's
 /// sweep pushes (and marks) whatever is not marked pushed.
 async fn push_now(mut redis: ConnectionManager, enqueued: &[Enqueued]) {
-    let mut by_queue: HashMap<Queue, Vec<(String, Vec<u8>)>> = HashMap::new();
-    for job in enqueued {
-        let Some(delivery_id) = &job.delivery_id else {
-            continue;
-        };
-        let args = serde_json::to_vec(&Delivery {
-            job_id: job.id.clone(),
-            delivery_id: delivery_id.clone(),
+    let deliveries: Vec<(Queue, Delivery)> = enqueued
+        .iter()
+        .filter_map(|job| {
+            let delivery_id = job.delivery_id.clone()?;
+            Some((
+                job.queue,
+                Delivery {
+                    job_id: job.id.clone(),
+                    delivery_id,
+                },
+            ))
         })
-        .expect("a delivery serializes");
-        by_queue
-            .entry(job.queue)
-            .or_default()
-            .push((delivery_id.clone(), args));
-    }
-    for (queue, tasks) in &by_queue {
-        if let Err(e) = push_deliveries(&mut redis, &apalis_config(*queue), tasks).await {
-            tracing::warn!(error = %e, jobs = tasks.len(), "immediate push failed; the relay will push these jobs");
-        }
+        .collect();
+    if let Err(e) = push_jobs(&mut redis, &deliveries).await {
+        tracing::warn!(error = %e, jobs = deliveries.len(), "immediate push failed; the relay will push these jobs");
     }
 }

@@ -119,29 +119,44 @@ impl Relay {
         if rows.is_empty() {
             return Ok(0);
         }
-        let mut by_queue: HashMap<Queue, Vec<(String, Vec<u8>)>> = HashMap::new();
-        let mut pushed = Vec::with_capacity(rows.len());
-        for (delivery_id, job_id, queue) in rows {
-            let queue: Queue = queue.parse()?;
-            let args = serde_json::to_vec(&Delivery {
-                job_id: job_id.clone(),
-                delivery_id: delivery_id.clone(),
-            })?;
-            by_queue.entry(queue).or_default().push((delivery_id, args));
-            pushed.push(job_id);
-        }
-        for (queue, tasks) in by_queue {
-            push_deliveries(
-                &mut self.redis,
-                &crate::runtime::apalis_config(queue),
-                &tasks,
-            )
-            .await?;
-        }
+        let deliveries = rows
+            .into_iter()
+            .map(|(delivery_id, job_id, queue)| {
+                let queue: Queue = queue.parse()?;
+                Ok((
+                    queue,
+                    Delivery {
+                        job_id,
+                        delivery_id,
+                    },
+                ))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        push_jobs(&mut self.redis, &deliveries).await?;
+        let pushed: Vec<String> = deliveries.into_iter().map(|(_, d)| d.job_id).collect();
         crate::store::mark_pushed(&mut *tx, &pushed).await?;
         tx.commit().await?;
         Ok(pushed.len())
     }
+}
+
+/// Pushes deliveries of any queues, one script call per queue.
+pub async fn push_jobs(
+    redis: &mut ConnectionManager,
+    deliveries: &[(Queue, Delivery)],
+) -> Result<(), redis::RedisError> {
+    let mut by_queue: HashMap<Queue, Vec<(String, Vec<u8>)>> = HashMap::new();
+    for (queue, delivery) in deliveries {
+        let args = serde_json::to_vec(delivery).expect("a delivery serializes");
+        by_queue
+            .entry(*queue)
+            .or_default()
+            .push((delivery.delivery_id.clone(), args));
+    }
+    for (queue, tasks) in &by_queue {
+        push_deliveries(redis, &crate::runtime::apalis_config(*queue), tasks).await?;
+    }
+    Ok(())
 }
 
 /// Stores deliveries (task id, encoded [`Delivery`]) on a queue's active list with
