@@ -256,15 +256,27 @@ pub struct ApiConfig {
     pub contact_rate_limit: RateLimit,
 }
 
+fn api_addr(env: &Env) -> Result<SocketAddr, ConfigError> {
+    env.parsed("BERTH_API_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080)))
+}
+
+/// `BERTH_PUBLIC_URL` without a trailing slash; by default the api's own address.
+/// The api and the worker (links in mail) must agree on it.
+fn public_url(env: &Env) -> Result<String, ConfigError> {
+    let url = match env.optional("BERTH_PUBLIC_URL") {
+        Some(url) => url,
+        None => format!("http://{}", api_addr(env)?),
+    };
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(malformed("BERTH_PUBLIC_URL", "expected an http(s) URL"));
+    }
+    Ok(url.trim_end_matches('/').to_owned())
+}
+
 impl ApiConfig {
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
-        let addr = env.parsed("BERTH_API_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080)))?;
-        let public_url = env
-            .optional("BERTH_PUBLIC_URL")
-            .unwrap_or_else(|| format!("http://{addr}"));
-        if !(public_url.starts_with("http://") || public_url.starts_with("https://")) {
-            return Err(malformed("BERTH_PUBLIC_URL", "expected an http(s) URL"));
-        }
+        let addr = api_addr(env)?;
+        let public_url = public_url(env)?;
         let jwt_secret = env.secret("JWT_SECRET")?;
         if jwt_secret.expose_secret().len() < 32 {
             return Err(malformed("JWT_SECRET", "must be at least 32 characters"));
@@ -272,7 +284,7 @@ impl ApiConfig {
         Ok(Self {
             common: CommonConfig::from_env(env)?,
             addr,
-            public_url: public_url.trim_end_matches('/').to_owned(),
+            public_url,
             master_key: MasterKey::read(env, "BERTH_MASTER_KEY")?,
             jwt_secret,
             metrics_token: env.optional("METRICS_TOKEN").map(SecretString::from),
@@ -327,9 +339,7 @@ impl MailConfig {
         Ok(Self {
             transport,
             from,
-            public_url: env
-                .optional("BERTH_PUBLIC_URL")
-                .unwrap_or_else(|| "http://127.0.0.1:8080".to_owned()),
+            public_url: public_url(env)?,
         })
     }
 }
@@ -435,5 +445,11 @@ mod tests {
         );
         let mail = MailConfig::from_env(&env(&[("SMTP_URL", "smtp://127.0.0.1:2525")])).unwrap();
         assert!(matches!(mail.transport, MailTransport::Smtp(_)));
+        // Links in mail point where the api is.
+        let mail = MailConfig::from_env(&env(&[("BERTH_API_ADDR", "127.0.0.1:9000")])).unwrap();
+        assert_eq!(mail.public_url, "http://127.0.0.1:9000");
+        let mail =
+            MailConfig::from_env(&env(&[("BERTH_PUBLIC_URL", "https://berth.example/")])).unwrap();
+        assert_eq!(mail.public_url, "https://berth.example");
     }
 }
