@@ -44,10 +44,6 @@ impl<T> Envelope<T> {
             data,
         }
     }
-
-    pub fn with_status(status: StatusCode, data: T) -> Self {
-        Self { status, data }
-    }
 }
 
 impl<T: Serialize> IntoResponse for Envelope<T> {
