@@ -28,8 +28,8 @@ pub enum ApiError {
         message: String,
         details: Vec<FieldError>,
     },
-    #[error("authentication required")]
-    Unauthorized,
+    #[error("{0}")]
+    Unauthorized(String),
     #[error("{0}")]
     Forbidden(String),
     #[error("{0}")]
@@ -38,8 +38,13 @@ pub enum ApiError {
     Conflict(String),
     #[error("{0}")]
     PayloadTooLarge(String),
-    #[error("too many requests")]
-    RateLimited,
+    /// Past a limit: answered with `Retry-After` and the `X-RateLimit-*` headers.
+    #[error("{message}")]
+    RateLimited {
+        message: String,
+        limit: u32,
+        retry_after_secs: u64,
+    },
     #[error("{0}")]
     ServiceUnavailable(String),
     #[error("internal error")]
@@ -55,6 +60,11 @@ impl ApiError {
         Self::Validation { message, details }
     }
 
+    /// No valid credential: missing, malformed, expired or revoked.
+    pub fn unauthenticated() -> Self {
+        Self::Unauthorized("authentication required: sign in, or send a valid bearer token".into())
+    }
+
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::Validation {
             message: message.into(),
@@ -65,12 +75,12 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::Validation { .. } => StatusCode::BAD_REQUEST,
-            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::ServiceUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -132,6 +142,19 @@ impl IntoResponse for ApiError {
                 error_response(status, "an internal error occurred".into(), Vec::new())
             }
             ApiError::Validation { message, details } => error_response(status, message, details),
+            ApiError::RateLimited {
+                message,
+                limit,
+                retry_after_secs,
+            } => {
+                let mut response = error_response(status, message, Vec::new());
+                let headers = response.headers_mut();
+                headers.insert("x-ratelimit-limit", limit.into());
+                headers.insert("x-ratelimit-remaining", 0u32.into());
+                headers.insert("x-ratelimit-reset", retry_after_secs.into());
+                headers.insert("retry-after", retry_after_secs.into());
+                response
+            }
             other => error_response(status, other.to_string(), Vec::new()),
         }
     }

@@ -1,6 +1,7 @@
 //! `berth-api`: validates, authorizes, writes Postgres, enqueues, answers at once.
 
 pub mod audit;
+pub mod auth;
 pub mod bootstrap;
 pub mod client_ip;
 pub mod envelope;
@@ -10,6 +11,7 @@ pub mod middleware;
 pub mod rate_limit;
 pub mod routes;
 pub mod state;
+pub mod validate;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -34,9 +36,69 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
 #[openapi(
     info(title = "Berth API", description = "Self-hosted deployment control plane. \
         Every answer is `{success, data}` or `{success: false, error: {code, message, details}}`."),
-    tags((name = "platform", description = "Health, status, metrics and public endpoints"))
+    tags(
+        (name = "platform", description = "Health, status, metrics and public endpoints"),
+        (name = "auth", description = "Registration, sign-in, sessions and tokens (SPEC §3.2)"),
+        (name = "account", description = "The signed-in user's profile, sessions, 2FA and API tokens"),
+        (name = "jobs", description = "Job status (SPEC §3.1)")
+    )
 )]
 struct ApiDoc;
+
+/// `routes` with a per-client-address limit.
+fn limited(
+    state: &AppState,
+    scope: &'static str,
+    limit: berth_config::RateLimit,
+    routes: OpenApiRouter<AppState>,
+) -> OpenApiRouter<AppState> {
+    routes.route_layer(axum::middleware::from_fn_with_state(
+        (state.clone(), scope, limit),
+        rate_limit::per_ip,
+    ))
+}
+
+fn auth_routes(state: &AppState) -> OpenApiRouter<AppState> {
+    use routes::auth;
+    let limits = state.config.auth.limits;
+    OpenApiRouter::new()
+        .routes(routes!(auth::providers))
+        .routes(routes!(auth::refresh))
+        .routes(routes!(auth::logout))
+        .routes(routes!(auth::me))
+        .merge(limited(
+            state,
+            "csrf",
+            limits.csrf,
+            OpenApiRouter::new().routes(routes!(auth::csrf)),
+        ))
+        .merge(limited(
+            state,
+            "register",
+            limits.register,
+            OpenApiRouter::new().routes(routes!(auth::register)),
+        ))
+        .merge(limited(
+            state,
+            "login",
+            limits.login,
+            OpenApiRouter::new()
+                .routes(routes!(auth::login))
+                .routes(routes!(auth::login_second_factor))
+                .routes(routes!(auth::email_code_verify)),
+        ))
+        .merge(limited(
+            state,
+            "auth_codes",
+            limits.code_attempts,
+            OpenApiRouter::new()
+                .routes(routes!(auth::verify_email))
+                .routes(routes!(auth::resend_otp))
+                .routes(routes!(auth::email_code_send))
+                .routes(routes!(auth::forgot_password))
+                .routes(routes!(auth::reset_password)),
+        ))
+}
 
 /// The router and the OpenAPI document, built from the same route declarations so
 /// the document covers every route.
@@ -49,14 +111,13 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(routes::platform::status))
         .routes(routes!(routes::platform::public_stats))
         .routes(routes!(routes::platform::openapi))
-        .merge(
-            OpenApiRouter::new()
-                .routes(routes!(routes::contact::create))
-                .route_layer(axum::middleware::from_fn_with_state(
-                    (state.clone(), "contact", state.config.contact_rate_limit),
-                    rate_limit::per_ip,
-                )),
-        );
+        .merge(limited(
+            &state,
+            "contact",
+            state.config.contact_rate_limit,
+            OpenApiRouter::new().routes(routes!(routes::contact::create)),
+        ))
+        .merge(auth_routes(&state));
     let (router, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/api/v1", v1)
         .routes(routes!(routes::platform::metrics))

@@ -24,6 +24,14 @@ pub struct RateDecision {
 }
 
 impl RateDecision {
+    pub fn refusal(&self, message: &str) -> ApiError {
+        ApiError::RateLimited {
+            message: message.to_owned(),
+            limit: self.limit,
+            retry_after_secs: self.reset_secs,
+        }
+    }
+
     pub fn write_headers(&self, headers: &mut HeaderMap) {
         headers.insert("x-ratelimit-limit", HeaderValue::from(self.limit));
         headers.insert("x-ratelimit-remaining", HeaderValue::from(self.remaining));
@@ -50,7 +58,7 @@ pub async fn hit(
         "#,
     );
     let (count, ttl_ms): (u64, i64) = script
-        .key(format!("berth:ratelimit:{scope}:{subject}"))
+        .key(key(scope, subject))
         .arg(limit.window.as_millis() as u64)
         .invoke_async(&mut redis.clone())
         .await?;
@@ -61,6 +69,71 @@ pub async fn hit(
         reset_secs: (ttl_ms.max(0) as u64).div_ceil(1000).max(1),
         allowed: count <= max,
     })
+}
+
+/// The Redis key of a limit's counter.
+fn key(scope: &str, subject: &str) -> String {
+    format!("berth:ratelimit:{scope}:{subject}")
+}
+
+/// Counts a hit and refuses past the limit with `message`. While Redis is
+/// unreachable the hit is let through and logged (see [`per_ip`]).
+pub async fn enforce(
+    redis: &ConnectionManager,
+    scope: &str,
+    subject: &str,
+    limit: RateLimit,
+    message: &str,
+) -> Result<(), ApiError> {
+    match hit(redis, scope, subject, limit).await {
+        Ok(decision) if !decision.allowed => Err(decision.refusal(message)),
+        Ok(_) => Ok(()),
+        Err(e) => {
+            tracing::warn!(error = %e, scope, "rate limit not checked: Redis unavailable");
+            Ok(())
+        }
+    }
+}
+
+/// Refuses when `subject` is already at its limit, without counting a hit: for
+/// limits on failures, which are counted with [`hit`] only when one happens.
+pub async fn ensure_below(
+    redis: &ConnectionManager,
+    scope: &str,
+    subject: &str,
+    limit: RateLimit,
+    message: &str,
+) -> Result<(), ApiError> {
+    let mut conn = redis.clone();
+    let read: Result<(Option<u64>, i64), redis::RedisError> = redis::pipe()
+        .get(key(scope, subject))
+        .pttl(key(scope, subject))
+        .query_async(&mut conn)
+        .await;
+    match read {
+        Ok((Some(count), ttl_ms)) if count >= u64::from(limit.max) => Err(ApiError::RateLimited {
+            message: message.to_owned(),
+            limit: limit.max,
+            retry_after_secs: (ttl_ms.max(0) as u64).div_ceil(1000).max(1),
+        }),
+        Ok(_) => Ok(()),
+        Err(e) => {
+            tracing::warn!(error = %e, scope, "rate limit not checked: Redis unavailable");
+            Ok(())
+        }
+    }
+}
+
+/// Forgets `subject`'s count (a successful sign-in clears its failures).
+pub async fn reset(redis: &ConnectionManager, scope: &str, subject: &str) {
+    let mut conn = redis.clone();
+    let cleared: Result<(), redis::RedisError> = redis::cmd("DEL")
+        .arg(key(scope, subject))
+        .query_async(&mut conn)
+        .await;
+    if let Err(e) = cleared {
+        tracing::warn!(error = %e, scope, "rate limit not reset: Redis unavailable");
+    }
 }
 
 /// Per-client-address limit for one route group: `from_fn_with_state((state, scope, limit), per_ip)`.
@@ -86,7 +159,7 @@ pub async fn per_ip(
     let mut response = if decision.allowed {
         next.run(Request::from_parts(parts, body)).await
     } else {
-        ApiError::RateLimited.into_response()
+        decision.refusal("too many requests").into_response()
     };
     decision.write_headers(response.headers_mut());
     response

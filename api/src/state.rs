@@ -8,7 +8,10 @@ use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
+use crate::auth::csrf::CsrfKey;
+use crate::auth::tokens::JwtKeys;
 use crate::metrics::Metrics;
+use berth_secrets::Keyring;
 
 /// Built once at start-up and shared by every request.
 #[derive(Clone)]
@@ -18,6 +21,12 @@ pub struct AppState {
     pub config: Arc<ApiConfig>,
     pub jobs: JobClient,
     pub metrics: Arc<Metrics>,
+    pub jwt: Arc<JwtKeys>,
+    pub csrf: Arc<CsrfKey>,
+    /// Seals secrets at rest (`BERTH_MASTER_KEY`).
+    pub keys: Arc<Keyring>,
+    /// Outgoing HTTP (OAuth providers).
+    pub http: reqwest::Client,
 }
 
 impl AppState {
@@ -32,8 +41,24 @@ impl AppState {
         let redis = berth_jobs::redis_conn::connect(config.common.redis_url.expose())
             .await
             .context("cannot connect to REDIS_URL")?;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(15))
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent("Berth")
+            .build()
+            .context("cannot build the HTTP client")?;
         Ok(Self {
             jobs: JobClient::new(pool.clone(), redis.clone(), policies),
+            jwt: Arc::new(JwtKeys::new(
+                &config.jwt_secret,
+                config.auth.access_token_ttl,
+            )),
+            csrf: Arc::new(CsrfKey::derive(&config.jwt_secret)),
+            keys: Arc::new(Keyring::from_config(
+                &config.master_key,
+                &config.previous_master_keys,
+            )),
+            http,
             pool,
             redis,
             config: Arc::new(config),

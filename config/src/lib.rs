@@ -129,7 +129,10 @@ pub struct MasterKey([u8; 32]);
 
 impl MasterKey {
     fn read(env: &Env, name: &str) -> Result<Self, ConfigError> {
-        let raw = env.required(name)?;
+        Self::parse(name, &env.required(name)?)
+    }
+
+    fn parse(name: &str, raw: &str) -> Result<Self, ConfigError> {
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(raw.trim())
             .map_err(|_| malformed(name, "not valid base64"))?;
@@ -137,6 +140,20 @@ impl MasterKey {
             .try_into()
             .map_err(|_| malformed(name, "must decode to exactly 32 bytes"))?;
         Ok(Self(key))
+    }
+
+    /// `BERTH_MASTER_KEY_PREVIOUS`: comma-separated keys that still open old
+    /// secrets after a rotation.
+    fn read_previous(env: &Env) -> Result<Vec<Self>, ConfigError> {
+        const NAME: &str = "BERTH_MASTER_KEY_PREVIOUS";
+        env.optional(NAME)
+            .map(|raw| {
+                raw.split(',')
+                    .filter(|k| !k.trim().is_empty())
+                    .map(|k| Self::parse(NAME, k))
+                    .collect()
+            })
+            .unwrap_or_else(|| Ok(Vec::new()))
     }
 
     pub fn bytes(&self) -> &[u8; 32] {
@@ -158,6 +175,13 @@ pub struct RateLimit {
 }
 
 impl RateLimit {
+    pub const fn per_secs(max: u32, secs: u64) -> Self {
+        Self {
+            max,
+            window: Duration::from_secs(secs),
+        }
+    }
+
     fn read(env: &Env, name: &str, default: RateLimit) -> Result<Self, ConfigError> {
         let Some(raw) = env.optional(name) else {
             return Ok(default);
@@ -243,6 +267,7 @@ pub struct ApiConfig {
     pub addr: SocketAddr,
     pub public_url: String,
     pub master_key: MasterKey,
+    pub previous_master_keys: Vec<MasterKey>,
     pub jwt_secret: SecretString,
     pub metrics_token: Option<SecretString>,
     pub cookie_secure: bool,
@@ -254,6 +279,158 @@ pub struct ApiConfig {
     /// the reverse proxy in front of Berth added) instead of the peer address.
     pub trust_proxy: bool,
     pub contact_rate_limit: RateLimit,
+    pub auth: AuthConfig,
+}
+
+/// Sign-in methods, token lifetimes and the limits of SPEC §3.2.
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    pub password_login: bool,
+    pub email_code_login: bool,
+    pub access_token_ttl: Duration,
+    pub refresh_token_ttl: Duration,
+    /// Absolute lifetime of a session, however often it is refreshed.
+    pub session_max_age: Duration,
+    pub limits: AuthLimits,
+    pub github: Option<OAuthProvider>,
+    pub google: Option<OAuthProvider>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct AuthLimits {
+    /// Per client address.
+    pub register: RateLimit,
+    /// Per client address.
+    pub login: RateLimit,
+    /// Failed sign-ins per account (or per unknown identifier).
+    pub login_failures: RateLimit,
+    /// Per client address.
+    pub csrf: RateLimit,
+    /// Mails with a code or link, per recipient address.
+    pub email_send: RateLimit,
+    /// Registration code resends, per address: the cooldown.
+    pub otp_resend: RateLimit,
+    /// Code and token checks (verify, 2FA, reset), per client address.
+    pub code_attempts: RateLimit,
+}
+
+/// An OAuth 2.0 provider's client settings and endpoints.
+#[derive(Debug, Clone)]
+pub struct OAuthProvider {
+    pub client_id: String,
+    pub client_secret: SecretString,
+    pub authorize_url: String,
+    pub token_url: String,
+    pub user_url: String,
+    /// GitHub only: where the verified addresses are listed.
+    pub emails_url: Option<String>,
+}
+
+fn http_url(env: &Env, name: &str, default: &str) -> Result<String, ConfigError> {
+    let url = env.optional(name).unwrap_or_else(|| default.to_owned());
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(malformed(name, "expected an http(s) URL"));
+    }
+    Ok(url.trim_end_matches('/').to_owned())
+}
+
+fn oauth_client(env: &Env, prefix: &str) -> Result<Option<(String, SecretString)>, ConfigError> {
+    let id_name = format!("{prefix}_CLIENT_ID");
+    let secret_name = format!("{prefix}_CLIENT_SECRET");
+    match (env.optional(&id_name), env.optional(&secret_name)) {
+        (None, None) => Ok(None),
+        (Some(id), Some(secret)) => Ok(Some((id, SecretString::from(secret)))),
+        (Some(_), None) => Err(ConfigError::Missing { name: secret_name }),
+        (None, Some(_)) => Err(ConfigError::Missing { name: id_name }),
+    }
+}
+
+impl AuthConfig {
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let github = match oauth_client(env, "GITHUB")? {
+            None => None,
+            Some((client_id, client_secret)) => {
+                let web = http_url(env, "BERTH_GITHUB_OAUTH_URL", "https://github.com")?;
+                let api = http_url(env, "BERTH_GITHUB_API_URL", "https://api.github.com")?;
+                Some(OAuthProvider {
+                    client_id,
+                    client_secret,
+                    authorize_url: format!("{web}/login/oauth/authorize"),
+                    token_url: format!("{web}/login/oauth/access_token"),
+                    user_url: format!("{api}/user"),
+                    emails_url: Some(format!("{api}/user/emails")),
+                })
+            }
+        };
+        let google = match oauth_client(env, "GOOGLE")? {
+            None => None,
+            Some((client_id, client_secret)) => Some(OAuthProvider {
+                client_id,
+                client_secret,
+                authorize_url: http_url(
+                    env,
+                    "BERTH_GOOGLE_AUTH_URL",
+                    "https://accounts.google.com/o/oauth2/v2/auth",
+                )?,
+                token_url: http_url(
+                    env,
+                    "BERTH_GOOGLE_TOKEN_URL",
+                    "https://oauth2.googleapis.com/token",
+                )?,
+                user_url: http_url(
+                    env,
+                    "BERTH_GOOGLE_USERINFO_URL",
+                    "https://openidconnect.googleapis.com/v1/userinfo",
+                )?,
+                emails_url: None,
+            }),
+        };
+        let secs = |name: &str, default: u64| -> Result<Duration, ConfigError> {
+            let value: u64 = env.parsed(name, default)?;
+            if value == 0 {
+                return Err(malformed(name, "must be at least 1"));
+            }
+            Ok(Duration::from_secs(value))
+        };
+        Ok(Self {
+            password_login: env.bool("BERTH_AUTH_PASSWORD_ENABLED", true)?,
+            email_code_login: env.bool("BERTH_AUTH_EMAIL_CODE_ENABLED", true)?,
+            access_token_ttl: secs("BERTH_ACCESS_TOKEN_TTL_SECS", 15 * 60)?,
+            refresh_token_ttl: secs("BERTH_REFRESH_TOKEN_TTL_SECS", 30 * 24 * 3600)?,
+            session_max_age: secs("BERTH_SESSION_MAX_AGE_SECS", 90 * 24 * 3600)?,
+            limits: AuthLimits {
+                register: RateLimit::read(
+                    env,
+                    "BERTH_RATE_LIMIT_REGISTER",
+                    RateLimit::per_secs(10, 60),
+                )?,
+                login: RateLimit::read(env, "BERTH_RATE_LIMIT_LOGIN", RateLimit::per_secs(10, 60))?,
+                login_failures: RateLimit::read(
+                    env,
+                    "BERTH_RATE_LIMIT_LOGIN_FAILURES",
+                    RateLimit::per_secs(5, 15 * 60),
+                )?,
+                csrf: RateLimit::read(env, "BERTH_RATE_LIMIT_CSRF", RateLimit::per_secs(60, 60))?,
+                email_send: RateLimit::read(
+                    env,
+                    "BERTH_RATE_LIMIT_EMAIL_SEND",
+                    RateLimit::per_secs(5, 3600),
+                )?,
+                otp_resend: RateLimit::read(
+                    env,
+                    "BERTH_RATE_LIMIT_OTP_RESEND",
+                    RateLimit::per_secs(1, 60),
+                )?,
+                code_attempts: RateLimit::read(
+                    env,
+                    "BERTH_RATE_LIMIT_CODE_ATTEMPTS",
+                    RateLimit::per_secs(30, 60),
+                )?,
+            },
+            github,
+            google,
+        })
+    }
 }
 
 fn api_addr(env: &Env) -> Result<SocketAddr, ConfigError> {
@@ -286,6 +463,7 @@ impl ApiConfig {
             addr,
             public_url,
             master_key: MasterKey::read(env, "BERTH_MASTER_KEY")?,
+            previous_master_keys: MasterKey::read_previous(env)?,
             jwt_secret,
             metrics_token: env.optional("METRICS_TOKEN").map(SecretString::from),
             cookie_secure: env.bool("COOKIE_SECURE", true)?,
@@ -299,11 +477,9 @@ impl ApiConfig {
             contact_rate_limit: RateLimit::read(
                 env,
                 "BERTH_RATE_LIMIT_CONTACT",
-                RateLimit {
-                    max: 5,
-                    window: Duration::from_secs(600),
-                },
+                RateLimit::per_secs(5, 600),
             )?,
+            auth: AuthConfig::from_env(env)?,
         })
     }
 }
@@ -318,6 +494,9 @@ pub enum MailTransport {
 #[derive(Debug, Clone)]
 pub struct MailConfig {
     pub transport: MailTransport,
+    /// Opens the codes and links that mail jobs carry sealed.
+    pub master_key: MasterKey,
+    pub previous_master_keys: Vec<MasterKey>,
     pub from: String,
     pub public_url: String,
 }
@@ -338,6 +517,8 @@ impl MailConfig {
             .unwrap_or_else(|| "Berth <berth@localhost>".to_owned());
         Ok(Self {
             transport,
+            master_key: MasterKey::read(env, "BERTH_MASTER_KEY")?,
+            previous_master_keys: MasterKey::read_previous(env)?,
             from,
             public_url: public_url(env)?,
         })
@@ -438,18 +619,68 @@ mod tests {
     }
 
     #[test]
+    fn auth_settings_and_oauth_pairs() {
+        let config = ApiConfig::from_env(&api_env(&[])).unwrap();
+        assert!(config.auth.password_login && config.auth.email_code_login);
+        assert_eq!(config.auth.access_token_ttl, Duration::from_secs(900));
+        assert_eq!(
+            config.auth.limits.login_failures,
+            RateLimit::per_secs(5, 900)
+        );
+        assert!(config.auth.github.is_none() && config.auth.google.is_none());
+        let err = ApiConfig::from_env(&api_env(&[("GITHUB_CLIENT_ID", "abc")])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "GITHUB_CLIENT_SECRET is required but not set"
+        );
+        let config = ApiConfig::from_env(&api_env(&[
+            ("GITHUB_CLIENT_ID", "abc"),
+            ("GITHUB_CLIENT_SECRET", "shh"),
+            ("BERTH_GITHUB_OAUTH_URL", "http://127.0.0.1:9/"),
+        ]))
+        .unwrap();
+        let github = config.auth.github.unwrap();
+        assert_eq!(
+            github.token_url,
+            "http://127.0.0.1:9/login/oauth/access_token"
+        );
+        assert_eq!(github.user_url, "https://api.github.com/user");
+        let err = ApiConfig::from_env(&api_env(&[("BERTH_MASTER_KEY_PREVIOUS", "c2hvcnQ=")]))
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("BERTH_MASTER_KEY_PREVIOUS is malformed")
+        );
+    }
+
+    #[test]
     fn mail_falls_back_to_a_directory() {
-        let mail = MailConfig::from_env(&env(&[("BERTH_MAIL_DIR", "/tmp/m")])).unwrap();
+        let mail = MailConfig::from_env(&env(&[
+            ("BERTH_MAIL_DIR", "/tmp/m"),
+            ("BERTH_MASTER_KEY", KEY),
+        ]))
+        .unwrap();
         assert!(
             matches!(mail.transport, MailTransport::Directory(ref p) if p == &PathBuf::from("/tmp/m"))
         );
-        let mail = MailConfig::from_env(&env(&[("SMTP_URL", "smtp://127.0.0.1:2525")])).unwrap();
+        let mail = MailConfig::from_env(&env(&[
+            ("SMTP_URL", "smtp://127.0.0.1:2525"),
+            ("BERTH_MASTER_KEY", KEY),
+        ]))
+        .unwrap();
         assert!(matches!(mail.transport, MailTransport::Smtp(_)));
         // Links in mail point where the api is.
-        let mail = MailConfig::from_env(&env(&[("BERTH_API_ADDR", "127.0.0.1:9000")])).unwrap();
+        let mail = MailConfig::from_env(&env(&[
+            ("BERTH_API_ADDR", "127.0.0.1:9000"),
+            ("BERTH_MASTER_KEY", KEY),
+        ]))
+        .unwrap();
         assert_eq!(mail.public_url, "http://127.0.0.1:9000");
-        let mail =
-            MailConfig::from_env(&env(&[("BERTH_PUBLIC_URL", "https://berth.example/")])).unwrap();
+        let mail = MailConfig::from_env(&env(&[
+            ("BERTH_PUBLIC_URL", "https://berth.example/"),
+            ("BERTH_MASTER_KEY", KEY),
+        ]))
+        .unwrap();
         assert_eq!(mail.public_url, "https://berth.example");
     }
 }

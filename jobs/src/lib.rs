@@ -16,7 +16,7 @@ pub mod runtime;
 pub mod store;
 
 pub use client::JobClient;
-pub use payload::{DiagnosticJob, EmailJob, EmailMessage, JobPayload};
+pub use payload::{CodePurpose, DiagnosticJob, EmailJob, EmailMessage, JobPayload, Sealed};
 pub use policy::{JobPolicy, Policies};
 pub use queue::Queue;
 pub use store::{Enqueued, JobRecord, JobState, NewJob};

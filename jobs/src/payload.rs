@@ -1,3 +1,4 @@
+use berth_secrets::{Binding, Keyring, SecretError};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::Queue;
@@ -21,18 +22,59 @@ pub struct EmailJob {
     pub message: EmailMessage,
 }
 
-/// The messages Berth sends; each one names its template.
+/// The messages Berth sends; each one names its template. Codes and links that
+/// grant access travel sealed ([`Sealed`]): the job row outlives the mail, and
+/// tokens are never stored in the clear.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "template", rename_all = "snake_case")]
 pub enum EmailMessage {
     /// A message an operator sends to check that mail delivery works.
     TestMessage { recipient_name: String },
-    /// The 6-digit code that verifies an address or signs a user in.
+    /// A 6-digit code: verifies an address, signs a user in, or confirms deletion.
     VerificationCode {
         recipient_name: String,
-        code: String,
+        purpose: CodePurpose,
+        code: Sealed,
         expires_in_minutes: u32,
     },
+    /// The single-use link that sets a new password.
+    PasswordReset {
+        recipient_name: String,
+        token: Sealed,
+        expires_in_minutes: u32,
+    },
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum CodePurpose {
+    VerifyEmail,
+    SignIn,
+    DeleteAccount,
+}
+
+/// A secret inside a mail job, sealed with the master key and bound to the
+/// recipient, so it opens only for the message it was made for.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(transparent)]
+pub struct Sealed(String);
+
+impl Sealed {
+    fn binding(recipient: &str) -> Binding<'_> {
+        Binding {
+            table: "jobs",
+            column: "payload.email",
+            row_id: recipient,
+        }
+    }
+
+    pub fn seal(keys: &Keyring, recipient: &str, secret: &str) -> Self {
+        Self(keys.seal(secret.as_bytes(), Self::binding(recipient)))
+    }
+
+    pub fn open(&self, keys: &Keyring, recipient: &str) -> Result<String, SecretError> {
+        keys.open_string(&self.0, Self::binding(recipient))
+    }
 }
 
 impl JobPayload for EmailJob {

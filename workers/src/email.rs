@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use berth_config::{MailConfig, MailTransport};
 use berth_jobs::runtime::{JobContext, JobFailure};
-use berth_jobs::{EmailJob, EmailMessage};
+use berth_jobs::{CodePurpose, EmailJob, EmailMessage};
+use berth_secrets::Keyring;
 use lettre::message::{Mailbox, MultiPart};
 use lettre::transport::smtp::AsyncSmtpTransport;
 use lettre::{AsyncFileTransport, AsyncTransport, Message, Tokio1Executor};
@@ -25,7 +26,16 @@ pub struct Mailer {
     transport: Transport,
     from: Mailbox,
     public_url: String,
+    keys: Keyring,
     templates: Environment<'static>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error("template error: {0}")]
+    Template(#[from] minijinja::Error),
+    #[error("the message's code does not open with BERTH_MASTER_KEY: {0}")]
+    Sealed(#[from] berth_secrets::SecretError),
 }
 
 /// A rendered message, before it is addressed.
@@ -75,6 +85,14 @@ impl Mailer {
                 "verification_code.html",
                 include_str!("../templates/verification_code.html"),
             ),
+            (
+                "password_reset.txt",
+                include_str!("../templates/password_reset.txt"),
+            ),
+            (
+                "password_reset.html",
+                include_str!("../templates/password_reset.html"),
+            ),
         ] {
             templates.add_template(name, source)?;
         }
@@ -83,11 +101,13 @@ impl Mailer {
             transport,
             from,
             public_url: config.public_url.clone(),
+            keys: Keyring::from_config(&config.master_key, &config.previous_master_keys),
             templates,
         }))
     }
 
-    pub fn render(&self, message: &EmailMessage) -> Result<Rendered, minijinja::Error> {
+    /// Renders `message` for `to` (sealed codes open only for their recipient).
+    pub fn render(&self, to: &str, message: &EmailMessage) -> Result<Rendered, RenderError> {
         let (template, subject, context) = match message {
             EmailMessage::TestMessage { recipient_name } => (
                 "test_message",
@@ -96,13 +116,50 @@ impl Mailer {
             ),
             EmailMessage::VerificationCode {
                 recipient_name,
+                purpose,
                 code,
                 expires_in_minutes,
-            } => (
-                "verification_code",
-                format!("Your Berth code: {code}"),
-                json!({ "recipient_name": recipient_name, "code": code, "expires_in_minutes": expires_in_minutes }),
-            ),
+            } => {
+                let code = code.open(&self.keys, to)?;
+                let (subject, action) = match purpose {
+                    CodePurpose::VerifyEmail => (
+                        format!("Verify your Berth account: {code}"),
+                        "verify your email address",
+                    ),
+                    CodePurpose::SignIn => (format!("Your Berth sign-in code: {code}"), "sign in"),
+                    CodePurpose::DeleteAccount => (
+                        format!("Confirm deleting your Berth account: {code}"),
+                        "confirm that your account should be deleted",
+                    ),
+                };
+                (
+                    "verification_code",
+                    subject,
+                    json!({ "recipient_name": recipient_name, "code": code, "action": action,
+                            "expires_in_minutes": expires_in_minutes }),
+                )
+            }
+            EmailMessage::PasswordReset {
+                recipient_name,
+                token,
+                expires_in_minutes,
+            } => {
+                let token = token.open(&self.keys, to)?;
+                let mut link = url::Url::parse(&format!("{}/reset-password", self.public_url))
+                    .map_err(|e| {
+                        RenderError::Template(minijinja::Error::new(
+                            minijinja::ErrorKind::InvalidOperation,
+                            format!("BERTH_PUBLIC_URL does not make a link: {e}"),
+                        ))
+                    })?;
+                link.query_pairs_mut().append_pair("token", &token);
+                (
+                    "password_reset",
+                    "Reset your Berth password".to_owned(),
+                    json!({ "recipient_name": recipient_name, "reset_url": link.as_str(),
+                            "expires_in_minutes": expires_in_minutes }),
+                )
+            }
         };
         let mut context = context;
         context["public_url"] = json!(self.public_url);
@@ -129,8 +186,8 @@ impl Mailer {
             .parse()
             .map_err(|e| JobFailure::permanent(format!("invalid recipient address: {e}")))?;
         let rendered = self
-            .render(&job.message)
-            .map_err(|e| JobFailure::permanent(format!("template error: {e}")))?;
+            .render(&job.to, &job.message)
+            .map_err(|e| JobFailure::permanent(e.to_string()))?;
         let email = Message::builder()
             .from(self.from.clone())
             .to(to)
@@ -164,27 +221,50 @@ impl Mailer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use berth_jobs::Sealed;
 
     fn mailer() -> Arc<Mailer> {
         let dir = std::env::temp_dir().join(format!("berth-mail-test-{}", std::process::id()));
         Mailer::new(&MailConfig {
             transport: MailTransport::Directory(dir),
+            master_key: key(),
+            previous_master_keys: Vec::new(),
             from: "Berth <berth@example.test>".into(),
             public_url: "https://berth.example.test".into(),
         })
         .unwrap()
     }
 
+    fn key() -> berth_config::MasterKey {
+        let env = berth_config::Env::from_map(
+            [(
+                "BERTH_MASTER_KEY".to_owned(),
+                "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=".to_owned(),
+            )]
+            .into(),
+        );
+        berth_config::MailConfig::from_env(&env).unwrap().master_key
+    }
+
+    fn keys() -> Keyring {
+        Keyring::from_config(&key(), &[])
+    }
+
     #[test]
     fn renders_text_and_escaped_html() {
+        let to = "ada@example.test";
         let rendered = mailer()
-            .render(&EmailMessage::VerificationCode {
-                recipient_name: "<Ada>".into(),
-                code: "123456".into(),
-                expires_in_minutes: 10,
-            })
+            .render(
+                to,
+                &EmailMessage::VerificationCode {
+                    recipient_name: "<Ada>".into(),
+                    purpose: CodePurpose::VerifyEmail,
+                    code: Sealed::seal(&keys(), to, "123456"),
+                    expires_in_minutes: 10,
+                },
+            )
             .unwrap();
-        assert_eq!(rendered.subject, "Your Berth code: 123456");
+        assert_eq!(rendered.subject, "Verify your Berth account: 123456");
         assert!(rendered.text.contains("Hello <Ada>,"));
         assert!(rendered.text.contains("expires in 10 minutes"));
         assert!(
@@ -201,5 +281,25 @@ mod tests {
             rendered.html
         );
         assert!(rendered.text.contains("https://berth.example.test"));
+    }
+
+    #[test]
+    fn sealed_secrets_open_only_for_their_recipient() {
+        let token = Sealed::seal(&keys(), "ada@example.test", "tok-en_1");
+        let message = EmailMessage::PasswordReset {
+            recipient_name: "Ada".into(),
+            token,
+            expires_in_minutes: 30,
+        };
+        let rendered = mailer().render("ada@example.test", &message).unwrap();
+        assert!(
+            rendered
+                .text
+                .contains("https://berth.example.test/reset-password?token=tok-en_1"),
+            "{}",
+            rendered.text
+        );
+        let err = mailer().render("eve@example.test", &message).unwrap_err();
+        assert!(matches!(err, RenderError::Sealed(_)), "{err}");
     }
 }

@@ -8,8 +8,9 @@ use uuid::Uuid;
 use crate::audit::{self, AuditEntry, RequestId};
 use crate::client_ip::ClientIp;
 use crate::envelope::{Envelope, Json};
-use crate::error::{ApiError, FieldError};
+use crate::error::ApiError;
 use crate::state::AppState;
+use crate::validate::{self, email_field, text_field};
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -32,28 +33,6 @@ struct ContactMessage {
     message: String,
 }
 
-fn text_field(field: &str, value: &str, max_chars: usize, errors: &mut Vec<FieldError>) -> String {
-    let value = value.trim();
-    let chars = value.chars().count();
-    if chars == 0 {
-        errors.push(FieldError::new(field, "is required"));
-    } else if chars > max_chars {
-        errors.push(FieldError::new(
-            field,
-            format!("must be at most {max_chars} characters"),
-        ));
-    } else if value
-        .chars()
-        .any(|c| c.is_control() && c != '\n' && c != '\r' && c != '\t')
-    {
-        errors.push(FieldError::new(
-            field,
-            "must not contain control characters",
-        ));
-    }
-    value.to_owned()
-}
-
 impl TryFrom<ContactRequest> for ContactMessage {
     type Error = ApiError;
 
@@ -62,13 +41,8 @@ impl TryFrom<ContactRequest> for ContactMessage {
         let name = text_field("name", &req.name, 100, &mut errors);
         let subject = text_field("subject", &req.subject, 200, &mut errors);
         let message = text_field("message", &req.message, 5000, &mut errors);
-        let email = req.email.trim().to_owned();
-        if email.len() > 254 || !email_address::EmailAddress::is_valid(&email) {
-            errors.push(FieldError::new("email", "must be a valid email address"));
-        }
-        if !errors.is_empty() {
-            return Err(ApiError::validation(errors));
-        }
+        let email = email_field("email", &req.email, &mut errors);
+        validate::finish(errors)?;
         Ok(Self {
             name,
             email,

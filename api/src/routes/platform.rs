@@ -195,7 +195,7 @@ pub async fn metrics(
             .ct_eq(expected.expose_secret().as_bytes())
             .into();
         if !matches {
-            return Err(ApiError::Unauthorized);
+            return Err(ApiError::unauthenticated());
         }
     }
     let body = state.metrics.render(&state.pool).await;

@@ -1,0 +1,328 @@
+//! Who is calling: a signed-in session (access JWT in the `access_token` cookie
+//! or `Authorization: Bearer`) or an API token, and what they may do.
+//!
+//! Every authenticated request checks its session (or token) in Postgres, so a
+//! revoked session, a suspended or deleted user, or a deleted token stops
+//! working on the very next request. Cookie-authenticated unsafe requests must
+//! carry a valid CSRF token; bearer requests are exempt.
+
+pub mod codes;
+pub mod csrf;
+pub mod password;
+pub mod sessions;
+pub mod tokens;
+pub mod totp;
+pub mod user_agent;
+pub mod users;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, Method, header};
+use axum_extra::extract::CookieJar;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::client_ip::ClientIp;
+use crate::error::ApiError;
+use crate::state::AppState;
+use tokens::API_TOKEN_PREFIX;
+use users::{Role, USER_COLUMNS_OF_U, UserRow};
+
+pub const ACCESS_COOKIE: &str = "access_token";
+pub const REFRESH_COOKIE: &str = "refresh_token";
+
+/// What an API token may be allowed to do. `…:write` includes `…:read`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+pub enum Scope {
+    #[serde(rename = "servers:read")]
+    ServersRead,
+    #[serde(rename = "servers:write")]
+    ServersWrite,
+    #[serde(rename = "deployments:read")]
+    DeploymentsRead,
+    #[serde(rename = "deployments:write")]
+    DeploymentsWrite,
+    #[serde(rename = "domains:read")]
+    DomainsRead,
+    #[serde(rename = "domains:write")]
+    DomainsWrite,
+    #[serde(rename = "admin")]
+    Admin,
+}
+
+impl Scope {
+    pub const ALL: [Scope; 7] = [
+        Scope::ServersRead,
+        Scope::ServersWrite,
+        Scope::DeploymentsRead,
+        Scope::DeploymentsWrite,
+        Scope::DomainsRead,
+        Scope::DomainsWrite,
+        Scope::Admin,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Scope::ServersRead => "servers:read",
+            Scope::ServersWrite => "servers:write",
+            Scope::DeploymentsRead => "deployments:read",
+            Scope::DeploymentsWrite => "deployments:write",
+            Scope::DomainsRead => "domains:read",
+            Scope::DomainsWrite => "domains:write",
+            Scope::Admin => "admin",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Scope> {
+        Scope::ALL.into_iter().find(|scope| scope.name() == s)
+    }
+
+    /// The write scope that includes this read scope.
+    fn write_of(self) -> Option<Scope> {
+        match self {
+            Scope::ServersRead => Some(Scope::ServersWrite),
+            Scope::DeploymentsRead => Some(Scope::DeploymentsWrite),
+            Scope::DomainsRead => Some(Scope::DomainsWrite),
+            _ => None,
+        }
+    }
+
+    /// Everything a user with `role` may do: all resource scopes, and `admin`
+    /// for administrators.
+    pub fn for_role(role: Role) -> Vec<Scope> {
+        Scope::ALL
+            .into_iter()
+            .filter(|s| *s != Scope::Admin || role.is_admin())
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum Credential {
+    Session { session_id: Uuid, via_cookie: bool },
+    ApiToken { token_id: Uuid, scopes: Vec<Scope> },
+}
+
+/// An authenticated caller.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub user: UserRow,
+    pub credential: Credential,
+}
+
+impl Principal {
+    pub fn user_id(&self) -> Uuid {
+        self.user.id
+    }
+
+    pub fn role(&self) -> Role {
+        self.user.role()
+    }
+
+    /// What this caller may do: the user's permissions, narrowed to the token's
+    /// scopes for an API token (a demoted user's token loses `admin` at once).
+    pub fn permissions(&self) -> Vec<Scope> {
+        let of_role = Scope::for_role(self.role());
+        match &self.credential {
+            Credential::Session { .. } => of_role,
+            Credential::ApiToken { scopes, .. } => of_role
+                .into_iter()
+                .filter(|s| scopes.contains(s) || s.write_of().is_some_and(|w| scopes.contains(&w)))
+                .collect(),
+        }
+    }
+
+    pub fn allows(&self, scope: Scope) -> bool {
+        self.permissions().contains(&scope)
+    }
+
+    pub fn require(&self, scope: Scope) -> Result<(), ApiError> {
+        if self.allows(scope) {
+            return Ok(());
+        }
+        Err(ApiError::Forbidden(format!(
+            "this needs the {} permission",
+            scope.name()
+        )))
+    }
+
+    /// Account management (passwords, 2FA, tokens, sessions) needs a signed-in
+    /// session: an API token cannot widen or prolong its own access.
+    pub fn require_session(&self) -> Result<Uuid, ApiError> {
+        match self.credential {
+            Credential::Session { session_id, .. } => Ok(session_id),
+            Credential::ApiToken { .. } => Err(ApiError::Forbidden(
+                "this needs a signed-in session, not an API token".into(),
+            )),
+        }
+    }
+
+    pub fn session_id(&self) -> Option<Uuid> {
+        match self.credential {
+            Credential::Session { session_id, .. } => Some(session_id),
+            Credential::ApiToken { .. } => None,
+        }
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+pub fn is_unsafe(method: &Method) -> bool {
+    !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+impl FromRequestParts<AppState> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        if let Some(principal) = parts.extensions.get::<Principal>() {
+            return Ok(principal.clone());
+        }
+        let jar = CookieJar::from_headers(&parts.headers);
+        let principal = if let Some(token) = bearer(&parts.headers).map(str::to_owned) {
+            let token = token.as_str();
+            if token.starts_with(API_TOKEN_PREFIX) {
+                api_token(state, token).await?
+            } else {
+                session(state, parts, token, false).await?
+            }
+        } else if let Some(cookie) = jar.get(ACCESS_COOKIE) {
+            let principal = session(state, parts, cookie.value(), true).await?;
+            if is_unsafe(&parts.method) {
+                let session_id = principal.session_id().expect("a session credential");
+                check_csrf(state, &parts.headers, &jar, session_id)?;
+            }
+            principal
+        } else {
+            return Err(ApiError::unauthenticated());
+        };
+        parts.extensions.insert(principal.clone());
+        Ok(principal)
+    }
+}
+
+pub fn check_csrf(
+    state: &AppState,
+    headers: &HeaderMap,
+    jar: &CookieJar,
+    session_id: Uuid,
+) -> Result<(), ApiError> {
+    let header = headers
+        .get(csrf::CSRF_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| {
+            ApiError::Forbidden(
+                "missing CSRF token: send the csrf_token cookie's value in X-CSRF-Token".into(),
+            )
+        })?;
+    let cookie = jar.get(csrf::CSRF_COOKIE).map(|c| c.value()).unwrap_or("");
+    if !state.csrf.verify(session_id, header, cookie) {
+        return Err(ApiError::Forbidden(
+            "invalid CSRF token: get a new one from GET /api/v1/auth/csrf".into(),
+        ));
+    }
+    Ok(())
+}
+
+async fn session(
+    state: &AppState,
+    parts: &mut Parts,
+    token: &str,
+    via_cookie: bool,
+) -> Result<Principal, ApiError> {
+    let claims = state
+        .jwt
+        .verify(token)
+        .ok_or_else(ApiError::unauthenticated)?;
+    let row: Option<SessionUser> = sqlx::query_as(&format!(
+        "SELECT s.last_used_at AS session_last_used_at, {} FROM sessions s JOIN users u ON u.id = s.user_id \
+         WHERE s.id = $1 AND s.user_id = $2 AND s.revoked_at IS NULL AND s.expires_at > now() \
+           AND u.status = 'active'",
+        *USER_COLUMNS_OF_U
+    ))
+    .bind(claims.sid)
+    .bind(claims.sub)
+    .fetch_optional(&state.pool)
+    .await?;
+    let Some(SessionUser {
+        session_last_used_at: last_used_at,
+        user,
+    }) = row
+    else {
+        return Err(ApiError::unauthenticated());
+    };
+    // Last activity is kept to the minute: one write per session per minute,
+    // not one per request.
+    if Utc::now() - last_used_at > chrono::Duration::seconds(60) {
+        let ClientIp(ip) = ClientIp::from_request_parts(parts, state).await?;
+        sqlx::query("UPDATE sessions SET last_used_at = now(), client_ip = $2 WHERE id = $1")
+            .bind(claims.sid)
+            .bind(ip.to_string())
+            .execute(&state.pool)
+            .await?;
+    }
+    Ok(Principal {
+        user,
+        credential: Credential::Session {
+            session_id: claims.sid,
+            via_cookie,
+        },
+    })
+}
+
+#[derive(sqlx::FromRow)]
+struct SessionUser {
+    session_last_used_at: DateTime<Utc>,
+    #[sqlx(flatten)]
+    user: UserRow,
+}
+
+#[derive(sqlx::FromRow)]
+struct TokenUser {
+    token_id: Uuid,
+    token_scopes: Vec<String>,
+    token_last_used_at: Option<DateTime<Utc>>,
+    #[sqlx(flatten)]
+    user: UserRow,
+}
+
+async fn api_token(state: &AppState, token: &str) -> Result<Principal, ApiError> {
+    let row: Option<TokenUser> = sqlx::query_as(&format!(
+        "SELECT t.id AS token_id, t.scopes AS token_scopes, t.last_used_at AS token_last_used_at, {} \
+         FROM api_tokens t JOIN users u ON u.id = t.user_id \
+         WHERE t.token_hash = $1 AND (t.expires_at IS NULL OR t.expires_at > now()) \
+           AND u.status = 'active'",
+        *USER_COLUMNS_OF_U
+    ))
+    .bind(tokens::token_hash(token))
+    .fetch_optional(&state.pool)
+    .await?;
+    let Some(row) = row else {
+        return Err(ApiError::unauthenticated());
+    };
+    if row
+        .token_last_used_at
+        .is_none_or(|t| Utc::now() - t > chrono::Duration::seconds(60))
+    {
+        sqlx::query("UPDATE api_tokens SET last_used_at = now() WHERE id = $1")
+            .bind(row.token_id)
+            .execute(&state.pool)
+            .await?;
+    }
+    Ok(Principal {
+        user: row.user,
+        credential: Credential::ApiToken {
+            token_id: row.token_id,
+            scopes: row
+                .token_scopes
+                .iter()
+                .filter_map(|s| Scope::parse(s))
+                .collect(),
+        },
+    })
+}

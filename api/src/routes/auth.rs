@@ -1,0 +1,896 @@
+//! SPEC §3.2, signing in and out: CSRF tokens, registration with an emailed
+//! code, password and passwordless sign-in, the 2FA second step, refresh-token
+//! rotation, logout, `GET /auth/me`, and password reset by mail.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequestParts, State};
+use axum::http::HeaderMap;
+use axum::http::request::Parts;
+use axum_extra::extract::CookieJar;
+use berth_jobs::store::{self, NewJob};
+use berth_jobs::{EmailJob, EmailMessage, Sealed};
+use chrono::Utc;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::audit;
+use crate::auth::codes::{self, CodeCheck, Purpose};
+use crate::auth::password::{check_new_password, hash_password, verify_password};
+use crate::auth::sessions::{self, Client, Refreshed, SignInAnswer, SignedIn};
+use crate::auth::tokens::{random_token, token_hash};
+use crate::auth::users::{self, UserRow, UserView};
+use crate::auth::{self, Principal, REFRESH_COOKIE, Scope, totp};
+use crate::envelope::{Envelope, Json};
+use crate::error::{ApiError, FieldError};
+use crate::rate_limit;
+use crate::state::AppState;
+use crate::validate::{self, email_field, secret_field, text_field, username_field};
+
+const INVALID_CREDENTIALS: &str = "invalid email/username or password";
+const PASSWORD_RESET_TTL_MINUTES: i64 = 30;
+
+fn require_password_login(state: &AppState) -> Result<(), ApiError> {
+    if state.config.auth.password_login {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden("password sign-in is disabled".into()))
+    }
+}
+
+fn require_email_code_login(state: &AppState) -> Result<(), ApiError> {
+    if state.config.auth.email_code_login {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden("email code sign-in is disabled".into()))
+    }
+}
+
+/// Counts one mail to `email` against the per-address limit.
+pub async fn limit_mail_to(state: &AppState, email: &str) -> Result<(), ApiError> {
+    rate_limit::enforce(
+        &state.redis,
+        "email_send",
+        &email.to_lowercase(),
+        state.config.auth.limits.email_send,
+        "too many messages to this address; try again later",
+    )
+    .await
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CsrfToken {
+    csrf_token: String,
+}
+
+/// Issue a CSRF token (cookie `csrf_token` and body). Bound to the caller's
+/// session when signed in; send it back in `X-CSRF-Token` on unsafe requests.
+#[utoipa::path(get, path = "/auth/csrf", tag = "auth", responses(
+    (status = 200, description = "A token bound to the current session", body = CsrfToken),
+    (status = 429, description = "BERTH_RATE_LIMIT_CSRF exceeded", body = crate::error::ErrorEnvelope)))]
+pub async fn csrf(
+    State(state): State<AppState>,
+    jar: CookieJar,
+    mut parts: Parts,
+) -> (CookieJar, Envelope<CsrfToken>) {
+    let session = Principal::from_request_parts(&mut parts, &state)
+        .await
+        .ok()
+        .and_then(|p| p.session_id());
+    let token = state.csrf.issue(session);
+    let jar = sessions::csrf_cookie(&state, jar, token.clone());
+    (jar, Envelope::ok(CsrfToken { csrf_token: token }))
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Providers {
+    password: bool,
+    email_code: bool,
+    totp: bool,
+    github: bool,
+    google: bool,
+}
+
+/// Which sign-in methods are on.
+#[utoipa::path(get, path = "/auth/providers", tag = "auth",
+    responses((status = 200, description = "Sign-in methods", body = Providers)))]
+pub async fn providers(State(state): State<AppState>) -> Envelope<Providers> {
+    let auth = &state.config.auth;
+    Envelope::ok(Providers {
+        password: auth.password_login,
+        email_code: auth.email_code_login,
+        totp: true,
+        github: auth.github.is_some(),
+        google: auth.google.is_some(),
+    })
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RegisterRequest {
+    email: String,
+    /// 8 to 128 characters, not one of the 10,000 most common passwords.
+    password: String,
+    name: String,
+    /// 3 to 30 of `[a-zA-Z0-9_-]`.
+    username: Option<String>,
+    #[serde(default)]
+    terms_accepted: bool,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Registered {
+    email: String,
+    verification_required: bool,
+    message: &'static str,
+}
+
+/// Create an account; a 6-digit code is mailed to verify the address.
+#[utoipa::path(post, path = "/auth/register", tag = "auth", request_body = RegisterRequest, responses(
+    (status = 201, description = "Account created, code sent", body = Registered),
+    (status = 400, description = "Invalid fields", body = crate::error::ErrorEnvelope),
+    (status = 409, description = "Email or username taken", body = crate::error::ErrorEnvelope),
+    (status = 429, description = "Too many registrations from this address", body = crate::error::ErrorEnvelope)))]
+pub async fn register(
+    State(state): State<AppState>,
+    client: Client,
+    Json(req): Json<RegisterRequest>,
+) -> Result<Envelope<Registered>, ApiError> {
+    require_password_login(&state)?;
+    let mut errors = Vec::new();
+    let email = email_field("email", &req.email, &mut errors);
+    let name = text_field("name", &req.name, 100, &mut errors);
+    let username = req
+        .username
+        .as_deref()
+        .filter(|u| !u.trim().is_empty())
+        .map(|u| username_field("username", u, &mut errors));
+    if let Err(ApiError::Validation { details, .. }) = check_new_password("password", &req.password)
+    {
+        errors.extend(details);
+    }
+    if !req.terms_accepted {
+        errors.push(FieldError::new("termsAccepted", "must be accepted"));
+    }
+    validate::finish(errors)?;
+    limit_mail_to(&state, &email).await?;
+    let hash = hash_password(&req.password).await?;
+
+    let mut tx = state.pool.begin().await?;
+    if users::by_email(&mut *tx, &email).await?.is_some() {
+        return Err(ApiError::Conflict(
+            "an account with this email address already exists: sign in, or reset the password"
+                .into(),
+        ));
+    }
+    if let Some(username) = &username {
+        let taken: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM users WHERE lower(username) = lower($1))",
+        )
+        .bind(username)
+        .fetch_one(&mut *tx)
+        .await?;
+        if taken {
+            return Err(ApiError::Conflict("this username is taken".into()));
+        }
+    }
+    let id = Uuid::new_v4();
+    let user: UserRow = sqlx::query_as(&format!(
+        "INSERT INTO users (id, email, username, name, password_hash, password_changed_at) \
+         VALUES ($1, $2, $3, $4, $5, now()) RETURNING {}",
+        users::USER_COLUMNS
+    ))
+    .bind(id)
+    .bind(&email)
+    .bind(&username)
+    .bind(&name)
+    .bind(&hash)
+    .fetch_one(&mut *tx)
+    .await?;
+    let mail = codes::issue(&mut tx, &state, &user, Purpose::VerifyEmail).await?;
+    audit::record(
+        &mut tx,
+        client.audit(
+            Some(id),
+            "auth.register",
+            "user",
+            id,
+            serde_json::json!({ "email": email }),
+        ),
+    )
+    .await?;
+    tx.commit().await?;
+    state.jobs.dispatch(&mail).await;
+    Ok(Envelope::created(Registered {
+        email,
+        verification_required: true,
+        message: "we sent a 6-digit code to this address: submit it to /auth/verify-email",
+    }))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VerifyEmailRequest {
+    email: String,
+    otp: String,
+}
+
+/// Verify the registration code; answers like a sign-in.
+#[utoipa::path(post, path = "/auth/verify-email", tag = "auth", request_body = VerifyEmailRequest, responses(
+    (status = 200, description = "Verified and signed in (or a 2FA challenge)", body = SignInAnswer),
+    (status = 400, description = "Wrong, expired or used code", body = crate::error::ErrorEnvelope),
+    (status = 429, description = "Too many attempts", body = crate::error::ErrorEnvelope)))]
+pub async fn verify_email(
+    State(state): State<AppState>,
+    client: Client,
+    jar: CookieJar,
+    Json(req): Json<VerifyEmailRequest>,
+) -> Result<(CookieJar, Envelope<SignInAnswer>), ApiError> {
+    let mut errors = Vec::new();
+    let email = email_field("email", &req.email, &mut errors);
+    secret_field("otp", &req.otp, 16, &mut errors);
+    validate::finish(errors)?;
+    let mut tx = state.pool.begin().await?;
+    let user = users::by_email(&mut *tx, &email)
+        .await?
+        .filter(|u| !u.email_verified && u.is_active());
+    let Some(user) = user else {
+        return Err(CodeCheck::Invalid.refusal("otp"));
+    };
+    let check = codes::check(&mut tx, &state, user.id, Purpose::VerifyEmail, &req.otp).await?;
+    if check != CodeCheck::Accepted {
+        tx.commit().await?;
+        return Err(check.refusal("otp"));
+    }
+    sqlx::query("UPDATE users SET email_verified = true, updated_at = now() WHERE id = $1")
+        .bind(user.id)
+        .execute(&mut *tx)
+        .await?;
+    audit::record(
+        &mut tx,
+        client.audit(
+            Some(user.id),
+            "auth.verify_email",
+            "user",
+            user.id,
+            serde_json::json!({}),
+        ),
+    )
+    .await?;
+    let user = UserRow {
+        email_verified: true,
+        ..user
+    };
+    let (jar, answer) = sessions::complete_sign_in(
+        &mut tx,
+        &state,
+        jar,
+        &user,
+        "email_verification",
+        false,
+        &client,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok((jar, Envelope::ok(answer)))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EmailRequest {
+    email: String,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Sent {
+    sent: bool,
+}
+
+/// Send a new registration code (cooldown: BERTH_RATE_LIMIT_OTP_RESEND). The
+/// answer is the same whether or not a pending account exists.
+#[utoipa::path(post, path = "/auth/resend-otp", tag = "auth", request_body = EmailRequest, responses(
+    (status = 200, description = "Sent if a pending account exists", body = Sent),
+    (status = 429, description = "Asked again too soon", body = crate::error::ErrorEnvelope)))]
+pub async fn resend_otp(
+    State(state): State<AppState>,
+    Json(req): Json<EmailRequest>,
+) -> Result<Envelope<Sent>, ApiError> {
+    let mut errors = Vec::new();
+    let email = email_field("email", &req.email, &mut errors);
+    validate::finish(errors)?;
+    rate_limit::enforce(
+        &state.redis,
+        "otp_resend",
+        &email.to_lowercase(),
+        state.config.auth.limits.otp_resend,
+        "a code was sent moments ago; wait before asking again",
+    )
+    .await?;
+    limit_mail_to(&state, &email).await?;
+    let mut tx = state.pool.begin().await?;
+    let pending = users::by_email(&mut *tx, &email)
+        .await?
+        .filter(|u| !u.email_verified && u.is_active());
+    if let Some(user) = pending {
+        let mail = codes::issue(&mut tx, &state, &user, Purpose::VerifyEmail).await?;
+        tx.commit().await?;
+        state.jobs.dispatch(&mail).await;
+    }
+    Ok(Envelope::ok(Sent { sent: true }))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LoginRequest {
+    /// Email address or username.
+    identifier: String,
+    password: String,
+}
+
+/// Sign in with a password. Answers `{user, accessToken, refreshToken, expiresIn}`
+/// and sets cookies, or `{twoFactorRequired, challengeId}` when 2FA is on.
+#[utoipa::path(post, path = "/auth/login", tag = "auth", request_body = LoginRequest, responses(
+    (status = 200, description = "Signed in, or a 2FA challenge", body = SignInAnswer),
+    (status = 401, description = "Wrong identifier or password (the same answer either way)", body = crate::error::ErrorEnvelope),
+    (status = 403, description = "Email not verified, or account suspended", body = crate::error::ErrorEnvelope),
+    (status = 429, description = "Too many attempts from this address or on this account", body = crate::error::ErrorEnvelope)))]
+pub async fn login(
+    State(state): State<AppState>,
+    client: Client,
+    jar: CookieJar,
+    Json(req): Json<LoginRequest>,
+) -> Result<(CookieJar, Envelope<SignInAnswer>), ApiError> {
+    require_password_login(&state)?;
+    let mut errors = Vec::new();
+    let identifier = text_field("identifier", &req.identifier, 254, &mut errors);
+    secret_field(
+        "password",
+        &req.password,
+        crate::auth::password::PASSWORD_MAX_CHARS,
+        &mut errors,
+    );
+    validate::finish(errors)?;
+
+    let user = users::by_identifier(&state.pool, &identifier).await?;
+    // Failures are counted per account, or per identifier when there is none, so
+    // the limit answers the same either way.
+    let subject = match &user {
+        Some(u) => u.id.to_string(),
+        None => format!("unknown:{}", identifier.to_lowercase()),
+    };
+    let limits = state.config.auth.limits;
+    rate_limit::ensure_below(
+        &state.redis,
+        "login_failures",
+        &subject,
+        limits.login_failures,
+        "too many failed sign-ins for this account; try again later",
+    )
+    .await?;
+    let hash = user.as_ref().and_then(|u| u.password_hash.as_deref());
+    if !verify_password(&req.password, hash).await? {
+        if let Err(e) = rate_limit::hit(
+            &state.redis,
+            "login_failures",
+            &subject,
+            limits.login_failures,
+        )
+        .await
+        {
+            tracing::warn!(error = %e, "sign-in failure not counted: Redis unavailable");
+        }
+        let mut conn = state.pool.acquire().await?;
+        audit::record(
+            &mut conn,
+            client.audit(
+                user.as_ref().map(|u| u.id),
+                "auth.login_failed",
+                "user",
+                user.as_ref().map(|u| u.id.to_string()).unwrap_or_default(),
+                serde_json::json!({
+                    "identifier": identifier.chars().take(100).collect::<String>(),
+                    "reason": if user.is_some() { "wrong_password" } else { "unknown_account" },
+                }),
+            ),
+        )
+        .await?;
+        return Err(ApiError::Unauthorized(INVALID_CREDENTIALS.into()));
+    }
+    let user = user.expect("a verified password belongs to a user");
+    ensure_may_sign_in(&user)?;
+    rate_limit::reset(&state.redis, "login_failures", &subject).await;
+    let mut tx = state.pool.begin().await?;
+    let (jar, answer) =
+        sessions::complete_sign_in(&mut tx, &state, jar, &user, "password", false, &client).await?;
+    tx.commit().await?;
+    Ok((jar, Envelope::ok(answer)))
+}
+
+/// Told only to someone who proved the first factor.
+fn ensure_may_sign_in(user: &UserRow) -> Result<(), ApiError> {
+    if !user.is_active() {
+        return Err(ApiError::Forbidden("this account is suspended".into()));
+    }
+    if !user.email_verified {
+        return Err(ApiError::Forbidden(
+            "verify your email address first: enter the code we sent, or ask for a new one \
+             with POST /api/v1/auth/resend-otp"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecondFactorRequest {
+    challenge_id: String,
+    /// A 6-digit TOTP code or a recovery code.
+    code: String,
+}
+
+/// The second sign-in step when 2FA is on.
+#[utoipa::path(post, path = "/auth/login/2fa", tag = "auth", request_body = SecondFactorRequest, responses(
+    (status = 200, description = "Signed in", body = SignedIn),
+    (status = 401, description = "Wrong, reused or expired code or challenge", body = crate::error::ErrorEnvelope)))]
+pub async fn login_second_factor(
+    State(state): State<AppState>,
+    client: Client,
+    jar: CookieJar,
+    Json(req): Json<SecondFactorRequest>,
+) -> Result<(CookieJar, Envelope<SignInAnswer>), ApiError> {
+    let mut errors = Vec::new();
+    secret_field("challengeId", &req.challenge_id, 128, &mut errors);
+    secret_field("code", &req.code, 32, &mut errors);
+    validate::finish(errors)?;
+    let mut tx = state.pool.begin().await?;
+    let challenge: Option<(Uuid, String)> = sqlx::query_as(
+        "UPDATE login_challenges SET attempts = attempts + 1 \
+         WHERE id_hash = $1 AND expires_at > now() AND attempts < $2 RETURNING user_id, auth_method",
+    )
+    .bind(token_hash(&req.challenge_id))
+    .bind(sessions::CHALLENGE_MAX_ATTEMPTS)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((user_id, method)) = challenge else {
+        return Err(ApiError::Unauthorized(
+            "the sign-in challenge is invalid or expired: sign in again".into(),
+        ));
+    };
+    let user = users::by_id(&mut *tx, user_id)
+        .await?
+        .filter(|u| u.is_active() && u.totp_enabled)
+        .ok_or_else(|| ApiError::Unauthorized("this account cannot sign in".into()))?;
+    let code = req.code.trim();
+    let (accepted, kind) = if code.len() == 6 && code.bytes().all(|b| b.is_ascii_digit()) {
+        (
+            totp::verify_enabled(&mut tx, &state.keys, user.id, code).await?,
+            "totp",
+        )
+    } else {
+        (
+            totp::use_recovery_code(&mut tx, user.id, code).await?,
+            "recovery_code",
+        )
+    };
+    if !accepted {
+        audit::record(
+            &mut tx,
+            client.audit(
+                Some(user.id),
+                "auth.login_failed",
+                "user",
+                user.id,
+                serde_json::json!({ "reason": "second_factor", "kind": kind }),
+            ),
+        )
+        .await?;
+        tx.commit().await?;
+        return Err(ApiError::Unauthorized(
+            "the code is wrong or was already used".into(),
+        ));
+    }
+    sqlx::query("DELETE FROM login_challenges WHERE id_hash = $1")
+        .bind(token_hash(&req.challenge_id))
+        .execute(&mut *tx)
+        .await?;
+    let method: &'static str = match (method.as_str(), kind) {
+        ("email_code", "totp") => "email_code+totp",
+        ("email_code", _) => "email_code+recovery_code",
+        ("oauth_github", "totp") => "oauth_github+totp",
+        ("oauth_github", _) => "oauth_github+recovery_code",
+        ("oauth_google", "totp") => "oauth_google+totp",
+        ("oauth_google", _) => "oauth_google+recovery_code",
+        (_, "totp") => "password+totp",
+        _ => "password+recovery_code",
+    };
+    let (jar, answer) =
+        sessions::complete_sign_in(&mut tx, &state, jar, &user, method, true, &client).await?;
+    tx.commit().await?;
+    Ok((jar, Envelope::ok(answer)))
+}
+
+/// Mail a 6-digit sign-in code. Always answers success: whether an account
+/// exists is not revealed.
+#[utoipa::path(post, path = "/auth/email-code/send", tag = "auth", request_body = EmailRequest, responses(
+    (status = 200, description = "Sent if the account exists", body = Sent),
+    (status = 403, description = "Email code sign-in is disabled", body = crate::error::ErrorEnvelope),
+    (status = 429, description = "Too many messages to this address", body = crate::error::ErrorEnvelope)))]
+pub async fn email_code_send(
+    State(state): State<AppState>,
+    Json(req): Json<EmailRequest>,
+) -> Result<Envelope<Sent>, ApiError> {
+    require_email_code_login(&state)?;
+    let mut errors = Vec::new();
+    let email = email_field("email", &req.email, &mut errors);
+    validate::finish(errors)?;
+    limit_mail_to(&state, &email).await?;
+    let mut tx = state.pool.begin().await?;
+    if let Some(user) = users::by_email(&mut *tx, &email)
+        .await?
+        .filter(UserRow::is_active)
+    {
+        let mail = codes::issue(&mut tx, &state, &user, Purpose::Login).await?;
+        tx.commit().await?;
+        state.jobs.dispatch(&mail).await;
+    }
+    Ok(Envelope::ok(Sent { sent: true }))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EmailCodeRequest {
+    email: String,
+    code: String,
+}
+
+/// Sign in with a mailed code; answers like `/auth/login`. An unverified
+/// account becomes verified, and loses any password set before its address was
+/// proven (someone else may have chosen it).
+#[utoipa::path(post, path = "/auth/email-code/verify", tag = "auth", request_body = EmailCodeRequest, responses(
+    (status = 200, description = "Signed in, or a 2FA challenge", body = SignInAnswer),
+    (status = 400, description = "Wrong, expired or used code", body = crate::error::ErrorEnvelope)))]
+pub async fn email_code_verify(
+    State(state): State<AppState>,
+    client: Client,
+    jar: CookieJar,
+    Json(req): Json<EmailCodeRequest>,
+) -> Result<(CookieJar, Envelope<SignInAnswer>), ApiError> {
+    require_email_code_login(&state)?;
+    let mut errors = Vec::new();
+    let email = email_field("email", &req.email, &mut errors);
+    secret_field("code", &req.code, 16, &mut errors);
+    validate::finish(errors)?;
+    let mut tx = state.pool.begin().await?;
+    let Some(user) = users::by_email(&mut *tx, &email)
+        .await?
+        .filter(UserRow::is_active)
+    else {
+        return Err(CodeCheck::Invalid.refusal("code"));
+    };
+    let check = codes::check(&mut tx, &state, user.id, Purpose::Login, &req.code).await?;
+    if check != CodeCheck::Accepted {
+        audit::record(
+            &mut tx,
+            client.audit(
+                Some(user.id),
+                "auth.login_failed",
+                "user",
+                user.id,
+                serde_json::json!({ "reason": "wrong_email_code" }),
+            ),
+        )
+        .await?;
+        tx.commit().await?;
+        return Err(check.refusal("code"));
+    }
+    let user = if user.email_verified {
+        user
+    } else {
+        sqlx::query_as(&format!(
+            "UPDATE users SET email_verified = true, password_hash = NULL, updated_at = now() \
+             WHERE id = $1 RETURNING {}",
+            users::USER_COLUMNS
+        ))
+        .bind(user.id)
+        .fetch_one(&mut *tx)
+        .await?
+    };
+    let (jar, answer) =
+        sessions::complete_sign_in(&mut tx, &state, jar, &user, "email_code", false, &client)
+            .await?;
+    tx.commit().await?;
+    Ok((jar, Envelope::ok(answer)))
+}
+
+/// A JSON body that may be absent.
+fn optional_body<T: DeserializeOwned>(body: &Bytes) -> Result<Option<T>, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    serde_json::from_slice(body)
+        .map(Some)
+        .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RefreshRequest {
+    refresh_token: String,
+}
+
+/// Exchange a refresh token (cookie, or body `{refreshToken}`) for new tokens.
+/// A token works once: presenting a used one revokes its whole session.
+#[utoipa::path(post, path = "/auth/refresh", tag = "auth", request_body(content = Option<RefreshRequest>), responses(
+    (status = 200, description = "New tokens", body = SignedIn),
+    (status = 401, description = "Invalid, expired or reused token", body = crate::error::ErrorEnvelope),
+    (status = 403, description = "Cookie refresh without a valid CSRF token", body = crate::error::ErrorEnvelope)))]
+pub async fn refresh(
+    State(state): State<AppState>,
+    client: Client,
+    headers: HeaderMap,
+    jar: CookieJar,
+    body: Bytes,
+) -> Result<(CookieJar, Envelope<SignedIn>), (CookieJar, ApiError)> {
+    let cleared = sessions::clear_cookies(&state, jar.clone());
+    let outcome = async {
+        let from_body = optional_body::<RefreshRequest>(&body)?.map(|r| r.refresh_token);
+        let (token, via_cookie) = match from_body {
+            Some(token) => (token, false),
+            None => match jar.get(REFRESH_COOKIE) {
+                Some(c) => (c.value().to_owned(), true),
+                None => {
+                    return Err(ApiError::validation(vec![FieldError::new(
+                        "refreshToken",
+                        "is required (in the body or the refresh_token cookie)",
+                    )]));
+                }
+            },
+        };
+        if via_cookie {
+            let session: Option<Uuid> =
+                sqlx::query_scalar("SELECT session_id FROM refresh_tokens WHERE token_hash = $1")
+                    .bind(token_hash(&token))
+                    .fetch_optional(&state.pool)
+                    .await?;
+            let session = session.ok_or_else(ApiError::unauthenticated)?;
+            auth::check_csrf(&state, &headers, &jar, session)?;
+        }
+        let mut tx = state.pool.begin().await?;
+        match sessions::refresh(&mut tx, &state, &token, &client).await? {
+            Refreshed::Rotated { tokens, user_id } => {
+                let user = users::by_id(&mut *tx, user_id)
+                    .await?
+                    .ok_or_else(ApiError::unauthenticated)?;
+                tx.commit().await?;
+                let jar = sessions::set_cookies(&state, jar.clone(), &tokens);
+                Ok((jar, Envelope::ok(sessions::signed_in(&user, tokens))))
+            }
+            Refreshed::Reused {
+                session_id,
+                user_id,
+            } => {
+                audit::record(
+                    &mut tx,
+                    client.audit(
+                        Some(user_id),
+                        "auth.refresh_reuse",
+                        "session",
+                        session_id,
+                        serde_json::json!({ "revoked": true }),
+                    ),
+                )
+                .await?;
+                tx.commit().await?;
+                tracing::warn!(%session_id, "refresh token reused: session revoked");
+                Err(ApiError::Unauthorized(
+                    "this refresh token was already used, so its session has been revoked: sign in again"
+                        .into(),
+                ))
+            }
+            Refreshed::Invalid => Err(ApiError::Unauthorized(
+                "the refresh token is invalid or expired: sign in again".into(),
+            )),
+        }
+    }
+    .await;
+    outcome.map_err(|e| match e {
+        ApiError::Unauthorized(_) => (cleared, e),
+        other => (CookieJar::new(), other),
+    })
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LoggedOut {
+    logged_out: bool,
+}
+
+/// Revoke this session and clear the cookies.
+#[utoipa::path(post, path = "/auth/logout", tag = "auth", responses(
+    (status = 200, description = "Signed out", body = LoggedOut),
+    (status = 401, description = "Not signed in", body = crate::error::ErrorEnvelope)))]
+pub async fn logout(
+    State(state): State<AppState>,
+    principal: Principal,
+    client: Client,
+    jar: CookieJar,
+) -> Result<(CookieJar, Envelope<LoggedOut>), ApiError> {
+    let session_id = principal.require_session()?;
+    let mut tx = state.pool.begin().await?;
+    sessions::revoke(&mut tx, principal.user_id(), session_id, "logout").await?;
+    audit::record(
+        &mut tx,
+        client.audit(
+            Some(principal.user_id()),
+            "auth.logout",
+            "session",
+            session_id,
+            serde_json::json!({}),
+        ),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok((
+        sessions::clear_cookies(&state, jar),
+        Envelope::ok(LoggedOut { logged_out: true }),
+    ))
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Me {
+    user: UserView,
+    role: users::Role,
+    permissions: Vec<Scope>,
+    /// `session` or `api_token`.
+    credential: &'static str,
+}
+
+/// The caller: user, role, and what this credential may do.
+#[utoipa::path(get, path = "/auth/me", tag = "auth", responses(
+    (status = 200, description = "The caller", body = Me),
+    (status = 401, description = "Not signed in", body = crate::error::ErrorEnvelope)))]
+pub async fn me(principal: Principal) -> Envelope<Me> {
+    Envelope::ok(Me {
+        user: (&principal.user).into(),
+        role: principal.role(),
+        permissions: principal.permissions(),
+        credential: match principal.credential {
+            auth::Credential::Session { .. } => "session",
+            auth::Credential::ApiToken { .. } => "api_token",
+        },
+    })
+}
+
+/// Mail a single-use password reset link (30 minutes). Always answers success.
+#[utoipa::path(post, path = "/auth/forgot-password", tag = "auth", request_body = EmailRequest, responses(
+    (status = 200, description = "Sent if the account exists", body = Sent),
+    (status = 429, description = "Too many messages to this address", body = crate::error::ErrorEnvelope)))]
+pub async fn forgot_password(
+    State(state): State<AppState>,
+    client: Client,
+    Json(req): Json<EmailRequest>,
+) -> Result<Envelope<Sent>, ApiError> {
+    let mut errors = Vec::new();
+    let email = email_field("email", &req.email, &mut errors);
+    validate::finish(errors)?;
+    limit_mail_to(&state, &email).await?;
+    let mut tx = state.pool.begin().await?;
+    let Some(user) = users::by_email(&mut *tx, &email)
+        .await?
+        .filter(UserRow::is_active)
+    else {
+        return Ok(Envelope::ok(Sent { sent: true }));
+    };
+    let token = random_token();
+    // One live link per user: a new request voids the previous one.
+    sqlx::query("DELETE FROM password_resets WHERE user_id = $1 AND used_at IS NULL")
+        .bind(user.id)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "INSERT INTO password_resets (token_hash, user_id, expires_at) VALUES ($1, $2, $3)",
+    )
+    .bind(token_hash(&token))
+    .bind(user.id)
+    .bind(Utc::now() + chrono::Duration::minutes(PASSWORD_RESET_TTL_MINUTES))
+    .execute(&mut *tx)
+    .await?;
+    let job = NewJob::new(EmailJob {
+        to: user.email.clone(),
+        message: EmailMessage::PasswordReset {
+            recipient_name: user.name.clone(),
+            token: Sealed::seal(&state.keys, &user.email, &token),
+            expires_in_minutes: PASSWORD_RESET_TTL_MINUTES as u32,
+        },
+    })
+    .owner(user.id);
+    let mail = store::enqueue(&mut tx, state.jobs.policies(), job).await?;
+    audit::record(
+        &mut tx,
+        client.audit(
+            Some(user.id),
+            "auth.password_reset_requested",
+            "user",
+            user.id,
+            serde_json::json!({}),
+        ),
+    )
+    .await?;
+    tx.commit().await?;
+    state.jobs.dispatch(&mail).await;
+    Ok(Envelope::ok(Sent { sent: true }))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ResetPasswordRequest {
+    token: String,
+    password: String,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct PasswordReset {
+    reset: bool,
+}
+
+/// Set a new password with the mailed token. Every session is revoked.
+#[utoipa::path(post, path = "/auth/reset-password", tag = "auth", request_body = ResetPasswordRequest, responses(
+    (status = 200, description = "Password changed; sign in again", body = PasswordReset),
+    (status = 400, description = "Invalid, used or expired token, or a refused password", body = crate::error::ErrorEnvelope)))]
+pub async fn reset_password(
+    State(state): State<AppState>,
+    client: Client,
+    Json(req): Json<ResetPasswordRequest>,
+) -> Result<Envelope<PasswordReset>, ApiError> {
+    let mut errors = Vec::new();
+    secret_field("token", &req.token, 256, &mut errors);
+    validate::finish(errors)?;
+    check_new_password("password", &req.password)?;
+    let hash = hash_password(&req.password).await?;
+    let mut tx = state.pool.begin().await?;
+    let user_id: Option<Uuid> = sqlx::query_scalar(
+        "UPDATE password_resets SET used_at = now() \
+         WHERE token_hash = $1 AND used_at IS NULL AND expires_at > now() RETURNING user_id",
+    )
+    .bind(token_hash(&req.token))
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(user_id) = user_id else {
+        return Err(ApiError::validation(vec![FieldError::new(
+            "token",
+            "the reset link is invalid, used or expired: ask for a new one",
+        )]));
+    };
+    // Following the mailed link proves the address.
+    sqlx::query(
+        "UPDATE users SET password_hash = $2, password_changed_at = now(), email_verified = true, \
+         updated_at = now() WHERE id = $1",
+    )
+    .bind(user_id)
+    .bind(&hash)
+    .execute(&mut *tx)
+    .await?;
+    let revoked = sessions::revoke_all(&mut tx, user_id, None, "password_reset").await?;
+    sqlx::query("DELETE FROM login_challenges WHERE user_id = $1")
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await?;
+    audit::record(
+        &mut tx,
+        client.audit(
+            Some(user_id),
+            "auth.password_reset",
+            "user",
+            user_id,
+            serde_json::json!({ "sessionsRevoked": revoked }),
+        ),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Envelope::ok(PasswordReset { reset: true }))
+}

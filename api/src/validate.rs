@@ -1,0 +1,98 @@
+//! Field checks shared by every route: each pushes a [`FieldError`] naming the
+//! field and returns the cleaned value, so a handler reports all bad fields at once.
+
+use crate::error::{ApiError, FieldError};
+
+/// Trimmed text of 1 to `max_chars` characters, without control characters
+/// other than line breaks and tabs.
+pub fn text_field(
+    field: &str,
+    value: &str,
+    max_chars: usize,
+    errors: &mut Vec<FieldError>,
+) -> String {
+    let value = value.trim();
+    let chars = value.chars().count();
+    if chars == 0 {
+        errors.push(FieldError::new(field, "is required"));
+    } else if chars > max_chars {
+        errors.push(FieldError::new(
+            field,
+            format!("must be at most {max_chars} characters"),
+        ));
+    } else if value
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\r' && c != '\t')
+    {
+        errors.push(FieldError::new(
+            field,
+            "must not contain control characters",
+        ));
+    }
+    value.to_owned()
+}
+
+/// A trimmed email address of at most 254 characters.
+pub fn email_field(field: &str, value: &str, errors: &mut Vec<FieldError>) -> String {
+    let email = value.trim().to_owned();
+    if email.len() > 254 || !email_address::EmailAddress::is_valid(&email) {
+        errors.push(FieldError::new(field, "must be a valid email address"));
+    }
+    email
+}
+
+/// 3 to 30 of `[a-zA-Z0-9_-]`.
+pub fn username_field(field: &str, value: &str, errors: &mut Vec<FieldError>) -> String {
+    let username = value.trim().to_owned();
+    let ok = (3..=30).contains(&username.len())
+        && username
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if !ok {
+        errors.push(FieldError::new(
+            field,
+            "must be 3 to 30 letters, digits, '_' or '-'",
+        ));
+    }
+    username
+}
+
+/// A present, non-empty secret (password, code, token) of bounded length; its
+/// content is checked elsewhere.
+pub fn secret_field(field: &str, value: &str, max_chars: usize, errors: &mut Vec<FieldError>) {
+    if value.is_empty() {
+        errors.push(FieldError::new(field, "is required"));
+    } else if value.chars().count() > max_chars {
+        errors.push(FieldError::new(
+            field,
+            format!("must be at most {max_chars} characters"),
+        ));
+    }
+}
+
+pub fn finish(errors: Vec<FieldError>) -> Result<(), ApiError> {
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::validation(errors))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usernames() {
+        for good in ["ada", "ada_lovelace-1", &"a".repeat(30)] {
+            let mut errors = Vec::new();
+            username_field("username", good, &mut errors);
+            assert!(errors.is_empty(), "{good}");
+        }
+        for bad in ["ad", "ada lovelace", "ada;rm", "adé", &"a".repeat(31)] {
+            let mut errors = Vec::new();
+            username_field("username", bad, &mut errors);
+            assert_eq!(errors.len(), 1, "{bad}");
+        }
+    }
+}
