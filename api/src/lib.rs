@@ -58,11 +58,30 @@ fn limited(
     ))
 }
 
+fn account_routes() -> OpenApiRouter<AppState> {
+    use routes::account;
+    OpenApiRouter::new()
+        .routes(routes!(account::get_profile, account::update_profile))
+        .routes(routes!(account::change_password))
+        .routes(routes!(account::list_sessions))
+        .routes(routes!(account::revoke_session))
+        .routes(routes!(account::revoke_other_sessions))
+        .routes(routes!(account::totp_setup))
+        .routes(routes!(account::totp_enable))
+        .routes(routes!(account::totp_disable))
+        .routes(routes!(account::list_tokens, account::create_token))
+        .routes(routes!(account::revoke_token))
+        .routes(routes!(account::account_delete_code))
+        .routes(routes!(account::delete_account))
+}
+
 fn auth_routes(state: &AppState) -> OpenApiRouter<AppState> {
     use routes::auth;
     let limits = state.config.auth.limits;
     OpenApiRouter::new()
         .routes(routes!(auth::providers))
+        .routes(routes!(routes::oauth::start))
+        .routes(routes!(routes::oauth::callback))
         .routes(routes!(auth::refresh))
         .routes(routes!(auth::logout))
         .routes(routes!(auth::me))
@@ -117,7 +136,10 @@ pub fn router(state: AppState) -> Router {
             state.config.contact_rate_limit,
             OpenApiRouter::new().routes(routes!(routes::contact::create)),
         ))
-        .merge(auth_routes(&state));
+        .merge(auth_routes(&state))
+        .merge(account_routes())
+        .routes(routes!(routes::jobs::get_job))
+        .routes(routes!(routes::jobs::list_jobs));
     let (router, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/api/v1", v1)
         .routes(routes!(routes::platform::metrics))
@@ -126,6 +148,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::NotFound("no route matches this path".into()) })
         .route_layer(axum::middleware::from_fn(middleware::record_route))
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn(middleware::refuse_cross_site))
         .layer(Extension(Arc::new(doc)))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -142,6 +165,9 @@ pub async fn serve(
     state: AppState,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    // The dummy hash makes unknown-account sign-ins as slow as real ones; made
+    // now so the first such sign-in is not faster than the rest.
+    tokio::task::spawn_blocking(auth::password::warm_up);
     let relay =
         tokio::spawn(Relay::new(state.pool.clone(), state.redis.clone()).run(shutdown.clone()));
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();

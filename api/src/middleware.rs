@@ -105,3 +105,24 @@ pub async fn record_route(req: Request<Body>, next: Next) -> Response {
     }
     next.run(req).await
 }
+
+/// Browsers say where a request comes from (`Sec-Fetch-Site`). An unsafe
+/// request from another site is refused before any handler runs, unless it
+/// carries its own `Authorization` (programs, which cookies do not speak for).
+pub async fn refuse_cross_site(req: Request<Body>, next: Next) -> Response {
+    let cross_site = req
+        .headers()
+        .get("sec-fetch-site")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site"));
+    if cross_site
+        && crate::auth::is_unsafe(req.method())
+        && !req.headers().contains_key(header::AUTHORIZATION)
+    {
+        return error_response(
+            axum::http::StatusCode::FORBIDDEN,
+            "cross-site requests are refused".into(),
+            Vec::new(),
+        );
+    }
+    next.run(req).await
+}

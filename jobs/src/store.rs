@@ -332,11 +332,12 @@ pub async fn get(pool: &PgPool, id: &str) -> Result<Option<JobRecord>, sqlx::Err
     row.as_ref().map(record_from_row).transpose()
 }
 
-/// Filters of `GET /jobs`; `owner` is set for everyone but admins.
+/// Filters of `GET /jobs`; `owner` is set for everyone but admins, `kinds` to
+/// what the caller may see.
 #[derive(Debug, Clone, Default)]
 pub struct JobFilter {
     pub owner_user_id: Option<Uuid>,
-    pub kind: Option<Queue>,
+    pub kinds: Option<Vec<Queue>>,
     pub state: Option<JobState>,
 }
 
@@ -348,13 +349,17 @@ pub async fn list(
     limit: i64,
 ) -> Result<(Vec<JobRecord>, i64), sqlx::Error> {
     let condition = "($1::uuid IS NULL OR owner_user_id = $1) \
-        AND ($2::text IS NULL OR kind = $2) AND ($3::text IS NULL OR state = $3)";
+        AND ($2::text[] IS NULL OR kind = ANY($2)) AND ($3::text IS NULL OR state = $3)";
+    let kinds: Option<Vec<&str>> = filter
+        .kinds
+        .as_ref()
+        .map(|k| k.iter().map(|q| q.name()).collect());
     let rows = sqlx::query(&format!(
         "SELECT {RECORD_COLUMNS} FROM jobs WHERE {condition} ORDER BY id DESC \
          OFFSET $4 LIMIT $5"
     ))
     .bind(filter.owner_user_id)
-    .bind(filter.kind.map(Queue::name))
+    .bind(&kinds)
     .bind(filter.state.map(JobState::name))
     .bind(offset)
     .bind(limit)
@@ -362,7 +367,7 @@ pub async fn list(
     .await?;
     let total: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM jobs WHERE {condition}"))
         .bind(filter.owner_user_id)
-        .bind(filter.kind.map(Queue::name))
+        .bind(&kinds)
         .bind(filter.state.map(JobState::name))
         .fetch_one(pool)
         .await?;

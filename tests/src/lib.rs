@@ -17,6 +17,16 @@ use tokio_util::sync::CancellationToken;
 pub const JWT_SECRET: &str = "test-secret-test-secret-test-secret!";
 pub const MASTER_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 
+/// The keyring of [`MASTER_KEY`], as Berth's processes in tests build it.
+pub fn keyring() -> berth_secrets::Keyring {
+    let env = Env::from_map(HashMap::from([(
+        "BERTH_MASTER_KEY".to_owned(),
+        MASTER_KEY.to_owned(),
+    )]));
+    let mail = berth_config::MailConfig::from_env(&env).expect("mail config");
+    berth_secrets::Keyring::from_config(&mail.master_key, &[])
+}
+
 pub fn scratch_dir(label: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!(
         "berth-e2e-{label}-{}-{:08x}",

@@ -15,7 +15,7 @@ pub mod totp;
 pub mod user_agent;
 pub mod users;
 
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRequestParts, OptionalFromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, header};
 use axum_extra::extract::CookieJar;
@@ -203,6 +203,23 @@ impl FromRequestParts<AppState> for Principal {
         };
         parts.extensions.insert(principal.clone());
         Ok(principal)
+    }
+}
+
+/// `Option<Principal>`: `None` for anonymous callers and for credentials that
+/// do not verify (routes that work either way, like `GET /auth/csrf`).
+impl OptionalFromRequestParts<AppState> for Principal {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Option<Self>, Self::Rejection> {
+        Ok(
+            <Principal as FromRequestParts<AppState>>::from_request_parts(parts, state)
+                .await
+                .ok(),
+        )
     }
 }
 

@@ -34,7 +34,11 @@ pub fn describe(user_agent: Option<&str>) -> Device {
         }
     };
     let browser = match (named(result.name), result.version) {
-        (name, v) if v.is_empty() || v == "UNKNOWN" || name == "unknown" => name,
+        // woothee's name for curl, wget, Go's http client…: their own name says more.
+        (name, _) if name == "HTTP Library" || name == "unknown" => {
+            user_agent.map(short).unwrap_or_else(unknown)
+        }
+        (name, v) if v.is_empty() || v == "UNKNOWN" => name,
         (name, v) => format!("{name} {}", v.split('.').next().unwrap_or(v)),
     };
     Device {

@@ -3,9 +3,8 @@
 //! rotation, logout, `GET /auth/me`, and password reset by mail.
 
 use axum::body::Bytes;
-use axum::extract::{FromRequestParts, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
-use axum::http::request::Parts;
 use axum_extra::extract::CookieJar;
 use berth_jobs::store::{self, NewJob};
 use berth_jobs::{EmailJob, EmailMessage, Sealed};
@@ -72,12 +71,9 @@ pub struct CsrfToken {
 pub async fn csrf(
     State(state): State<AppState>,
     jar: CookieJar,
-    mut parts: Parts,
+    principal: Option<Principal>,
 ) -> (CookieJar, Envelope<CsrfToken>) {
-    let session = Principal::from_request_parts(&mut parts, &state)
-        .await
-        .ok()
-        .and_then(|p| p.session_id());
+    let session = principal.and_then(|p| p.session_id());
     let token = state.csrf.issue(session);
     let jar = sessions::csrf_cookie(&state, jar, token.clone());
     (jar, Envelope::ok(CsrfToken { csrf_token: token }))
@@ -286,7 +282,7 @@ pub struct EmailRequest {
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct Sent {
-    sent: bool,
+    pub sent: bool,
 }
 
 /// Send a new registration code (cooldown: BERTH_RATE_LIMIT_OTP_RESEND). The

@@ -1,3 +1,6 @@
+pub mod account;
 pub mod auth;
 pub mod contact;
+pub mod jobs;
+pub mod oauth;
 pub mod platform;

@@ -6,7 +6,10 @@ use berth_e2e::{
 };
 use berth_jobs::relay::Relay;
 use berth_jobs::store::{self, NewJob};
-use berth_jobs::{DiagnosticJob, EmailJob, EmailMessage, JobClient, JobRecord, JobState, Policies};
+use berth_jobs::{
+    CodePurpose, DiagnosticJob, EmailJob, EmailMessage, JobClient, JobRecord, JobState, Policies,
+    Sealed,
+};
 use nix::sys::signal::Signal;
 use sqlx::PgPool;
 
@@ -87,7 +90,8 @@ fn email(to: &str, code: &str) -> NewJob<EmailJob> {
         to: to.into(),
         message: EmailMessage::VerificationCode {
             recipient_name: "Ada".into(),
-            code: code.into(),
+            purpose: CodePurpose::VerifyEmail,
+            code: Sealed::seal(&berth_e2e::keyring(), to, code),
             expires_in_minutes: 10,
         },
     })

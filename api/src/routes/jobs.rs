@@ -1,0 +1,115 @@
+//! SPEC §3.1: job status. Users see their own jobs, administrators everyone's.
+//! An API token sees only the kinds its scopes cover.
+
+use axum::extract::State;
+use berth_jobs::store::{self, JobFilter};
+use berth_jobs::{JobRecord, JobState, Queue};
+use serde::Deserialize;
+
+use crate::auth::{Credential, Principal, Scope};
+use crate::envelope::{Envelope, Page, PageQuery, Path, Query};
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// The scope a token needs to see jobs of `kind`. Kinds without one (mail,
+/// backups, diagnostics) concern the account or the platform: only a
+/// signed-in session or the `admin` scope sees them.
+fn scope_for(kind: Queue) -> Scope {
+    match kind {
+        Queue::Deploy | Queue::Rollback => Scope::DeploymentsRead,
+        Queue::Ssl => Scope::DomainsRead,
+        Queue::Probe | Queue::Alerts => Scope::ServersRead,
+        Queue::Backup | Queue::Email | Queue::Diagnostic => Scope::Admin,
+    }
+}
+
+fn may_see_kind(principal: &Principal, kind: Queue) -> bool {
+    match principal.credential {
+        Credential::Session { .. } => true,
+        Credential::ApiToken { .. } => principal.allows(scope_for(kind)),
+    }
+}
+
+/// Everyone's jobs for administrators (with the `admin` scope on a token).
+fn sees_all_owners(principal: &Principal) -> bool {
+    principal.role().is_admin() && principal.allows(Scope::Admin)
+}
+
+/// One job.
+#[utoipa::path(get, path = "/jobs/{id}", tag = "jobs",
+    params(("id" = String, Path, description = "Job id (ULID)")), responses(
+    (status = 200, description = "The job", body = JobRecord),
+    (status = 403, description = "The token's scopes do not cover this kind of job", body = crate::error::ErrorEnvelope),
+    (status = 404, description = "No such job of yours", body = crate::error::ErrorEnvelope)))]
+pub async fn get_job(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<Envelope<JobRecord>, ApiError> {
+    let not_found = || ApiError::NotFound("no such job".into());
+    if id.len() > 32 {
+        return Err(not_found());
+    }
+    let job = store::get(&state.pool, &id).await?.ok_or_else(not_found)?;
+    if !sees_all_owners(&principal) && job.owner_user_id != Some(principal.user_id()) {
+        return Err(not_found());
+    }
+    if !may_see_kind(&principal, job.kind) {
+        return Err(ApiError::Forbidden(format!(
+            "this token needs the {} scope to see {} jobs",
+            scope_for(job.kind).name(),
+            job.kind.name()
+        )));
+    }
+    Ok(Envelope::ok(job))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct JobsQuery {
+    /// Queue name: deploy, rollback, ssl, probe, backup, email, alerts, diagnostic.
+    kind: Option<Queue>,
+    /// queued, running, succeeded, failed or cancelled.
+    state: Option<JobState>,
+    page: Option<i64>,
+    limit: Option<i64>,
+}
+
+/// Jobs, newest first.
+#[utoipa::path(get, path = "/jobs", tag = "jobs", params(JobsQuery), responses(
+    (status = 200, description = "A page of jobs", body = Page<JobRecord>),
+    (status = 400, description = "Unknown kind or state", body = crate::error::ErrorEnvelope),
+    (status = 403, description = "The token's scopes do not cover this kind of job", body = crate::error::ErrorEnvelope)))]
+pub async fn list_jobs(
+    State(state): State<AppState>,
+    principal: Principal,
+    Query(query): Query<JobsQuery>,
+) -> Result<Envelope<Page<JobRecord>>, ApiError> {
+    let page = PageQuery {
+        page: query.page,
+        limit: query.limit,
+    }
+    .validate()?;
+    let visible: Vec<Queue> = Queue::ALL
+        .into_iter()
+        .filter(|k| may_see_kind(&principal, *k))
+        .collect();
+    let kinds = match query.kind {
+        Some(kind) if !visible.contains(&kind) => {
+            return Err(ApiError::Forbidden(format!(
+                "this token needs the {} scope to see {} jobs",
+                scope_for(kind).name(),
+                kind.name()
+            )));
+        }
+        Some(kind) => vec![kind],
+        None => visible,
+    };
+    let filter = JobFilter {
+        owner_user_id: (!sees_all_owners(&principal)).then(|| principal.user_id()),
+        kinds: Some(kinds),
+        state: query.state,
+    };
+    let (items, total) = store::list(&state.pool, &filter, page.offset(), page.limit).await?;
+    Ok(Envelope::ok(Page::new(items, page, total)))
+}
