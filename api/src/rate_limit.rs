@@ -161,6 +161,10 @@ pub async fn per_ip(
     } else {
         decision.refusal("too many requests").into_response()
     };
-    decision.write_headers(response.headers_mut());
+    // A refusal by a narrower limit inside the route (per account, per
+    // address) keeps its own headers: they say when to retry.
+    if !response.headers().contains_key("retry-after") {
+        decision.write_headers(response.headers_mut());
+    }
     response
 }

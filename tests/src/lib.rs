@@ -3,6 +3,9 @@
 //! `BERTH_TEST_DATABASE_URL`) with a fresh database per test; Redis and the SMTP
 //! listener are started per test so a test can stop and restart them.
 
+pub mod accounts;
+pub mod fake_oauth;
+
 use std::collections::HashMap;
 use std::net::TcpListener as StdListener;
 use std::path::{Path, PathBuf};
@@ -199,6 +202,62 @@ impl SmtpSink {
         format!("smtp://127.0.0.1:{}", self.port)
     }
 
+    /// Waits for a message to `to` whose subject contains `subject`, and
+    /// returns the newest one, its quoted-printable soft breaks and `=3D` undone.
+    pub async fn wait_for(&self, to: &str, subject: &str, seen_before: usize) -> String {
+        let matching = |messages: Vec<String>| -> Vec<String> {
+            messages
+                .into_iter()
+                .map(|m| {
+                    m.replace("=\r\n", "")
+                        .replace("=\n", "")
+                        .replace("=3D", "=")
+                })
+                .filter(|m| {
+                    m.lines().any(|l| l.starts_with("To:") && l.contains(to))
+                        && m.lines()
+                            .any(|l| l.starts_with("Subject:") && l.contains(subject))
+                })
+                .collect()
+        };
+        let what = format!("mail to {to} about {subject:?}");
+        eventually(Duration::from_secs(30), &what, || {
+            let found = matching(self.messages()).len();
+            async move { found > seen_before }
+        })
+        .await;
+        let mut all = matching(self.messages_in_order());
+        all.pop().expect("a message")
+    }
+
+    /// How many messages to `to` with `subject` arrived so far.
+    pub fn count(&self, to: &str, subject: &str) -> usize {
+        self.messages()
+            .iter()
+            .filter(|m| {
+                m.lines().any(|l| l.starts_with("To:") && l.contains(to))
+                    && m.lines()
+                        .any(|l| l.starts_with("Subject:") && l.contains(subject))
+            })
+            .count()
+    }
+
+    /// Messages oldest first (Maildir file times).
+    fn messages_in_order(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(self.maildir.join("new")) else {
+            return Vec::new();
+        };
+        let mut files: Vec<(std::time::SystemTime, PathBuf)> = entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+            .collect();
+        files.sort();
+        files
+            .into_iter()
+            .filter_map(|(_, p)| std::fs::read_to_string(p).ok())
+            .collect()
+    }
+
     /// The raw messages received so far.
     pub fn messages(&self) -> Vec<String> {
         let Ok(entries) = std::fs::read_dir(self.maildir.join("new")) else {
@@ -235,17 +294,20 @@ pub struct TestApp {
 }
 
 impl TestApp {
-    pub async fn spawn(env: HashMap<String, String>) -> TestApp {
+    /// Serves on a free port; `BERTH_PUBLIC_URL` is that address unless `env` says.
+    pub async fn spawn(mut env: HashMap<String, String>) -> TestApp {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        env.entry("BERTH_PUBLIC_URL".into())
+            .or_insert_with(|| base.clone());
         let env = Env::from_map(env);
         let config = berth_config::ApiConfig::from_env(&env).expect("api config");
         let policies = berth_jobs::Policies::from_env(&env).expect("policies");
         let state = berth_api::AppState::connect(config, policies)
             .await
             .expect("api state");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let base = format!("http://{}", listener.local_addr().expect("addr"));
         let shutdown = CancellationToken::new();
         tokio::spawn(berth_api::serve(listener, state.clone(), shutdown.clone()));
         TestApp {

@@ -1,5 +1,7 @@
 //! Berth's end-to-end suite: one binary, real services (see `berth_e2e`).
 
+mod account_security;
+mod accounts;
 mod api_conventions;
 mod jobs_pipeline;
 mod platform;
