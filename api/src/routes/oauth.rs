@@ -42,6 +42,16 @@ pub enum Provider {
 }
 
 impl Provider {
+    fn parse(name: &str) -> Result<Provider, ApiError> {
+        match name {
+            "github" => Ok(Provider::Github),
+            "google" => Ok(Provider::Google),
+            _ => Err(ApiError::NotFound(
+                "unknown sign-in provider: use github or google".into(),
+            )),
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Provider::Github => "github",
@@ -127,11 +137,12 @@ pub struct StartQuery {
     (status = 404, description = "Unknown or unconfigured provider", body = crate::error::ErrorEnvelope)))]
 pub async fn start(
     State(state): State<AppState>,
-    Path(provider): Path<Provider>,
+    Path(provider): Path<String>,
     Query(query): Query<StartQuery>,
     principal: Option<Principal>,
     jar: CookieJar,
 ) -> Result<(CookieJar, Redirect), ApiError> {
+    let provider = Provider::parse(&provider)?;
     let config = provider.config(&state)?;
     let link_user_id = match query.mode.as_deref() {
         None | Some("login") => None,
@@ -219,35 +230,38 @@ impl From<sqlx::Error> for Failure {
     (status = 303, description = "Back to the app, signed in or with an error")))]
 pub async fn callback(
     State(state): State<AppState>,
-    Path(provider): Path<Provider>,
+    Path(provider): Path<String>,
     Query(query): Query<CallbackQuery>,
     client: Client,
     jar: CookieJar,
-) -> (CookieJar, Redirect) {
+) -> Result<(CookieJar, Redirect), ApiError> {
+    let provider = Provider::parse(&provider)?;
     let cookie_state = jar.get(STATE_COOKIE).map(|c| c.value().to_owned());
     let jar = jar.add(state_cookie(&state, String::new(), 0));
-    match finish(&state, provider, query, cookie_state, &client, jar.clone()).await {
-        Ok(done) => done,
-        Err(Failure(message)) => {
-            let mut conn = state.pool.acquire().await;
-            if let Ok(conn) = conn.as_mut() {
-                let entry = client.audit(
-                    None,
-                    "auth.login_failed",
-                    "oauth",
-                    provider.name(),
-                    serde_json::json!({ "reason": message }),
-                );
-                if let Err(e) = audit::record(conn, entry).await {
-                    tracing::error!(error = %e, "cannot record an OAuth failure");
+    Ok(
+        match finish(&state, provider, query, cookie_state, &client, jar.clone()).await {
+            Ok(done) => done,
+            Err(Failure(message)) => {
+                let mut conn = state.pool.acquire().await;
+                if let Ok(conn) = conn.as_mut() {
+                    let entry = client.audit(
+                        None,
+                        "auth.login_failed",
+                        "oauth",
+                        provider.name(),
+                        serde_json::json!({ "reason": message }),
+                    );
+                    if let Err(e) = audit::record(conn, entry).await {
+                        tracing::error!(error = %e, "cannot record an OAuth failure");
+                    }
                 }
+                let mut url = url::Url::parse(&format!("{}/login", state.config.public_url))
+                    .expect("BERTH_PUBLIC_URL is a URL");
+                url.query_pairs_mut().append_pair("error", &message);
+                (jar, Redirect::to(url.as_str()))
             }
-            let mut url = url::Url::parse(&format!("{}/login", state.config.public_url))
-                .expect("BERTH_PUBLIC_URL is a URL");
-            url.query_pairs_mut().append_pair("error", &message);
-            (jar, Redirect::to(url.as_str()))
-        }
-    }
+        },
+    )
 }
 
 async fn finish(

@@ -136,7 +136,7 @@ async fn email_is_delivered_over_smtp_and_counted_in_metrics() {
     assert_eq!(messages.len(), 1);
     let message = &messages[0];
     assert!(
-        message.contains("Subject: Your Berth code: 424242"),
+        message.contains("Subject: Verify your Berth account: 424242"),
         "{message}"
     );
     assert!(message.contains("To: ada@example.test"), "{message}");

@@ -4,5 +4,6 @@ mod account_security;
 mod accounts;
 mod api_conventions;
 mod jobs_pipeline;
+mod oauth;
 mod platform;
 mod scheduler;
