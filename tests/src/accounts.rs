@@ -143,6 +143,19 @@ pub async fn access_token(app: &TestApp, identifier: &str) -> String {
         .to_owned()
 }
 
+/// An anonymous JSON POST; answers status and body.
+pub async fn post(app: &TestApp, path: &str, body: Value) -> (u16, Value) {
+    let res = app
+        .client
+        .post(app.url(path))
+        .json(&body)
+        .send()
+        .await
+        .expect("request");
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
 /// A bearer GET; answers status and body.
 pub async fn get_as(app: &TestApp, token: &str, path: &str) -> (u16, Value) {
     let res = app

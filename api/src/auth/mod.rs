@@ -166,6 +166,39 @@ impl Principal {
     }
 }
 
+/// Verifies a password under the per-account failure limit
+/// (`BERTH_RATE_LIMIT_LOGIN_FAILURES`) of `subject`: refused with 429 while the
+/// limit is reached, and a wrong password counts. `hash` `None` verifies
+/// against a dummy hash (false, in the same time).
+pub async fn verify_password_limited(
+    state: &AppState,
+    subject: &str,
+    password: &str,
+    hash: Option<&str>,
+) -> Result<bool, ApiError> {
+    let limit = state.config.auth.limits.login_failures;
+    crate::rate_limit::ensure_below(
+        &state.redis,
+        "login_failures",
+        subject,
+        limit,
+        "too many wrong passwords for this account; try again later",
+    )
+    .await?;
+    if password::verify_password(password, hash).await? {
+        return Ok(true);
+    }
+    if let Err(e) = crate::rate_limit::hit(&state.redis, "login_failures", subject, limit).await {
+        tracing::warn!(error = %e, "password failure not counted: Redis unavailable");
+    }
+    Ok(false)
+}
+
+/// Forgets `subject`'s failed password attempts (after a success).
+pub async fn clear_password_failures(state: &AppState, subject: &str) {
+    crate::rate_limit::reset(&state.redis, "login_failures", subject).await;
+}
+
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;

@@ -349,7 +349,7 @@ pub async fn complete_sign_in(
     state: &AppState,
     jar: CookieJar,
     user: &UserRow,
-    method: &'static str,
+    method: &str,
     second_factor_done: bool,
     client: &Client,
 ) -> Result<(CookieJar, SignInAnswer), ApiError> {

@@ -129,6 +129,41 @@ pub async fn verify_enabled(
     }
 }
 
+/// Which second factor a code was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecondFactor {
+    Totp,
+    RecoveryCode,
+}
+
+impl SecondFactor {
+    pub fn name(self) -> &'static str {
+        match self {
+            SecondFactor::Totp => "totp",
+            SecondFactor::RecoveryCode => "recovery_code",
+        }
+    }
+}
+
+/// Checks a second-factor code: six digits are a TOTP code (claiming its
+/// step), anything else a recovery code (using it up). Returns what it was and
+/// whether it was accepted.
+pub async fn check_second_factor(
+    conn: &mut PgConnection,
+    keys: &Keyring,
+    user_id: Uuid,
+    code: &str,
+) -> Result<(SecondFactor, bool), ApiError> {
+    let code = code.trim();
+    if code.len() == 6 && code.bytes().all(|b| b.is_ascii_digit()) {
+        let accepted = verify_enabled(conn, keys, user_id, code).await?;
+        Ok((SecondFactor::Totp, accepted))
+    } else {
+        let accepted = use_recovery_code(conn, user_id, code).await?;
+        Ok((SecondFactor::RecoveryCode, accepted))
+    }
+}
+
 /// `xxxx-xxxx-xxxx-xxxx` from an unambiguous alphabet: 80 bits each.
 pub fn new_recovery_codes() -> Vec<String> {
     const ALPHABET: &[u8] = b"abcdefghjkmnpqrstuvwxyz23456789";

@@ -101,6 +101,25 @@ pub async fn by_identifier<'e>(
     .await
 }
 
+/// Marks the address proven by a mailed code or a provider that verified it.
+/// A password set before that may have been chosen by someone else who typed
+/// this address, so an unverified account loses it here.
+pub async fn mark_email_proven(
+    conn: &mut sqlx::PgConnection,
+    user: UserRow,
+) -> Result<UserRow, sqlx::Error> {
+    if user.email_verified {
+        return Ok(user);
+    }
+    sqlx::query_as(&format!(
+        "UPDATE users SET email_verified = true, password_hash = NULL, updated_at = now() \
+         WHERE id = $1 RETURNING {USER_COLUMNS}"
+    ))
+    .bind(user.id)
+    .fetch_one(conn)
+    .await
+}
+
 /// What a user sees of an account.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]

@@ -10,17 +10,14 @@ use uuid::Uuid;
 
 use crate::audit;
 use crate::auth::codes::{self, CodeCheck, Purpose};
-use crate::auth::password::{
-    PASSWORD_MAX_CHARS, check_new_password, hash_password, verify_password,
-};
+use crate::auth::password::{PASSWORD_MAX_CHARS, check_new_password, hash_password};
 use crate::auth::sessions::{self, Client};
 use crate::auth::tokens::{new_api_token, token_hash};
 use crate::auth::user_agent::{self, Device};
 use crate::auth::users::{self, UserRow, UserView};
-use crate::auth::{Principal, Scope, totp};
+use crate::auth::{Principal, Scope, clear_password_failures, totp, verify_password_limited};
 use crate::envelope::{Envelope, Json, Page, PageQuery, Path, Query};
 use crate::error::{ApiError, FieldError};
-use crate::rate_limit;
 use crate::routes::auth::{Sent, limit_mail_to};
 use crate::state::AppState;
 use crate::validate::{self, secret_field, text_field, username_field};
@@ -194,20 +191,10 @@ async fn confirm_password(
     client: &Client,
 ) -> Result<(), ApiError> {
     let subject = user.id.to_string();
-    let limit = state.config.auth.limits.login_failures;
-    rate_limit::ensure_below(
-        &state.redis,
-        "login_failures",
-        &subject,
-        limit,
-        "too many wrong passwords for this account; try again later",
-    )
-    .await?;
-    if verify_password(password, user.password_hash.as_deref()).await? {
+    let hash = user.password_hash.as_deref();
+    if verify_password_limited(state, &subject, password, hash).await? {
+        clear_password_failures(state, &subject).await;
         return Ok(());
-    }
-    if let Err(e) = rate_limit::hit(&state.redis, "login_failures", &subject, limit).await {
-        tracing::warn!(error = %e, "password failure not counted: Redis unavailable");
     }
     let mut conn = state.pool.acquire().await?;
     audit::record(
@@ -619,12 +606,7 @@ pub async fn totp_disable(
         .await?;
     }
     let mut tx = state.pool.begin().await?;
-    let code = req.code.trim();
-    let accepted = if code.len() == 6 && code.bytes().all(|b| b.is_ascii_digit()) {
-        totp::verify_enabled(&mut tx, &state.keys, user.id, code).await?
-    } else {
-        totp::use_recovery_code(&mut tx, user.id, code).await?
-    };
+    let (_, accepted) = totp::check_second_factor(&mut tx, &state.keys, user.id, &req.code).await?;
     if !accepted {
         return Err(ApiError::validation(vec![FieldError::new(
             "code",

@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use crate::audit;
 use crate::auth::codes::{self, CodeCheck, Purpose};
-use crate::auth::password::{check_new_password, hash_password, verify_password};
+use crate::auth::password::{check_new_password, hash_password};
 use crate::auth::sessions::{self, Client, Refreshed, SignInAnswer, SignedIn};
 use crate::auth::tokens::{random_token, token_hash};
 use crate::auth::users::{self, UserRow, UserView};
@@ -357,27 +357,8 @@ pub async fn login(
         Some(u) => u.id.to_string(),
         None => format!("unknown:{}", identifier.to_lowercase()),
     };
-    let limits = state.config.auth.limits;
-    rate_limit::ensure_below(
-        &state.redis,
-        "login_failures",
-        &subject,
-        limits.login_failures,
-        "too many failed sign-ins for this account; try again later",
-    )
-    .await?;
     let hash = user.as_ref().and_then(|u| u.password_hash.as_deref());
-    if !verify_password(&req.password, hash).await? {
-        if let Err(e) = rate_limit::hit(
-            &state.redis,
-            "login_failures",
-            &subject,
-            limits.login_failures,
-        )
-        .await
-        {
-            tracing::warn!(error = %e, "sign-in failure not counted: Redis unavailable");
-        }
+    if !auth::verify_password_limited(&state, &subject, &req.password, hash).await? {
         let mut conn = state.pool.acquire().await?;
         audit::record(
             &mut conn,
@@ -397,7 +378,7 @@ pub async fn login(
     }
     let user = user.expect("a verified password belongs to a user");
     ensure_may_sign_in(&user)?;
-    rate_limit::reset(&state.redis, "login_failures", &subject).await;
+    auth::clear_password_failures(&state, &subject).await;
     let mut tx = state.pool.begin().await?;
     let (jar, answer) =
         sessions::complete_sign_in(&mut tx, &state, jar, &user, "password", false, &client).await?;
@@ -460,18 +441,8 @@ pub async fn login_second_factor(
         .await?
         .filter(|u| u.is_active() && u.totp_enabled)
         .ok_or_else(|| ApiError::Unauthorized("this account cannot sign in".into()))?;
-    let code = req.code.trim();
-    let (accepted, kind) = if code.len() == 6 && code.bytes().all(|b| b.is_ascii_digit()) {
-        (
-            totp::verify_enabled(&mut tx, &state.keys, user.id, code).await?,
-            "totp",
-        )
-    } else {
-        (
-            totp::use_recovery_code(&mut tx, user.id, code).await?,
-            "recovery_code",
-        )
-    };
+    let (kind, accepted) =
+        totp::check_second_factor(&mut tx, &state.keys, user.id, &req.code).await?;
     if !accepted {
         audit::record(
             &mut tx,
@@ -480,7 +451,7 @@ pub async fn login_second_factor(
                 "auth.login_failed",
                 "user",
                 user.id,
-                serde_json::json!({ "reason": "second_factor", "kind": kind }),
+                serde_json::json!({ "reason": "second_factor", "kind": kind.name() }),
             ),
         )
         .await?;
@@ -493,18 +464,9 @@ pub async fn login_second_factor(
         .bind(token_hash(&req.challenge_id))
         .execute(&mut *tx)
         .await?;
-    let method: &'static str = match (method.as_str(), kind) {
-        ("email_code", "totp") => "email_code+totp",
-        ("email_code", _) => "email_code+recovery_code",
-        ("oauth_github", "totp") => "oauth_github+totp",
-        ("oauth_github", _) => "oauth_github+recovery_code",
-        ("oauth_google", "totp") => "oauth_google+totp",
-        ("oauth_google", _) => "oauth_google+recovery_code",
-        (_, "totp") => "password+totp",
-        _ => "password+recovery_code",
-    };
+    let method = format!("{method}+{}", kind.name());
     let (jar, answer) =
-        sessions::complete_sign_in(&mut tx, &state, jar, &user, method, true, &client).await?;
+        sessions::complete_sign_in(&mut tx, &state, jar, &user, &method, true, &client).await?;
     tx.commit().await?;
     Ok((jar, Envelope::ok(answer)))
 }
@@ -583,18 +545,7 @@ pub async fn email_code_verify(
         tx.commit().await?;
         return Err(check.refusal("code"));
     }
-    let user = if user.email_verified {
-        user
-    } else {
-        sqlx::query_as(&format!(
-            "UPDATE users SET email_verified = true, password_hash = NULL, updated_at = now() \
-             WHERE id = $1 RETURNING {}",
-            users::USER_COLUMNS
-        ))
-        .bind(user.id)
-        .fetch_one(&mut *tx)
-        .await?
-    };
+    let user = users::mark_email_proven(&mut tx, user).await?;
     let (jar, answer) =
         sessions::complete_sign_in(&mut tx, &state, jar, &user, "email_code", false, &client)
             .await?;

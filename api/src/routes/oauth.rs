@@ -359,20 +359,7 @@ async fn finish(
             match users::by_email(&mut *tx, &email).await? {
                 Some(existing) => {
                     link(&mut tx, provider, &identity, existing.id, client).await?;
-                    if existing.email_verified {
-                        existing
-                    } else {
-                        // The address is now proven; a password chosen before
-                        // that may be someone else's, so it goes.
-                        sqlx::query_as(&format!(
-                            "UPDATE users SET email_verified = true, password_hash = NULL, updated_at = now() \
-                             WHERE id = $1 RETURNING {}",
-                            users::USER_COLUMNS
-                        ))
-                        .bind(existing.id)
-                        .fetch_one(&mut *tx)
-                        .await?
-                    }
+                    users::mark_email_proven(&mut tx, existing).await?
                 }
                 None => create_user(&mut tx, provider, &identity, &email, client).await?,
             }

@@ -3,7 +3,7 @@
 
 use berth_e2e::accounts::{
     Browser, NewUser, PASSWORD, Stack, access_token, audit_actions, create_user, get_as, login,
-    send_as,
+    post, send_as,
 };
 use berth_jobs::store::{self, NewJob};
 use berth_jobs::{DiagnosticJob, EmailJob, EmailMessage};
@@ -18,18 +18,6 @@ fn totp_code(base32: &str, offset_steps: i64) -> String {
         .unwrap();
     let now = chrono::Utc::now().timestamp() + offset_steps * 30;
     totp.generate(now as u64).to_string()
-}
-
-async fn post(app: &berth_e2e::TestApp, path: &str, body: Value) -> (u16, Value) {
-    let res = app
-        .client
-        .post(app.url(path))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = res.status().as_u16();
-    (status, res.json().await.unwrap_or(Value::Null))
 }
 
 #[tokio::test(flavor = "multi_thread")]

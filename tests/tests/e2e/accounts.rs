@@ -5,23 +5,11 @@ use std::time::Duration;
 
 use berth_e2e::accounts::{
     Browser, NewUser, PASSWORD, Stack, access_token, audit_actions, create_user, get_as, login,
-    send_as,
+    post, send_as,
 };
 use reqwest::Method;
 use serde_json::{Value, json};
 use uuid::Uuid;
-
-async fn post(app: &berth_e2e::TestApp, path: &str, body: Value) -> (u16, Value) {
-    let res = app
-        .client
-        .post(app.url(path))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = res.status().as_u16();
-    (status, res.json().await.unwrap_or(Value::Null))
-}
 
 fn field_errors(body: &Value) -> Vec<String> {
     body["error"]["details"]
