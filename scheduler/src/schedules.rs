@@ -13,7 +13,7 @@ use crate::leader::LeaderLock;
 /// The periodic work the scheduler knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Schedule {
-    /// Delete finished jobs and expired rows past the retention.
+    /// Delete finished jobs past the retention, and expired sign-in state.
     Prune,
     /// Re-issue or fail jobs that no worker will finish.
     Reconcile,
@@ -202,9 +202,13 @@ impl Scheduler {
             Schedule::Prune => {
                 let pruned =
                     housekeeping::prune(&self.pool, &self.redis, self.config.job_retention).await?;
+                let credentials = crate::expired::prune_expired_credentials(&self.pool).await?;
                 tracing::info!(
                     jobs = pruned.jobs,
                     redis_tasks = pruned.redis_tasks,
+                    sessions = credentials.sessions,
+                    refresh_tokens = credentials.refresh_tokens,
+                    codes = credentials.codes,
                     "pruned"
                 );
             }

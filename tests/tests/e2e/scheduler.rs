@@ -69,3 +69,88 @@ async fn two_schedulers_fire_each_tick_once_and_hand_over() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prune_deletes_sign_in_state_that_can_no_longer_be_used() {
+    use berth_e2e::accounts::{NewUser, create_user};
+    let db = TestDb::new().await;
+    let redis = TestRedis::start().await;
+    let mut env: HashMap<String, String> = base_env(&db, &redis);
+    env.insert("BERTH_SCHEDULE_PRUNE".into(), "* * * * * *".into());
+    let user = create_user(&db, NewUser::verified("old@example.test")).await;
+    for (id, expires, revoked) in [
+        (
+            "00000000-0000-0000-0000-000000000001",
+            "now() - interval '1 minute'",
+            "NULL",
+        ),
+        (
+            "00000000-0000-0000-0000-000000000002",
+            "now() + interval '1 day'",
+            "now() - interval '31 days'",
+        ),
+        (
+            "00000000-0000-0000-0000-000000000003",
+            "now() + interval '1 day'",
+            "now() - interval '1 day'",
+        ),
+        (
+            "00000000-0000-0000-0000-000000000004",
+            "now() + interval '1 day'",
+            "NULL",
+        ),
+    ] {
+        sqlx::query(&format!(
+            "INSERT INTO sessions (id, user_id, auth_method, expires_at, revoked_at) \
+             VALUES ('{id}', $1, 'password', {expires}, {revoked})"
+        ))
+        .bind(user)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    }
+    sqlx::query(
+        "INSERT INTO refresh_tokens (token_hash, session_id, expires_at) VALUES \
+         ('old', '00000000-0000-0000-0000-000000000004', now() - interval '1 second'), \
+         ('live', '00000000-0000-0000-0000-000000000004', now() + interval '1 day')",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO email_codes (user_id, purpose, code_hash, expires_at) \
+         VALUES ($1, 'login', 'x', now() - interval '1 second'), ($1, 'verify_email', 'y', now() + interval '5 minutes')",
+    )
+    .bind(user)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+
+    let _scheduler = BerthProcess::spawn("berth-scheduler", &[], &env);
+    let pool = db.pool.clone();
+    eventually(Duration::from_secs(30), "expired rows pruned", || {
+        let pool = pool.clone();
+        async move {
+            let left: (i64, i64, i64) = sqlx::query_as(
+                "SELECT (SELECT count(*) FROM sessions), (SELECT count(*) FROM refresh_tokens), \
+                 (SELECT count(*) FROM email_codes)",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            left == (2, 1, 1)
+        }
+    })
+    .await;
+    let kept: Vec<String> = sqlx::query_scalar("SELECT id::text FROM sessions ORDER BY id")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        kept,
+        [
+            "00000000-0000-0000-0000-000000000003",
+            "00000000-0000-0000-0000-000000000004"
+        ]
+    );
+}
