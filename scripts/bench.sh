@@ -23,9 +23,10 @@ redis_port=$(berth_free_port)
 berth_start_postgres "$run_dir/pg" "$pg_port"
 berth_start_redis "$run_dir/redis" "$redis_port"
 
-cargo build --release -p berth-workers -p berth-bench
+cargo build --release -p berth-workers -p berth-api -p berth-bench
 BENCH_DATABASE_URL="postgres://postgres@127.0.0.1:$pg_port/postgres" \
 BENCH_REDIS_URL="redis://127.0.0.1:$redis_port" \
 BENCH_PGBENCH="$(berth_pg_bin)/pgbench" \
 BENCH_WORKER_BIN="$PWD/target/release/berth-worker" \
+BENCH_API_BIN="$PWD/target/release/berth-api" \
     ./target/release/berth-bench "$@"

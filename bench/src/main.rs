@@ -2,6 +2,8 @@
 //! prints each measurement beside the bound it is compared with, measured in the
 //! same run on the same services. Nothing here asserts: the numbers are for people.
 
+mod auth;
+
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
@@ -18,14 +20,14 @@ use sqlx::PgPool;
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
-struct Setup {
-    database_url: String,
-    redis_url: String,
-    pool: PgPool,
+pub struct Setup {
+    pub database_url: String,
+    pub redis_url: String,
+    pub pool: PgPool,
     pgbench: PathBuf,
     worker_bin: PathBuf,
-    clients: usize,
-    seconds: u64,
+    pub clients: usize,
+    pub seconds: u64,
     rounds: usize,
     jobs: usize,
     /// Phase 2 runs at each of these (`BENCH_CONCURRENCY=16,32`), both sides alike.
@@ -92,6 +94,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if wanted(3) {
         latency_with_idle_worker(&setup).await?;
+    }
+    if wanted(4) {
+        auth::accounts(&setup).await?;
     }
     Ok(())
 }
@@ -235,6 +240,10 @@ fn spawn_worker(setup: &Setup, extra: &[(&str, String)]) -> anyhow::Result<Child
         .args(["--queues", "diagnostic"])
         .env("DATABASE_URL", &setup.database_url)
         .env("REDIS_URL", &setup.redis_url)
+        .env(
+            "BERTH_MASTER_KEY",
+            "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+        )
         .env("BERTH_DB_MAX_CONNECTIONS", "40")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())

@@ -1,0 +1,220 @@
+//! Part 4: accounts. argon2id dominates a password sign-in, so the hash alone
+//! is timed first and the sign-in rate is read against what the cores allow at
+//! that cost. Then an authenticated `GET /auth/me` (JWT check plus the session
+//! lookup every request makes), beside `GET /health/live` through the same
+//! server as the ceiling of the HTTP stack.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use berth_api::auth::password::{hash_password_blocking, verify_password};
+use serde_json::{Value, json};
+use tokio::process::{Child, Command};
+
+use crate::Setup;
+
+const EMAIL: &str = "bench@example.test";
+const PASSWORD: &str = "correct horse battery staple";
+const MASTER_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+pub async fn accounts(setup: &Setup) -> anyhow::Result<()> {
+    let cores = std::thread::available_parallelism()?.get();
+    // 1. argon2id alone, one thread.
+    let rounds = 20;
+    let started = Instant::now();
+    let mut hash = String::new();
+    for _ in 0..rounds {
+        hash = hash_password_blocking(PASSWORD)?;
+    }
+    let hash_ms = started.elapsed().as_secs_f64() * 1000.0 / rounds as f64;
+    let started = Instant::now();
+    for _ in 0..rounds {
+        anyhow::ensure!(verify_password(PASSWORD, Some(&hash)).await?);
+    }
+    let verify_ms = started.elapsed().as_secs_f64() * 1000.0 / rounds as f64;
+
+    sqlx::query("TRUNCATE users CASCADE")
+        .execute(&setup.pool)
+        .await?;
+    sqlx::query(
+        "INSERT INTO users (id, email, name, password_hash, email_verified) \
+         VALUES (gen_random_uuid(), $1, 'Bench', $2, true)",
+    )
+    .bind(EMAIL)
+    .bind(&hash)
+    .execute(&setup.pool)
+    .await?;
+
+    let (mut api, base) = spawn_api(setup).await?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .build()?;
+    let login = json!({ "identifier": EMAIL, "password": PASSWORD });
+    let clients = setup.clients;
+    let seconds = setup.seconds;
+
+    let (url, body) = (format!("{base}/api/v1/auth/login"), login.clone());
+    let logins = load(&client, clients, seconds, move |c| c.post(&url).json(&body)).await?;
+    let signed_in: Value = client
+        .post(format!("{base}/api/v1/auth/login"))
+        .json(&login)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let token = signed_in["data"]["accessToken"]
+        .as_str()
+        .context("no access token")?
+        .to_owned();
+    let me_clients = 32;
+    let url = format!("{base}/api/v1/auth/me");
+    let me = load(&client, me_clients, seconds, move |c| {
+        c.get(&url).bearer_auth(&token)
+    })
+    .await?;
+    let url = format!("{base}/api/v1/health/live");
+    let live = load(&client, me_clients, seconds, move |c| c.get(&url)).await?;
+    api.kill().await?;
+
+    println!("4. Accounts (release berth-api, {cores} cores, client in the same machine)");
+    println!(
+        "   argon2id (19 MiB, t=2, p=1) alone: hash {hash_ms:.1} ms, verify {verify_ms:.1} ms \
+         -> at most {:.0} verifications/s on {cores} cores",
+        cores as f64 * 1000.0 / verify_ms
+    );
+    println!(
+        "   POST /auth/login, {clients} clients, {seconds} s: {:.0} sign-ins/s \
+         ({:.0} % of that bound), p50 {:.0} ms, p99 {:.0} ms, {} errors",
+        logins.rate,
+        100.0 * logins.rate / (cores as f64 * 1000.0 / verify_ms),
+        logins.p50_ms,
+        logins.p99_ms,
+        logins.errors
+    );
+    println!(
+        "   GET /auth/me (bearer JWT + session lookup), {me_clients} clients: {:.0} req/s, \
+         p50 {:.2} ms, p99 {:.2} ms, {} errors",
+        me.rate, me.p50_ms, me.p99_ms, me.errors
+    );
+    println!(
+        "   GET /health/live (no auth, no database), {me_clients} clients: {:.0} req/s, \
+         p50 {:.2} ms, p99 {:.2} ms -> /auth/me runs at {:.0} % of the bare HTTP stack",
+        live.rate,
+        live.p50_ms,
+        live.p99_ms,
+        100.0 * me.rate / live.rate
+    );
+    Ok(())
+}
+
+async fn spawn_api(setup: &Setup) -> anyhow::Result<(Child, String)> {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.local_addr()?.port()
+    };
+    let base = format!("http://127.0.0.1:{port}");
+    let bin = std::env::var("BENCH_API_BIN")
+        .context("BENCH_API_BIN is not set (run scripts/bench.sh)")?;
+    let child = Command::new(bin)
+        .env("DATABASE_URL", &setup.database_url)
+        .env("REDIS_URL", &setup.redis_url)
+        .env("BERTH_API_ADDR", format!("127.0.0.1:{port}"))
+        .env("JWT_SECRET", "bench-secret-bench-secret-bench-secret")
+        .env("BERTH_MASTER_KEY", MASTER_KEY)
+        .env("BERTH_DB_MAX_CONNECTIONS", "20")
+        .env("BERTH_RATE_LIMIT_LOGIN", "1000000/60")
+        .env("BERTH_RATE_LIMIT_LOGIN_FAILURES", "1000000/60")
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if reqwest::get(format!("{base}/api/v1/health/ready"))
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return Ok((child, base));
+        }
+        anyhow::ensure!(Instant::now() < deadline, "berth-api did not become ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+struct LoadResult {
+    rate: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: usize,
+}
+
+/// `clients` loops sending `request` for `seconds`; successful answers count.
+async fn load<F>(
+    client: &reqwest::Client,
+    clients: usize,
+    seconds: u64,
+    request: F,
+) -> anyhow::Result<LoadResult>
+where
+    F: Fn(&reqwest::Client) -> reqwest::RequestBuilder + Send + Sync + 'static + Clone,
+{
+    // One second of warm-up, not counted.
+    let stop = Arc::new(AtomicBool::new(false));
+    let counting = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (client, request, stop, counting) = (
+            client.clone(),
+            request.clone(),
+            stop.clone(),
+            counting.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut errors = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                let started = Instant::now();
+                let ok = request(&client)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success());
+                if counting.load(Ordering::Relaxed) {
+                    if ok {
+                        latencies.push(started.elapsed().as_secs_f64() * 1000.0);
+                    } else {
+                        errors += 1;
+                    }
+                }
+            }
+            (latencies, errors)
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    counting.store(true, Ordering::Relaxed);
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    counting.store(false, Ordering::Relaxed);
+    let elapsed = started.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    for task in tasks {
+        let (l, e) = task.await?;
+        latencies.extend(l);
+        errors += e;
+    }
+    latencies.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len().max(1) - 1) as f64 * p).round() as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    Ok(LoadResult {
+        rate: latencies.len() as f64 / elapsed,
+        p50_ms: pct(0.5),
+        p99_ms: pct(0.99),
+        errors,
+    })
+}
