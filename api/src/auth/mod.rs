@@ -100,7 +100,7 @@ impl Scope {
 
 #[derive(Debug, Clone)]
 pub enum Credential {
-    Session { session_id: Uuid, via_cookie: bool },
+    Session { session_id: Uuid },
     ApiToken { token_id: Uuid, scopes: Vec<Scope> },
 }
 
@@ -222,10 +222,10 @@ impl FromRequestParts<AppState> for Principal {
             if token.starts_with(API_TOKEN_PREFIX) {
                 api_token(state, token).await?
             } else {
-                session(state, parts, token, false).await?
+                session(state, parts, token).await?
             }
         } else if let Some(cookie) = jar.get(ACCESS_COOKIE) {
-            let principal = session(state, parts, cookie.value(), true).await?;
+            let principal = session(state, parts, cookie.value()).await?;
             if is_unsafe(&parts.method) {
                 let session_id = principal.session_id().expect("a session credential");
                 check_csrf(state, &parts.headers, &jar, session_id)?;
@@ -279,12 +279,7 @@ pub fn check_csrf(
     Ok(())
 }
 
-async fn session(
-    state: &AppState,
-    parts: &mut Parts,
-    token: &str,
-    via_cookie: bool,
-) -> Result<Principal, ApiError> {
+async fn session(state: &AppState, parts: &mut Parts, token: &str) -> Result<Principal, ApiError> {
     let claims = state
         .jwt
         .verify(token)
@@ -320,7 +315,6 @@ async fn session(
         user,
         credential: Credential::Session {
             session_id: claims.sid,
-            via_cookie,
         },
     })
 }

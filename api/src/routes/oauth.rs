@@ -205,11 +205,10 @@ struct Failure(String);
 impl From<ApiError> for Failure {
     fn from(e: ApiError) -> Self {
         match e {
-            ApiError::Internal(_) => {
-                // Logged with the request id by the conversion to a response.
-                let message = "sign-in failed because of an internal error".to_owned();
-                tracing::error!(error = %e, "OAuth callback failed");
-                Failure(message)
+            ApiError::Internal(cause) => {
+                // The request's span carries its id; the user sees no detail.
+                tracing::error!(error = format!("{cause:#}"), "OAuth callback failed");
+                Failure("sign-in failed because of an internal error".to_owned())
             }
             other => Failure(other.to_string()),
         }
