@@ -9,7 +9,9 @@ berth_pg_bin() {
     ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1
 }
 
-# Installs whatever of Postgres, Redis, the SMTP listener and promtool is missing.
+# Installs whatever is missing of Postgres, Redis, the SMTP listener, promtool,
+# OpenSSH (test servers are real sshd processes) and the OpenSSL headers that
+# libssh2 (the ssh2 crate) builds against.
 berth_install_packages() {
     local missing=()
     local pg
@@ -18,6 +20,10 @@ berth_install_packages() {
     command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
     /usr/bin/python3 -c 'import aiosmtpd' >/dev/null 2>&1 || missing+=(python3-aiosmtpd)
     command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+    [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
+    command -v ssh-keygen >/dev/null 2>&1 || missing+=(openssh-client)
+    command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+    pkg-config --exists openssl 2>/dev/null || missing+=(libssl-dev)
     if [ ${#missing[@]} -gt 0 ]; then
         echo "installing ${missing[*]} from Debian packages" >&2
         $SUDO apt-get update -qq

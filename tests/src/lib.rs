@@ -5,6 +5,7 @@
 
 pub mod accounts;
 pub mod fake_oauth;
+pub mod ssh_servers;
 
 use std::collections::HashMap;
 use std::net::TcpListener as StdListener;

@@ -7,3 +7,4 @@ mod jobs_pipeline;
 mod oauth;
 mod platform;
 mod scheduler;
+mod ssh;

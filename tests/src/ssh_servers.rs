@@ -1,0 +1,204 @@
+//! Real OpenSSH servers acting as users' servers: one `sshd` of the test's own
+//! listening on several 127.x.y.z addresses (each one a "server"), with its own
+//! host key, config and authorized keys in a scratch directory. Root logs in by
+//! key; a dedicated user (`berth-ssh-test`) by password. Never touches the
+//! machine's own sshd, its config or `/root/.ssh`.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::{Child, Command};
+use tokio::sync::OnceCell;
+
+use crate::{eventually, free_port, scratch_dir};
+
+pub const PASSWORD_USER: &str = "berth-ssh-test";
+pub const PASSWORD: &str = "berth-test-Password-42";
+pub const KEY_PASSPHRASE: &str = "key passphrase 42";
+
+static PASSWORD_USER_READY: OnceCell<()> = OnceCell::const_new();
+
+/// Creates the password user once per test process (the harness runs as root).
+async fn ensure_password_user() {
+    PASSWORD_USER_READY
+        .get_or_init(|| async {
+            let exists = Command::new("id")
+                .arg(PASSWORD_USER)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .await
+                .expect("id")
+                .success();
+            if !exists {
+                let status = Command::new("useradd")
+                    .args(["--create-home", "--shell", "/bin/sh", PASSWORD_USER])
+                    .status()
+                    .await
+                    .expect("useradd (the test harness runs as root)");
+                assert!(status.success(), "useradd {PASSWORD_USER}");
+            }
+            let mut chpasswd = Command::new("chpasswd")
+                .stdin(Stdio::piped())
+                .spawn()
+                .expect("chpasswd");
+            use tokio::io::AsyncWriteExt;
+            chpasswd
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(format!("{PASSWORD_USER}:{PASSWORD}\n").as_bytes())
+                .await
+                .unwrap();
+            assert!(chpasswd.wait().await.unwrap().success(), "chpasswd");
+        })
+        .await;
+}
+
+async fn keygen(path: &Path, kind: &str, passphrase: &str, extra: &[&str]) {
+    let status = Command::new("ssh-keygen")
+        .args(["-q", "-t", kind, "-N", passphrase, "-C", "berth-test", "-f"])
+        .arg(path)
+        .args(extra)
+        .stdout(Stdio::null())
+        .status()
+        .await
+        .expect("ssh-keygen (openssh-client)");
+    assert!(status.success(), "ssh-keygen {kind}");
+}
+
+pub struct TestSshd {
+    dir: PathBuf,
+    child: Option<Child>,
+    pub port: u16,
+    pub addresses: Vec<Ipv4Addr>,
+    /// Root's private key (OpenSSH format, no passphrase).
+    pub key: String,
+    /// Root's second key, RSA PEM protected by [`KEY_PASSPHRASE`].
+    pub encrypted_key: String,
+}
+
+impl TestSshd {
+    /// An sshd answering on `count` loopback addresses of a random 127.x.y.0/24.
+    pub async fn start(count: u8) -> TestSshd {
+        ensure_password_user().await;
+        let dir = scratch_dir("sshd");
+        keygen(&dir.join("client_key"), "ed25519", "", &[]).await;
+        keygen(
+            &dir.join("client_key_rsa"),
+            "rsa",
+            KEY_PASSPHRASE,
+            &["-b", "2048", "-m", "PEM"],
+        )
+        .await;
+        let mut authorized = std::fs::read_to_string(dir.join("client_key.pub")).unwrap();
+        authorized.push_str(&std::fs::read_to_string(dir.join("client_key_rsa.pub")).unwrap());
+        std::fs::write(dir.join("authorized_keys"), authorized).unwrap();
+        let (b, c) = (rand::random_range(1..=254u8), rand::random_range(1..=254u8));
+        let addresses: Vec<Ipv4Addr> = (1..=count).map(|d| Ipv4Addr::new(127, b, c, d)).collect();
+        let mut sshd = TestSshd {
+            key: std::fs::read_to_string(dir.join("client_key")).unwrap(),
+            encrypted_key: std::fs::read_to_string(dir.join("client_key_rsa")).unwrap(),
+            dir,
+            child: None,
+            port: free_port(),
+            addresses,
+        };
+        sshd.new_host_key().await;
+        sshd.resume().await;
+        sshd
+    }
+
+    pub fn host(&self, i: usize) -> String {
+        self.addresses[i].to_string()
+    }
+
+    async fn new_host_key(&self) {
+        let path = self.dir.join("host_ed25519");
+        let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_file(path.with_extension("pub"));
+        keygen(&path, "ed25519", "", &[]).await;
+    }
+
+    fn write_config(&self) -> PathBuf {
+        let d = self.dir.display();
+        let listen: String = self
+            .addresses
+            .iter()
+            .map(|a| format!("ListenAddress {a}:{}\n", self.port))
+            .collect();
+        let config = format!(
+            "{listen}HostKey {d}/host_ed25519\nPidFile {d}/sshd.pid\n\
+             AuthorizedKeysFile {d}/authorized_keys\nPasswordAuthentication yes\n\
+             KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n\
+             AllowUsers root {PASSWORD_USER}\nStrictModes no\nUsePAM no\n\
+             MaxStartups 500:30:1000\nMaxSessions 100\nLogLevel ERROR\n\
+             Subsystem sftp internal-sftp\n"
+        );
+        let path = self.dir.join("sshd_config");
+        std::fs::write(&path, config).unwrap();
+        path
+    }
+
+    /// Starts (again) at the same addresses and port.
+    pub async fn resume(&mut self) {
+        std::fs::create_dir_all("/run/sshd").expect("/run/sshd");
+        let config = self.write_config();
+        let child = Command::new("/usr/sbin/sshd")
+            .args(["-D", "-e", "-f"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("/usr/sbin/sshd (openssh-server; scripts/test.sh installs it)");
+        self.child = Some(child);
+        let (address, port) = (self.addresses[0], self.port);
+        eventually(Duration::from_secs(15), "sshd listening", || async move {
+            tokio::net::TcpStream::connect((address, port))
+                .await
+                .is_ok()
+        })
+        .await;
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill().await;
+            let _ = child.wait().await;
+        }
+    }
+
+    /// The server is "reinstalled": a new host key, same address.
+    pub async fn change_host_key(&mut self) {
+        self.stop().await;
+        self.new_host_key().await;
+        self.resume().await;
+    }
+
+    /// `SHA256:…` of the current host key, as `ssh-keygen -l` prints it.
+    pub async fn host_key_fingerprint(&self) -> String {
+        let out = Command::new("ssh-keygen")
+            .args(["-l", "-E", "sha256", "-f"])
+            .arg(self.dir.join("host_ed25519.pub"))
+            .output()
+            .await
+            .expect("ssh-keygen -l");
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .nth(1)
+            .expect("a fingerprint")
+            .to_owned()
+    }
+}
+
+impl Drop for TestSshd {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.start_kill();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
