@@ -40,7 +40,8 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
         (name = "platform", description = "Health, status, metrics and public endpoints"),
         (name = "auth", description = "Registration, sign-in, sessions and tokens (SPEC §3.2)"),
         (name = "account", description = "The signed-in user's profile, sessions, 2FA and API tokens"),
-        (name = "jobs", description = "Job status (SPEC §3.1)")
+        (name = "jobs", description = "Job status (SPEC §3.1)"),
+        (name = "servers", description = "Users' servers over SSH (SPEC §3.3)")
     )
 )]
 struct ApiDoc;
@@ -56,6 +57,15 @@ fn limited(
         (state.clone(), scope, limit),
         rate_limit::per_ip,
     ))
+}
+
+fn server_routes() -> OpenApiRouter<AppState> {
+    use routes::servers;
+    OpenApiRouter::new()
+        .routes(routes!(servers::list, servers::create))
+        .routes(routes!(servers::get, servers::update, servers::delete))
+        .routes(routes!(servers::validate_again))
+        .routes(routes!(servers::repin))
 }
 
 fn account_routes() -> OpenApiRouter<AppState> {
@@ -138,6 +148,7 @@ pub fn router(state: AppState) -> Router {
         ))
         .merge(auth_routes(&state))
         .merge(account_routes())
+        .merge(server_routes())
         .routes(routes!(routes::jobs::get_job))
         .routes(routes!(routes::jobs::list_jobs));
     let (router, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())

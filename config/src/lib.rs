@@ -260,6 +260,49 @@ impl CommonConfig {
     }
 }
 
+/// How Berth reaches users' servers over SSH (api and workers).
+#[derive(Debug, Clone)]
+pub struct SshConfig {
+    /// Server addresses Berth refuses to connect to (checked on the resolved
+    /// address at connect time): cloud metadata ranges by default.
+    pub deny_networks: Vec<ipnet::IpNet>,
+    pub connect_timeout: Duration,
+    pub io_timeout: Duration,
+}
+
+impl SshConfig {
+    pub fn default_deny_networks() -> Vec<ipnet::IpNet> {
+        ["169.254.0.0/16", "fd00:ec2::254/128"]
+            .iter()
+            .map(|n| n.parse().expect("valid network"))
+            .collect()
+    }
+
+    /// `BERTH_SSH_DENY_NETWORKS` (comma-separated CIDR ranges, or `none`),
+    /// `BERTH_SSH_CONNECT_TIMEOUT_MS`, `BERTH_SSH_IO_TIMEOUT_MS`.
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        const NAME: &str = "BERTH_SSH_DENY_NETWORKS";
+        let deny_networks = match env.optional(NAME) {
+            None => Self::default_deny_networks(),
+            Some(list) if list.trim() == "none" => Vec::new(),
+            Some(list) => list
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| {
+                    s.parse()
+                        .map_err(|e| malformed(NAME, &format!("{s}: {e} (expected CIDR ranges)")))
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        Ok(Self {
+            deny_networks,
+            connect_timeout: env.millis("BERTH_SSH_CONNECT_TIMEOUT_MS", Duration::from_secs(10))?,
+            io_timeout: env.millis("BERTH_SSH_IO_TIMEOUT_MS", Duration::from_secs(30))?,
+        })
+    }
+}
+
 /// Settings of `berth-api`.
 #[derive(Debug, Clone)]
 pub struct ApiConfig {
@@ -280,6 +323,9 @@ pub struct ApiConfig {
     pub trust_proxy: bool,
     pub contact_rate_limit: RateLimit,
     pub auth: AuthConfig,
+    pub ssh: SshConfig,
+    /// Server creations per user (`BERTH_RATE_LIMIT_SERVER_CREATE`).
+    pub server_create_rate_limit: RateLimit,
 }
 
 /// Sign-in methods, token lifetimes and the limits of SPEC §3.2.
@@ -480,6 +526,12 @@ impl ApiConfig {
                 RateLimit::per_secs(5, 600),
             )?,
             auth: AuthConfig::from_env(env)?,
+            ssh: SshConfig::from_env(env)?,
+            server_create_rate_limit: RateLimit::read(
+                env,
+                "BERTH_RATE_LIMIT_SERVER_CREATE",
+                RateLimit::per_secs(8, 600),
+            )?,
         })
     }
 }
@@ -651,6 +703,22 @@ mod tests {
             err.to_string()
                 .starts_with("BERTH_MASTER_KEY_PREVIOUS is malformed")
         );
+    }
+
+    #[test]
+    fn ssh_deny_networks() {
+        let config = ApiConfig::from_env(&api_env(&[])).unwrap();
+        assert_eq!(config.ssh.deny_networks, SshConfig::default_deny_networks());
+        let config =
+            ApiConfig::from_env(&api_env(&[("BERTH_SSH_DENY_NETWORKS", "10.0.0.0/8, none")]));
+        assert!(
+            config
+                .unwrap_err()
+                .to_string()
+                .starts_with("BERTH_SSH_DENY_NETWORKS is malformed")
+        );
+        let config = ApiConfig::from_env(&api_env(&[("BERTH_SSH_DENY_NETWORKS", "none")])).unwrap();
+        assert!(config.ssh.deny_networks.is_empty());
     }
 
     #[test]

@@ -16,7 +16,10 @@ pub mod runtime;
 pub mod store;
 
 pub use client::JobClient;
-pub use payload::{CodePurpose, DiagnosticJob, EmailJob, EmailMessage, JobPayload, Sealed};
+pub use payload::{
+    CodePurpose, DiagnosticJob, EmailJob, EmailMessage, JobPayload, Sealed, ServerAction,
+    ServerJob, server_secret_binding,
+};
 pub use policy::{JobPolicy, Policies};
 pub use queue::Queue;
 pub use store::{Enqueued, JobRecord, JobState, NewJob};

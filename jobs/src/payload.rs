@@ -92,3 +92,36 @@ pub struct DiagnosticJob {
 impl JobPayload for DiagnosticJob {
     const QUEUE: Queue = Queue::Diagnostic;
 }
+
+/// Work on one of a user's servers over SSH (`probe` queue).
+///
+/// Idempotency: validation reads the server and records what it found (the
+/// host key is pinned only when none is pinned), so running it twice records
+/// the same thing.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerJob {
+    pub server_id: uuid::Uuid,
+    pub action: ServerAction,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ServerAction {
+    /// Connect, pin the host key on first success, record OS, arch, docker and nginx.
+    Validate,
+}
+
+impl JobPayload for ServerJob {
+    const QUEUE: Queue = Queue::Probe;
+}
+
+/// Where a server's sealed credentials live: the row's id, table and column are
+/// bound into the ciphertext (the api seals, workers open).
+pub fn server_secret_binding<'a>(server_id: &'a str, column: &'a str) -> Binding<'a> {
+    Binding {
+        table: "servers",
+        column,
+        row_id: server_id,
+    }
+}

@@ -1,10 +1,13 @@
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use berth_config::{CommonConfig, Env, MailConfig};
+use berth_config::{CommonConfig, Env, MailConfig, SshConfig};
 use berth_jobs::runtime::{Liveness, WorkerRuntime};
 use berth_jobs::{Policies, Queue};
+use berth_secrets::Keyring;
+use berth_workers::servers::ServerJobs;
 use berth_workers::{diagnostic, email::Mailer};
 use clap::Parser;
 use sqlx::postgres::PgConnectOptions;
@@ -59,6 +62,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .context("cannot connect to DATABASE_URL")?;
 
     let mailer = Mailer::new(&mail)?;
+    let ssh = SshConfig::from_env(&env)?;
+    let servers = Arc::new(ServerJobs::new(
+        pool.clone(),
+        Keyring::from_config(&mail.master_key, &mail.previous_master_keys),
+        &ssh,
+    ));
     let runtime = WorkerRuntime::new(pool, common.redis_url.expose().to_owned(), policies)
         .liveness(liveness)
         .shutdown_grace(grace)
@@ -66,7 +75,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let mailer = mailer.clone();
             async move { mailer.send(job, ctx).await }
         })
-        .handle(diagnostic::run);
+        .handle(diagnostic::run)
+        .handle(move |job, ctx| {
+            let servers = servers.clone();
+            async move { servers.run(job, ctx).await }
+        });
 
     let queues = if args.queues.trim().is_empty() {
         runtime.served_queues()

@@ -4,3 +4,4 @@ pub mod contact;
 pub mod jobs;
 pub mod oauth;
 pub mod platform;
+pub mod servers;

@@ -179,6 +179,7 @@ async fn openapi_documents_every_route() {
     documented.sort();
     let expected = [
         "DELETE /api/v1/account",
+        "DELETE /api/v1/servers/{id}",
         "DELETE /api/v1/sessions/{id}",
         "DELETE /api/v1/tokens/{id}",
         "GET /api/v1/auth/csrf",
@@ -193,12 +194,15 @@ async fn openapi_documents_every_route() {
         "GET /api/v1/jobs/{id}",
         "GET /api/v1/openapi.json",
         "GET /api/v1/profile",
+        "GET /api/v1/servers",
+        "GET /api/v1/servers/{id}",
         "GET /api/v1/sessions",
         "GET /api/v1/stats/public",
         "GET /api/v1/status",
         "GET /api/v1/tokens",
         "GET /metrics",
         "PATCH /api/v1/profile",
+        "PATCH /api/v1/servers/{id}",
         "POST /api/v1/account/delete-code",
         "POST /api/v1/auth/2fa/disable",
         "POST /api/v1/auth/2fa/enable",
@@ -216,6 +220,9 @@ async fn openapi_documents_every_route() {
         "POST /api/v1/auth/verify-email",
         "POST /api/v1/contact",
         "POST /api/v1/profile/password",
+        "POST /api/v1/servers",
+        "POST /api/v1/servers/{id}/host-key",
+        "POST /api/v1/servers/{id}/validate",
         "POST /api/v1/sessions/revoke-others",
         "POST /api/v1/tokens",
     ];

@@ -7,4 +7,5 @@ mod jobs_pipeline;
 mod oauth;
 mod platform;
 mod scheduler;
+mod servers;
 mod ssh;

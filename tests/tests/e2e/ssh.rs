@@ -231,7 +231,7 @@ async fn denied_unreachable_and_malformed_targets() {
         .unwrap();
     assert_eq!(err.code(), "ADDRESS_DENIED", "{err}");
 
-    let strict = AddressPolicy::parse("127.0.0.0/8").unwrap();
+    let strict = AddressPolicy::new(vec!["127.0.0.0/8".parse().unwrap()]);
     let err = berth_ssh::connect(&key_target(&sshd, 0), &strict, Timeouts::default())
         .await
         .err()

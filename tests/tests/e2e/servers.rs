@@ -1,0 +1,356 @@
+//! SPEC §3.3: servers added through the api, validated by a real `berth-worker`
+//! over SSH against real sshd "servers" (`berth_e2e::ssh_servers`).
+
+use std::time::Duration;
+
+use berth_e2e::accounts::{NewUser, Stack, access_token, create_user, get_as, send_as};
+use berth_e2e::ssh_servers::{KEY_PASSPHRASE, PASSWORD, PASSWORD_USER, TestSshd};
+use berth_e2e::{BerthProcess, eventually};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+struct World {
+    stack: Stack,
+    sshd: TestSshd,
+    _worker: BerthProcess,
+    token: String,
+}
+
+async fn world() -> World {
+    let stack = Stack::start(&[
+        ("BERTH_RATE_LIMIT_SERVER_CREATE", "100/60"),
+        ("BERTH_PROBE_BACKOFF_MS", "200"),
+        // Retries show which failures count as transient.
+        ("BERTH_PROBE_MAX_ATTEMPTS", "3"),
+    ])
+    .await;
+    let worker = BerthProcess::spawn("berth-worker", &["--queues", "probe"], &stack.env);
+    create_user(&stack.db, NewUser::verified("ops@example.test")).await;
+    let token = access_token(&stack.app, "ops@example.test").await;
+    let sshd = TestSshd::start(3).await;
+    World {
+        stack,
+        sshd,
+        _worker: worker,
+        token,
+    }
+}
+
+impl World {
+    async fn create(&self, body: Value) -> (u16, Value) {
+        send_as(
+            &self.stack.app,
+            &self.token,
+            Method::POST,
+            "/api/v1/servers",
+            body,
+        )
+        .await
+    }
+
+    async fn job_done(&self, job_id: &str) -> Value {
+        let app = &self.stack.app;
+        let path = format!("/api/v1/jobs/{job_id}");
+        let what = format!("job {job_id} to finish");
+        eventually(Duration::from_secs(60), &what, || async {
+            let (_, body) = get_as(app, &self.token, &path).await;
+            matches!(body["data"]["state"].as_str(), Some("succeeded" | "failed"))
+        })
+        .await;
+        get_as(app, &self.token, &path).await.1["data"].clone()
+    }
+
+    async fn server(&self, id: &str) -> Value {
+        get_as(
+            &self.stack.app,
+            &self.token,
+            &format!("/api/v1/servers/{id}"),
+        )
+        .await
+        .1["data"]
+            .clone()
+    }
+}
+
+fn key_server(w: &World, i: usize) -> Value {
+    json!({"name": format!("web-{i}"), "host": w.sshd.host(i), "port": w.sshd.port,
+           "username": "root", "authType": "key", "privateKey": w.sshd.key})
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn onboarding_with_a_key_and_with_a_password() {
+    let w = world().await;
+    let (status, body) = w.create(key_server(&w, 0)).await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["data"]["server"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(body["data"]["server"]["status"], "pending");
+    let job = w.job_done(body["data"]["jobId"].as_str().unwrap()).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["kind"], "probe");
+
+    let server = w.server(&id).await;
+    assert_eq!(server["status"], "online", "{server}");
+    assert_eq!(server["hostKey"], w.sshd.host_key_fingerprint().await);
+    assert!(server["os"].as_str().unwrap().contains("Linux"), "{server}");
+    assert_eq!(server["arch"], std::env::consts::ARCH);
+    assert!(server["validatedAt"].is_string());
+
+    // Never a secret in an answer; sealed in the database.
+    let (_, list) = get_as(&w.stack.app, &w.token, "/api/v1/servers").await;
+    assert_eq!(list["data"]["total"], 1);
+    for text in [list.to_string(), server.to_string()] {
+        assert!(
+            !text.contains("PRIVATE KEY") && !text.contains("secret"),
+            "{text}"
+        );
+    }
+    let stored: String = sqlx::query_scalar("SELECT secret FROM servers WHERE id = $1::uuid")
+        .bind(&id)
+        .fetch_one(&w.stack.db.pool)
+        .await
+        .unwrap();
+    assert!(
+        stored.starts_with("v1.") && !stored.contains("PRIVATE"),
+        "{stored}"
+    );
+
+    // An encrypted key with its passphrase, and a password login.
+    let (status, body) = w
+        .create(json!({"name": "db", "host": w.sshd.host(1), "port": w.sshd.port, "username": "root",
+                       "authType": "key", "privateKey": w.sshd.encrypted_key, "passphrase": KEY_PASSPHRASE}))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(
+        w.job_done(body["data"]["jobId"].as_str().unwrap()).await["state"],
+        "succeeded"
+    );
+    let (status, body) = w
+        .create(
+            json!({"name": "pw", "host": w.sshd.host(2), "port": w.sshd.port,
+                       "username": PASSWORD_USER, "authType": "password", "password": PASSWORD}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let job = w.job_done(body["data"]["jobId"].as_str().unwrap()).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wrong_password_fails_validation_with_a_clear_reason() {
+    let w = world().await;
+    let (_, body) = w
+        .create(
+            json!({"name": "pw", "host": w.sshd.host(0), "port": w.sshd.port,
+                       "username": PASSWORD_USER, "authType": "password", "password": "wrong one"}),
+        )
+        .await;
+    let id = body["data"]["server"]["id"].as_str().unwrap().to_owned();
+    let job = w.job_done(body["data"]["jobId"].as_str().unwrap()).await;
+    assert_eq!(job["state"], "failed");
+    assert_eq!(job["attempts"], 1, "a refused password is not retried");
+    assert!(
+        job["error"].as_str().unwrap().starts_with("AUTH_FAILED"),
+        "{job}"
+    );
+    let server = w.server(&id).await;
+    assert_eq!(server["status"], "error");
+    assert!(
+        server["statusReason"]
+            .as_str()
+            .unwrap()
+            .contains("AUTH_FAILED")
+    );
+    assert!(!job.to_string().contains("wrong one"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_changed_host_key_stops_the_server_until_the_owner_repins_it() {
+    let mut w = world().await;
+    let (_, body) = w.create(key_server(&w, 0)).await;
+    let id = body["data"]["server"]["id"].as_str().unwrap().to_owned();
+    w.job_done(body["data"]["jobId"].as_str().unwrap()).await;
+    let first = w.server(&id).await["hostKey"].clone();
+
+    w.sshd.change_host_key().await;
+    let path = format!("/api/v1/servers/{id}/validate");
+    let (status, body) = send_as(&w.stack.app, &w.token, Method::POST, &path, json!({})).await;
+    assert_eq!(status, 202, "{body}");
+    let job = w.job_done(body["data"]["jobId"].as_str().unwrap()).await;
+    assert_eq!(job["state"], "failed");
+    assert!(
+        job["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("HOST_KEY_MISMATCH"),
+        "{job}"
+    );
+    let server = w.server(&id).await;
+    assert_eq!(server["hostKey"], first, "the pin stays");
+    let offered = w.sshd.host_key_fingerprint().await;
+    assert_eq!(server["hostKeyOffered"], offered.as_str());
+    assert_eq!(server["status"], "error");
+    let notified: (String, String) =
+        sqlx::query_as("SELECT kind, body FROM notifications WHERE data->>'serverId' = $1")
+            .bind(&id)
+            .fetch_one(&w.stack.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(notified.0, "host_key_mismatch");
+    assert!(notified.1.contains(&offered));
+
+    // Only the offered key can be accepted.
+    let path = format!("/api/v1/servers/{id}/host-key");
+    let (status, _) = send_as(
+        &w.stack.app,
+        &w.token,
+        Method::POST,
+        &path,
+        json!({"fingerprint": "SHA256:made-up"}),
+    )
+    .await;
+    assert_eq!(status, 400);
+    let (status, body) = send_as(
+        &w.stack.app,
+        &w.token,
+        Method::POST,
+        &path,
+        json!({"fingerprint": offered}),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    let job = w.job_done(body["data"]["jobId"].as_str().unwrap()).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let server = w.server(&id).await;
+    assert_eq!(
+        (server["hostKey"].as_str(), server["status"].as_str()),
+        (Some(offered.as_str()), Some("online"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn validation_ownership_scopes_and_updates() {
+    let w = world().await;
+    let app = &w.stack.app;
+    // Every field that reaches a shell or a connection is checked.
+    let base = key_server(&w, 0);
+    for (field, value) in [
+        ("host", json!("127.0.0.1; rm -rf /")),
+        ("host", json!("$(reboot)")),
+        ("host", json!("169.254.169.254")),
+        ("username", json!("root;id")),
+        ("username", json!("Root")),
+        ("port", json!(0)),
+        ("port", json!(70000)),
+        ("name", json!("")),
+        ("authType", json!("telnet")),
+        ("privateKey", json!("not a key")),
+    ] {
+        let mut body = base.clone();
+        body[field] = value.clone();
+        let (status, answer) = w.create(body).await;
+        assert_eq!(status, 400, "{field}={value}: {answer}");
+        assert!(
+            answer["error"]["details"].to_string().contains(field),
+            "{field}: {answer}"
+        );
+    }
+    let mut both = base.clone();
+    both["password"] = json!("also a password");
+    assert_eq!(
+        w.create(both).await.0,
+        400,
+        "exactly one of password/privateKey"
+    );
+    let mut no_passphrase = base.clone();
+    no_passphrase["privateKey"] = json!(w.sshd.encrypted_key);
+    let (status, body) = w.create(no_passphrase).await;
+    assert_eq!(status, 400);
+    assert!(body.to_string().contains("passphrase"), "{body}");
+
+    let (_, body) = w.create(base.clone()).await;
+    let id = body["data"]["server"]["id"].as_str().unwrap().to_owned();
+    w.job_done(body["data"]["jobId"].as_str().unwrap()).await;
+
+    // Another user sees nothing; a read-only token cannot write.
+    create_user(&w.stack.db, NewUser::verified("other@example.test")).await;
+    let other = access_token(app, "other@example.test").await;
+    assert_eq!(
+        get_as(app, &other, &format!("/api/v1/servers/{id}"))
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        send_as(
+            app,
+            &other,
+            Method::DELETE,
+            &format!("/api/v1/servers/{id}"),
+            json!(null)
+        )
+        .await
+        .0,
+        404
+    );
+    let (_, token) = send_as(
+        app,
+        &w.token,
+        Method::POST,
+        "/api/v1/tokens",
+        json!({"name": "ro", "scopes": ["servers:read"]}),
+    )
+    .await;
+    let read_only = token["data"]["token"].as_str().unwrap();
+    assert_eq!(
+        get_as(app, read_only, &format!("/api/v1/servers/{id}"))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(w.create_with(read_only, base.clone()).await.0, 403);
+
+    // A rename changes nothing else; a new port drops the pin and validates again.
+    let path = format!("/api/v1/servers/{id}");
+    let (status, body) = send_as(
+        app,
+        &w.token,
+        Method::PATCH,
+        &path,
+        json!({"name": "renamed"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["jobId"], Value::Null);
+    assert_eq!(body["data"]["server"]["status"], "online");
+    let (status, body) = send_as(app, &w.token, Method::PATCH, &path, json!({"port": 2})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["server"]["hostKey"], Value::Null);
+    let job = w.job_done(body["data"]["jobId"].as_str().unwrap()).await;
+    assert_eq!(job["state"], "failed", "nothing listens on port 2: {job}");
+    assert!(
+        job["error"].as_str().unwrap().starts_with("UNREACHABLE"),
+        "{job}"
+    );
+    assert!(
+        job["attempts"].as_i64().unwrap() > 1,
+        "unreachable is retried: {job}"
+    );
+    assert_eq!(w.server(&id).await["status"], "offline");
+
+    let (status, _) = send_as(app, &w.token, Method::DELETE, &path, json!(null)).await;
+    assert_eq!(status, 200);
+    assert_eq!(get_as(app, &w.token, &path).await.0, 404);
+}
+
+impl World {
+    async fn create_with(&self, token: &str, body: Value) -> (u16, Value) {
+        send_as(
+            &self.stack.app,
+            token,
+            Method::POST,
+            "/api/v1/servers",
+            body,
+        )
+        .await
+    }
+}
