@@ -9,6 +9,7 @@ pub mod error;
 pub mod metrics;
 pub mod middleware;
 pub mod rate_limit;
+pub mod realtime;
 pub mod routes;
 pub mod state;
 pub mod validate;
@@ -41,7 +42,8 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
         (name = "auth", description = "Registration, sign-in, sessions and tokens (SPEC §3.2)"),
         (name = "account", description = "The signed-in user's profile, sessions, 2FA and API tokens"),
         (name = "jobs", description = "Job status (SPEC §3.1)"),
-        (name = "servers", description = "Users' servers over SSH (SPEC §3.3)")
+        (name = "servers", description = "Users' servers over SSH (SPEC §3.3)"),
+        (name = "alerts", description = "Alert rules, notifications and the realtime channel (SPEC §3.6)")
     )
 )]
 struct ApiDoc;
@@ -66,6 +68,8 @@ fn server_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(servers::get, servers::update, servers::delete))
         .routes(routes!(servers::validate_again))
         .routes(routes!(servers::repin))
+        .routes(routes!(servers::health))
+        .routes(routes!(servers::metrics))
 }
 
 fn account_routes() -> OpenApiRouter<AppState> {
@@ -149,6 +153,15 @@ pub fn router(state: AppState) -> Router {
         .merge(auth_routes(&state))
         .merge(account_routes())
         .merge(server_routes())
+        .routes(routes!(
+            routes::notifications::get_rules,
+            routes::notifications::put_rules
+        ))
+        .routes(routes!(routes::notifications::list))
+        .routes(routes!(routes::notifications::mark_read))
+        .routes(routes!(routes::notifications::read_all))
+        .routes(routes!(routes::notifications::delete))
+        .routes(routes!(realtime::ws))
         .routes(routes!(routes::jobs::get_job))
         .routes(routes!(routes::jobs::list_jobs));
     let (router, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
@@ -179,6 +192,10 @@ pub async fn serve(
     // The dummy hash makes unknown-account sign-ins as slow as real ones; made
     // now so the first such sign-in is not faster than the rest.
     tokio::task::spawn_blocking(auth::password::warm_up);
+    let hub = tokio::spawn(state.hub.clone().run(
+        state.config.common.redis_url.expose().to_owned(),
+        shutdown.clone(),
+    ));
     let relay =
         tokio::spawn(Relay::new(state.pool.clone(), state.redis.clone()).run(shutdown.clone()));
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
@@ -188,5 +205,6 @@ pub async fn serve(
         .await?;
     shutdown.cancel();
     let _ = relay.await;
+    let _ = hub.await;
     Ok(())
 }

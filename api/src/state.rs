@@ -11,6 +11,7 @@ use sqlx::postgres::PgPoolOptions;
 use crate::auth::csrf::CsrfKey;
 use crate::auth::tokens::JwtKeys;
 use crate::metrics::Metrics;
+use crate::realtime::Hub;
 use berth_secrets::Keyring;
 
 /// Built once at start-up and shared by every request.
@@ -27,6 +28,8 @@ pub struct AppState {
     pub keys: Arc<Keyring>,
     /// Outgoing HTTP (OAuth providers).
     pub http: reqwest::Client,
+    /// This process's open WebSockets, by user.
+    pub hub: Hub,
 }
 
 impl AppState {
@@ -71,6 +74,7 @@ impl AppState {
                 &config.previous_master_keys,
             )),
             http,
+            hub: Hub::default(),
             pool,
             redis,
             config: Arc::new(config),

@@ -6,6 +6,7 @@
 
 pub mod batch;
 pub mod client;
+pub mod events;
 pub mod housekeeping;
 pub mod payload;
 pub mod policy;

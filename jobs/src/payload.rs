@@ -43,6 +43,12 @@ pub enum EmailMessage {
         token: Sealed,
         expires_in_minutes: u32,
     },
+    /// A notification (an alert raised or cleared, a changed host key) by mail.
+    Notification {
+        recipient_name: String,
+        title: String,
+        body: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -97,7 +103,8 @@ impl JobPayload for DiagnosticJob {
 ///
 /// Idempotency: validation reads the server and records what it found (the
 /// host key is pinned only when none is pinned), so running it twice records
-/// the same thing.
+/// the same thing. A probe run twice stores two samples (keyed by time) and
+/// alert transitions are conditional updates, so nothing is notified twice.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ServerJob {
@@ -110,6 +117,9 @@ pub struct ServerJob {
 pub enum ServerAction {
     /// Connect, pin the host key on first success, record OS, arch, docker and nginx.
     Validate,
+    /// Collect CPU, memory, swap, disk, load, uptime and docker state in one
+    /// round trip, store them, and evaluate the owner's alert rules.
+    Probe,
 }
 
 impl JobPayload for ServerJob {

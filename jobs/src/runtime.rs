@@ -18,6 +18,7 @@ use apalis::prelude::{BackendExt, BoxDynError, Data, Monitor, WorkerBuilder, Wor
 use apalis_redis::RedisStorage;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
+use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::{IntervalStream, ReceiverStream};
@@ -190,6 +191,7 @@ impl WorkerRuntime {
             let concurrency = self.policies.get(queue).concurrency;
             let dispatch = Arc::new(Dispatch::new(
                 self.pool.clone(),
+                redis.clone(),
                 queue,
                 self.handlers[&queue].clone(),
                 self.policies.clone(),
@@ -313,6 +315,8 @@ const SUCCESS_LINGER: Duration = Duration::from_millis(2);
 
 struct Dispatch {
     pool: PgPool,
+    /// Publishes owned jobs' state changes to their owner (`events`).
+    redis: ConnectionManager,
     queue: Queue,
     handler: Handler,
     policies: Policies,
@@ -324,6 +328,7 @@ struct Dispatch {
 impl Dispatch {
     fn new(
         pool: PgPool,
+        redis: ConnectionManager,
         queue: Queue,
         handler: Handler,
         policies: Policies,
@@ -349,6 +354,7 @@ impl Dispatch {
         };
         Self {
             pool,
+            redis,
             queue,
             handler,
             policies,
@@ -398,6 +404,18 @@ impl Dispatch {
             tracing::warn!(attempts = claimed.attempts, "job failed: {error}");
             return Ok(store::mark_failed(&self.pool, &job_id, &delivery_id, &error).await?);
         }
+        let owner = claimed.owner_user_id;
+        let kind = self.queue.name();
+        let tell = |state: &'static str, error: Option<String>| {
+            let event =
+                crate::events::job_event(&job_id, kind, state, claimed.attempts, error.as_deref());
+            async move {
+                if let Some(owner) = owner {
+                    crate::events::publish(&self.redis, owner, &event).await;
+                }
+            }
+        };
+        tell("running", None).await;
         let ctx = JobContext {
             job_id: job_id.clone(),
             attempt: claimed.attempts as u32,
@@ -421,7 +439,9 @@ impl Dispatch {
         match failure {
             None => {
                 tracing::info!(attempt = claimed.attempts, duration_ms, "job succeeded");
-                self.successes.call((job_id, delivery_id)).await
+                self.successes.call((job_id.clone(), delivery_id)).await?;
+                tell("succeeded", None).await;
+                Ok(())
             }
             Some(JobFailure::Retryable(reason)) if claimed.attempts < claimed.max_attempts => {
                 let delay = self
@@ -434,10 +454,9 @@ impl Dispatch {
                     retry_in_ms = delay.as_millis() as u64,
                     "job attempt failed: {reason}"
                 );
-                Ok(
-                    store::schedule_retry(&self.pool, &job_id, &delivery_id, &reason, delay)
-                        .await?,
-                )
+                store::schedule_retry(&self.pool, &job_id, &delivery_id, &reason, delay).await?;
+                tell("queued", Some(reason)).await;
+                Ok(())
             }
             Some(failure) => {
                 tracing::warn!(
@@ -446,7 +465,9 @@ impl Dispatch {
                     "job failed: {}",
                     failure.reason()
                 );
-                Ok(store::mark_failed(&self.pool, &job_id, &delivery_id, failure.reason()).await?)
+                store::mark_failed(&self.pool, &job_id, &delivery_id, failure.reason()).await?;
+                tell("failed", Some(failure.reason().to_owned())).await;
+                Ok(())
             }
         }
     }

@@ -397,6 +397,8 @@ pub struct Claimed {
     pub attempts: i32,
     pub max_attempts: i32,
     pub timeout: Duration,
+    /// Told of the job's state changes (`events`).
+    pub owner_user_id: Option<Uuid>,
 }
 
 /// Marks the job running for this delivery and counts the attempt. Returns `None`
@@ -432,7 +434,8 @@ pub async fn claim_many(
              worker = $3, pushed_at = COALESCE(j.pushed_at, now()), updated_at = now() \
          FROM (SELECT DISTINCT * FROM unnest($1::text[], $2::text[])) AS d(id, delivery_id) \
          WHERE j.id = d.id AND j.delivery_id = d.delivery_id AND j.state IN ('queued', 'running') \
-         RETURNING j.id, j.delivery_id, j.kind, j.payload, j.attempts, j.max_attempts, j.timeout_ms",
+         RETURNING j.id, j.delivery_id, j.kind, j.payload, j.attempts, j.max_attempts, j.timeout_ms, \
+             j.owner_user_id",
     )
     .bind(&job_ids)
     .bind(&delivery_ids)
@@ -450,6 +453,7 @@ pub async fn claim_many(
                 attempts: row.try_get("attempts")?,
                 max_attempts: row.try_get("max_attempts")?,
                 timeout: Duration::from_millis(row.try_get::<i64, _>("timeout_ms")?.max(1) as u64),
+                owner_user_id: row.try_get("owner_user_id")?,
             },
         );
     }

@@ -7,6 +7,7 @@
 
 pub mod expired;
 pub mod leader;
+pub mod probes;
 pub mod schedules;
 
 pub use schedules::{Schedule, SchedulerConfig};

@@ -43,7 +43,8 @@ async fn run() -> anyhow::Result<()> {
 
     let shutdown = CancellationToken::new();
     tokio::spawn(berth_config::cancel_on_shutdown_signal(shutdown.clone()));
-    Scheduler::new(pool, redis, config, identity)
+    let policies = berth_jobs::Policies::from_env(&env)?;
+    Scheduler::new(pool, redis, policies, config, identity)
         .run(shutdown)
         .await;
     tracing::info!("berth-scheduler stopped cleanly");

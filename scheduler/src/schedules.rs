@@ -2,7 +2,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use berth_config::{ConfigError, Env};
-use berth_jobs::{housekeeping, store};
+use berth_jobs::{JobClient, Policies, housekeeping, store};
 use chrono::{DateTime, Utc};
 use redis::aio::ConnectionManager;
 use sqlx::PgPool;
@@ -17,15 +17,18 @@ pub enum Schedule {
     Prune,
     /// Re-issue or fail jobs that no worker will finish.
     Reconcile,
+    /// A probe job for every validated server.
+    Probe,
 }
 
 impl Schedule {
-    pub const ALL: [Schedule; 2] = [Schedule::Prune, Schedule::Reconcile];
+    pub const ALL: [Schedule; 3] = [Schedule::Prune, Schedule::Reconcile, Schedule::Probe];
 
     pub fn name(self) -> &'static str {
         match self {
             Schedule::Prune => "prune",
             Schedule::Reconcile => "reconcile",
+            Schedule::Probe => "probe",
         }
     }
 
@@ -33,6 +36,7 @@ impl Schedule {
         match self {
             Schedule::Prune => "0 */10 * * * *",
             Schedule::Reconcile => "*/30 * * * * *",
+            Schedule::Probe => "0 * * * * *",
         }
     }
 
@@ -40,6 +44,7 @@ impl Schedule {
         match self {
             Schedule::Prune => Duration::from_secs(300),
             Schedule::Reconcile => Duration::from_secs(60),
+            Schedule::Probe => Duration::from_secs(50),
         }
     }
 }
@@ -49,6 +54,8 @@ pub struct SchedulerConfig {
     /// Each enabled schedule with its cron expression (seconds field first).
     pub schedules: Vec<(Schedule, cron::Schedule)>,
     pub job_retention: Duration,
+    /// Probe samples are kept this long (`BERTH_METRICS_RETENTION_DAYS`).
+    pub metrics_retention: Duration,
     pub leader_ttl: Duration,
     /// A running job is considered lost this long after its timeout.
     pub running_grace: Duration,
@@ -80,6 +87,9 @@ impl SchedulerConfig {
         Ok(Self {
             schedules,
             job_retention: Duration::from_secs(retention_hours * 3600),
+            metrics_retention: Duration::from_secs(
+                env.parsed::<u64>("BERTH_METRICS_RETENTION_DAYS", 7)? * 86_400,
+            ),
             leader_ttl: env.millis("BERTH_SCHEDULER_LEADER_TTL_MS", Duration::from_secs(15))?,
             running_grace: env
                 .millis("BERTH_RECONCILE_RUNNING_GRACE_MS", Duration::from_secs(60))?,
@@ -92,6 +102,7 @@ impl SchedulerConfig {
 pub struct Scheduler {
     pool: PgPool,
     redis: ConnectionManager,
+    jobs: JobClient,
     config: SchedulerConfig,
     identity: String,
 }
@@ -100,10 +111,12 @@ impl Scheduler {
     pub fn new(
         pool: PgPool,
         redis: ConnectionManager,
+        policies: Policies,
         config: SchedulerConfig,
         identity: String,
     ) -> Self {
         Self {
+            jobs: JobClient::new(pool.clone(), redis.clone(), policies),
             pool,
             redis,
             config,
@@ -203,14 +216,21 @@ impl Scheduler {
                 let pruned =
                     housekeeping::prune(&self.pool, &self.redis, self.config.job_retention).await?;
                 let credentials = crate::expired::prune_expired_credentials(&self.pool).await?;
+                let metrics =
+                    crate::probes::prune_metrics(&self.pool, self.config.metrics_retention).await?;
                 tracing::info!(
                     jobs = pruned.jobs,
                     redis_tasks = pruned.redis_tasks,
                     sessions = credentials.sessions,
                     refresh_tokens = credentials.refresh_tokens,
                     codes = credentials.codes,
+                    metrics,
                     "pruned"
                 );
+            }
+            Schedule::Probe => {
+                let probes = crate::probes::enqueue_probes(&self.pool, &self.jobs).await?;
+                tracing::info!(probes, "probes enqueued");
             }
             Schedule::Reconcile => {
                 let outcome = store::reconcile(
@@ -241,6 +261,7 @@ mod tests {
         let env = Env::from_map(
             [
                 ("BERTH_SCHEDULE_PRUNE".to_string(), "off".to_string()),
+                ("BERTH_SCHEDULE_PROBE".to_string(), "off".to_string()),
                 (
                     "BERTH_SCHEDULE_RECONCILE".to_string(),
                     "*/5 * * * * *".to_string(),

@@ -5,6 +5,7 @@
 
 pub mod accounts;
 pub mod fake_oauth;
+pub mod fleet;
 pub mod ssh_servers;
 
 use std::collections::HashMap;

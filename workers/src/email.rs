@@ -86,6 +86,14 @@ impl Mailer {
                 include_str!("../templates/verification_code.html"),
             ),
             (
+                "notification.txt",
+                include_str!("../templates/notification.txt"),
+            ),
+            (
+                "notification.html",
+                include_str!("../templates/notification.html"),
+            ),
+            (
                 "password_reset.txt",
                 include_str!("../templates/password_reset.txt"),
             ),
@@ -139,6 +147,15 @@ impl Mailer {
                             "expires_in_minutes": expires_in_minutes }),
                 )
             }
+            EmailMessage::Notification {
+                recipient_name,
+                title,
+                body,
+            } => (
+                "notification",
+                format!("Berth: {title}"),
+                json!({ "recipient_name": recipient_name, "title": title, "body": body }),
+            ),
             EmailMessage::PasswordReset {
                 recipient_name,
                 token,

@@ -63,8 +63,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     let mailer = Mailer::new(&mail)?;
     let ssh = SshConfig::from_env(&env)?;
+    let redis = berth_jobs::redis_conn::connect(common.redis_url.expose())
+        .await
+        .context("cannot connect to REDIS_URL")?;
     let servers = Arc::new(ServerJobs::new(
         pool.clone(),
+        redis,
+        policies.clone(),
         Keyring::from_config(&mail.master_key, &mail.previous_master_keys),
         &ssh,
     ));

@@ -13,11 +13,15 @@ use std::time::Duration;
 
 use berth_config::{SecretString, SshConfig};
 use berth_jobs::runtime::{JobContext, JobFailure};
-use berth_jobs::{ServerAction, ServerJob, server_secret_binding};
+use berth_jobs::{Policies, ServerAction, ServerJob, server_secret_binding};
 use berth_secrets::Keyring;
 use berth_ssh::{AddressPolicy, Auth, Connection, ShellCommand, SshError, Target, Timeouts};
-use sqlx::PgPool;
+use redis::aio::ConnectionManager;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
+
+use crate::alerts::{self, Notice, ServerRef};
+use crate::probe::{self, Sample};
 
 /// Fixed text: what validation asks a server.
 const FACTS: &str = "if [ -r /etc/os-release ]; then . /etc/os-release; fi; \
@@ -25,9 +29,12 @@ const FACTS: &str = "if [ -r /etc/os-release ]; then . /etc/os-release; fi; \
     if command -v docker >/dev/null 2>&1; then echo \"docker=$(docker --version 2>/dev/null | head -n 1)\"; fi; \
     if command -v nginx >/dev/null 2>&1; then echo \"nginx=$(nginx -v 2>&1 | head -n 1)\"; fi";
 const FACTS_DEADLINE: Duration = Duration::from_secs(30);
+const PROBE_DEADLINE: Duration = Duration::from_secs(20);
 
 pub struct ServerJobs {
     pool: PgPool,
+    redis: ConnectionManager,
+    policies: Policies,
     keys: Keyring,
     policy: AddressPolicy,
     timeouts: Timeouts,
@@ -76,9 +83,17 @@ pub fn parse_facts(output: &str) -> Facts {
 }
 
 impl ServerJobs {
-    pub fn new(pool: PgPool, keys: Keyring, ssh: &SshConfig) -> Self {
+    pub fn new(
+        pool: PgPool,
+        redis: ConnectionManager,
+        policies: Policies,
+        keys: Keyring,
+        ssh: &SshConfig,
+    ) -> Self {
         Self {
             pool,
+            redis,
+            policies,
             keys,
             policy: AddressPolicy::new(ssh.deny_networks.clone()),
             timeouts: Timeouts {
@@ -91,6 +106,7 @@ impl ServerJobs {
     pub async fn run(&self, job: ServerJob, _ctx: JobContext) -> Result<(), JobFailure> {
         match job.action {
             ServerAction::Validate => self.validate(job.server_id).await,
+            ServerAction::Probe => self.probe(job.server_id).await,
         }
     }
 
@@ -105,15 +121,17 @@ impl ServerJobs {
         .map_err(|e| JobFailure::retryable(format!("cannot read the server: {e}")))
     }
 
-    fn target(&self, row: &ServerRow) -> Result<Target, JobFailure> {
+    /// The connection settings, credentials opened. A credential that does not
+    /// open (wrong key, altered row) fails closed, as refused credentials.
+    fn target(&self, row: &ServerRow) -> Result<Target, SshError> {
         let id = row.id.to_string();
         let open = |column: &str, sealed: &str| {
             self.keys
                 .open_string(sealed, server_secret_binding(&id, column))
                 .map(SecretString::from)
                 .map_err(|e| {
-                    JobFailure::permanent(format!(
-                        "the server's credentials do not open with BERTH_MASTER_KEY: {e}"
+                    SshError::AuthFailed(format!(
+                        "the stored credentials do not open with BERTH_MASTER_KEY: {e}"
                     ))
                 })
         };
@@ -138,60 +156,99 @@ impl ServerJobs {
         })
     }
 
-    async fn connect(&self, row: &ServerRow) -> Result<Connection, JobFailure> {
+    async fn connect(&self, row: &ServerRow) -> Result<Connection, SshError> {
         let target = self.target(row)?;
-        match berth_ssh::connect(&target, &self.policy, self.timeouts).await {
-            Ok(conn) => Ok(conn),
-            Err(e) => Err(self.connection_failed(row, e).await),
-        }
+        berth_ssh::connect(&target, &self.policy, self.timeouts).await
     }
 
-    /// Records why a server could not be reached and turns it into the job's failure.
-    async fn connection_failed(&self, row: &ServerRow, error: SshError) -> JobFailure {
-        let reason = format!("{}: {error}", error.code());
-        let offered = match &error {
-            SshError::HostKeyMismatch { actual, .. } => Some(actual.clone()),
-            _ => None,
+    /// Records a server's state, evaluates alerts (with `sample` from a probe,
+    /// `None` when it could not be read) and delivers what they raise, in one
+    /// transaction; realtime events go out after commit.
+    async fn record(
+        &self,
+        row: &ServerRow,
+        outcome: Result<Option<&Sample>, &SshError>,
+        probed: bool,
+    ) -> Result<(), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let server = ServerRef {
+            id: row.id,
+            name: &row.name,
         };
-        let status = if error.is_transient() {
-            "offline"
-        } else {
-            "error"
-        };
-        let recorded = async {
-            let mut tx = self.pool.begin().await?;
-            sqlx::query(
-                "UPDATE servers SET status = $2, status_reason = $3, \
-                 host_key_offered = COALESCE($4, host_key_offered), updated_at = now() WHERE id = $1",
-            )
-            .bind(row.id)
-            .bind(status)
-            .bind(&reason)
-            .bind(&offered)
-            .execute(&mut *tx)
-            .await?;
-            if let Some(offered) = &offered {
+        let rules = alerts::rules_of(&mut tx, row.owner_user_id).await?;
+        let mut notices = Vec::new();
+        match outcome {
+            Ok(sample) => {
                 sqlx::query(
-                    "INSERT INTO notifications (id, user_id, kind, title, body, data) \
-                     VALUES ($1, $2, 'host_key_mismatch', $3, $4, $5)",
+                    "UPDATE servers SET status = 'online', status_reason = NULL, host_key_offered = NULL,                      last_probe_at = CASE WHEN $2 THEN now() ELSE last_probe_at END, updated_at = now()                      WHERE id = $1",
                 )
-                .bind(Uuid::new_v4())
-                .bind(row.owner_user_id)
-                .bind(format!("{}: host key changed", row.name))
-                .bind(format!(
-                    "{} presented a different SSH host key ({offered}). Berth stopped connecting to it. \
-                     If the server was reinstalled, accept the new key; otherwise treat this as an attack.",
-                    row.name
-                ))
-                .bind(serde_json::json!({ "serverId": row.id, "offered": offered }))
+                .bind(row.id)
+                .bind(probed)
                 .execute(&mut *tx)
                 .await?;
+                alerts::set_host_key_changed(&mut tx, row.id, false).await?;
+                if let Some(sample) = sample {
+                    insert_sample(&mut tx, row.id, sample).await?;
+                    notices =
+                        alerts::evaluate(&mut tx, &server, &rules, Some(sample), None).await?;
+                }
             }
-            tx.commit().await
-        };
-        if let Err(e) = recorded.await {
-            tracing::warn!(error = %e, server = %row.id, "cannot record the server's state");
+            Err(error) => {
+                let reason = format!("{}: {error}", error.code());
+                let offered = match error {
+                    SshError::HostKeyMismatch { actual, .. } => Some(actual.clone()),
+                    _ => None,
+                };
+                let status = if error.is_transient() {
+                    "offline"
+                } else {
+                    "error"
+                };
+                sqlx::query(
+                    "UPDATE servers SET status = $2, status_reason = $3,                      host_key_offered = COALESCE($4, host_key_offered),                      last_probe_at = CASE WHEN $5 THEN now() ELSE last_probe_at END, updated_at = now()                      WHERE id = $1",
+                )
+                .bind(row.id)
+                .bind(status)
+                .bind(&reason)
+                .bind(&offered)
+                .bind(probed)
+                .execute(&mut *tx)
+                .await?;
+                if let Some(offered) = &offered
+                    && alerts::set_host_key_changed(&mut tx, row.id, true).await?
+                {
+                    notices.push(Notice {
+                        kind: "host_key_mismatch",
+                        title: format!("{}: host key changed", row.name),
+                        body: format!(
+                            "{} presented a different SSH host key ({offered}). Berth stopped connecting to it. \
+                             If the server was reinstalled, accept the new key; otherwise treat this as an attack.",
+                            row.name
+                        ),
+                        data: serde_json::json!({ "serverId": row.id, "offered": offered }),
+                    });
+                }
+                if probed {
+                    notices.extend(
+                        alerts::evaluate(&mut tx, &server, &rules, None, Some(&reason)).await?,
+                    );
+                }
+            }
         }
+        let mut events = Vec::new();
+        if !notices.is_empty() {
+            let to = alerts::recipient(&mut tx, row.owner_user_id).await?;
+            for notice in &notices {
+                events.extend(alerts::deliver(&mut tx, &self.policies, &to, &rules, notice).await?);
+            }
+        }
+        tx.commit().await?;
+        alerts::publish(&self.redis, row.owner_user_id, &events).await;
+        Ok(())
+    }
+
+    fn failure(error: &SshError) -> JobFailure {
+        let reason = format!("{}: {error}", error.code());
         if error.is_transient() {
             JobFailure::retryable(reason)
         } else {
@@ -204,20 +261,26 @@ impl ServerJobs {
             // Deleted since: nothing to validate.
             return Ok(());
         };
-        let conn = self.connect(&row).await?;
-        let output = match conn.exec(&ShellCommand::new(FACTS), FACTS_DEADLINE).await {
-            Ok(output) => output,
-            Err(e) => return Err(self.connection_failed(&row, e).await),
+        let facts = async {
+            let conn = self.connect(&row).await?;
+            let output = conn.exec(&ShellCommand::new(FACTS), FACTS_DEADLINE).await?;
+            Ok::<_, SshError>((conn.host_key().to_owned(), parse_facts(&output.stdout)))
+        }
+        .await;
+        let (host_key, facts) = match facts {
+            Ok(found) => found,
+            Err(error) => {
+                if let Err(e) = self.record(&row, Err(&error), false).await {
+                    tracing::warn!(error = %e, server = %row.id, "cannot record the server's state");
+                }
+                return Err(Self::failure(&error));
+            }
         };
-        let facts = parse_facts(&output.stdout);
         sqlx::query(
-            "UPDATE servers SET status = 'online', status_reason = NULL, \
-               host_key = COALESCE(host_key, $2), host_key_offered = NULL, \
-               os = $3, arch = $4, docker_version = $5, nginx_version = $6, \
-               validated_at = now(), updated_at = now() WHERE id = $1",
+            "UPDATE servers SET host_key = COALESCE(host_key, $2), os = $3, arch = $4,                docker_version = $5, nginx_version = $6, validated_at = now() WHERE id = $1",
         )
         .bind(id)
-        .bind(conn.host_key())
+        .bind(&host_key)
         .bind(&facts.os)
         .bind(&facts.arch)
         .bind(&facts.docker)
@@ -225,8 +288,59 @@ impl ServerJobs {
         .execute(&self.pool)
         .await
         .map_err(|e| JobFailure::retryable(format!("cannot record the validation: {e}")))?;
-        Ok(())
+        self.record(&row, Ok(None), false)
+            .await
+            .map_err(|e| JobFailure::retryable(format!("cannot record the validation: {e}")))
     }
+
+    /// Probes a validated server (one SSH round trip). Servers never validated
+    /// are skipped: their host key is not pinned yet.
+    async fn probe(&self, id: Uuid) -> Result<(), JobFailure> {
+        let Some(row) = self.load(id).await? else {
+            return Ok(());
+        };
+        if row.host_key.is_none() {
+            return Ok(());
+        }
+        let sample = async {
+            let conn = self.connect(&row).await?;
+            let output = conn
+                .exec(&ShellCommand::new(probe::PROBE_COMMAND), PROBE_DEADLINE)
+                .await?;
+            probe::parse(&output.stdout).map_err(SshError::Protocol)
+        }
+        .await;
+        let recorded = match &sample {
+            Ok(sample) => self.record(&row, Ok(Some(sample)), true).await,
+            Err(error) => self.record(&row, Err(error), true).await,
+        };
+        recorded.map_err(|e| JobFailure::retryable(format!("cannot record the probe: {e}")))?;
+        sample.map(|_| ()).map_err(|e| Self::failure(&e))
+    }
+}
+
+async fn insert_sample(
+    conn: &mut PgConnection,
+    server_id: Uuid,
+    s: &Sample,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO server_metrics (server_id, at, cpu_percent, memory_percent, swap_percent, disk_percent,            load1, load5, load15, uptime_secs, docker_running, containers)          VALUES ($1, now(), $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT DO NOTHING",
+    )
+    .bind(server_id)
+    .bind(s.cpu_percent)
+    .bind(s.memory_percent)
+    .bind(s.swap_percent)
+    .bind(s.disk_percent)
+    .bind(s.load[0])
+    .bind(s.load[1])
+    .bind(s.load[2])
+    .bind(s.uptime_secs)
+    .bind(s.docker_running)
+    .bind(s.containers)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 #[cfg(test)]

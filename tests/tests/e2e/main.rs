@@ -4,6 +4,7 @@ mod account_security;
 mod accounts;
 mod api_conventions;
 mod jobs_pipeline;
+mod monitoring;
 mod oauth;
 mod platform;
 mod scheduler;

@@ -1,80 +1,18 @@
 //! SPEC §3.3: servers added through the api, validated by a real `berth-worker`
 //! over SSH against real sshd "servers" (`berth_e2e::ssh_servers`).
 
-use std::time::Duration;
-
-use berth_e2e::accounts::{NewUser, Stack, access_token, create_user, get_as, send_as};
-use berth_e2e::ssh_servers::{KEY_PASSPHRASE, PASSWORD, PASSWORD_USER, TestSshd};
-use berth_e2e::{BerthProcess, eventually};
+use berth_e2e::accounts::{NewUser, access_token, create_user, get_as, send_as};
+use berth_e2e::fleet::Fleet;
+use berth_e2e::ssh_servers::{KEY_PASSPHRASE, PASSWORD, PASSWORD_USER};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-struct World {
-    stack: Stack,
-    sshd: TestSshd,
-    _worker: BerthProcess,
-    token: String,
+async fn world() -> Fleet {
+    Fleet::start("probe", &[]).await
 }
 
-async fn world() -> World {
-    let stack = Stack::start(&[
-        ("BERTH_RATE_LIMIT_SERVER_CREATE", "100/60"),
-        ("BERTH_PROBE_BACKOFF_MS", "200"),
-        // Retries show which failures count as transient.
-        ("BERTH_PROBE_MAX_ATTEMPTS", "3"),
-    ])
-    .await;
-    let worker = BerthProcess::spawn("berth-worker", &["--queues", "probe"], &stack.env);
-    create_user(&stack.db, NewUser::verified("ops@example.test")).await;
-    let token = access_token(&stack.app, "ops@example.test").await;
-    let sshd = TestSshd::start(3).await;
-    World {
-        stack,
-        sshd,
-        _worker: worker,
-        token,
-    }
-}
-
-impl World {
-    async fn create(&self, body: Value) -> (u16, Value) {
-        send_as(
-            &self.stack.app,
-            &self.token,
-            Method::POST,
-            "/api/v1/servers",
-            body,
-        )
-        .await
-    }
-
-    async fn job_done(&self, job_id: &str) -> Value {
-        let app = &self.stack.app;
-        let path = format!("/api/v1/jobs/{job_id}");
-        let what = format!("job {job_id} to finish");
-        eventually(Duration::from_secs(60), &what, || async {
-            let (_, body) = get_as(app, &self.token, &path).await;
-            matches!(body["data"]["state"].as_str(), Some("succeeded" | "failed"))
-        })
-        .await;
-        get_as(app, &self.token, &path).await.1["data"].clone()
-    }
-
-    async fn server(&self, id: &str) -> Value {
-        get_as(
-            &self.stack.app,
-            &self.token,
-            &format!("/api/v1/servers/{id}"),
-        )
-        .await
-        .1["data"]
-            .clone()
-    }
-}
-
-fn key_server(w: &World, i: usize) -> Value {
-    json!({"name": format!("web-{i}"), "host": w.sshd.host(i), "port": w.sshd.port,
-           "username": "root", "authType": "key", "privateKey": w.sshd.key})
+fn key_server(w: &Fleet, i: usize) -> Value {
+    w.key_server(i)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -307,7 +245,7 @@ async fn validation_ownership_scopes_and_updates() {
             .0,
         200
     );
-    assert_eq!(w.create_with(read_only, base.clone()).await.0, 403);
+    assert_eq!(create_with(&w, read_only, base.clone()).await.0, 403);
 
     // A rename changes nothing else; a new port drops the pin and validates again.
     let path = format!("/api/v1/servers/{id}");
@@ -342,15 +280,6 @@ async fn validation_ownership_scopes_and_updates() {
     assert_eq!(get_as(app, &w.token, &path).await.0, 404);
 }
 
-impl World {
-    async fn create_with(&self, token: &str, body: Value) -> (u16, Value) {
-        send_as(
-            &self.stack.app,
-            token,
-            Method::POST,
-            "/api/v1/servers",
-            body,
-        )
-        .await
-    }
+async fn create_with(w: &Fleet, token: &str, body: Value) -> (u16, Value) {
+    send_as(&w.stack.app, token, Method::POST, "/api/v1/servers", body).await
 }

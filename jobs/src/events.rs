@@ -1,0 +1,45 @@
+//! Realtime events for users (job state changes, notifications), published on
+//! one Redis channel per user. Every api process subscribes to the pattern and
+//! forwards each event only to that user's open WebSockets. Pub/sub is
+//! fire-and-forget: a lost event loses only the live push, never the state,
+//! which is in Postgres.
+
+use redis::aio::ConnectionManager;
+use uuid::Uuid;
+
+pub const PATTERN: &str = "berth:events:*";
+const PREFIX: &str = "berth:events:";
+
+pub fn channel(user_id: Uuid) -> String {
+    format!("{PREFIX}{user_id}")
+}
+
+/// The user a channel belongs to.
+pub fn user_of(channel: &str) -> Option<Uuid> {
+    channel.strip_prefix(PREFIX)?.parse().ok()
+}
+
+pub async fn publish(redis: &ConnectionManager, user_id: Uuid, event: &serde_json::Value) {
+    let sent: Result<i64, redis::RedisError> = redis::cmd("PUBLISH")
+        .arg(channel(user_id))
+        .arg(event.to_string())
+        .query_async(&mut redis.clone())
+        .await;
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, "realtime event not published");
+    }
+}
+
+/// A job's new state, as the WebSocket carries it.
+pub fn job_event(
+    job_id: &str,
+    kind: &str,
+    state: &str,
+    attempts: i32,
+    error: Option<&str>,
+) -> serde_json::Value {
+    serde_json::json!({
+        "type": "job",
+        "data": { "id": job_id, "kind": kind, "state": state, "attempts": attempts, "error": error },
+    })
+}

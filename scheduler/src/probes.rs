@@ -1,0 +1,46 @@
+//! One probe per validated server per tick. Each probe carries the dedupe key
+//! `probe:<server>`: while one is queued or running, enqueueing another
+//! returns it instead, so probes of a slow server never overlap or pile up.
+
+use std::time::Duration;
+
+use berth_jobs::store::NewJob;
+use berth_jobs::{JobClient, ServerAction, ServerJob};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+pub async fn enqueue_probes(pool: &PgPool, jobs: &JobClient) -> anyhow::Result<usize> {
+    let servers: Vec<(Uuid, Uuid)> =
+        sqlx::query_as("SELECT id, owner_user_id FROM servers WHERE host_key IS NOT NULL")
+            .fetch_all(pool)
+            .await?;
+    // Enqueued concurrently: JobClient batches them into few statements.
+    let enqueued = futures::future::join_all(servers.iter().map(|(server, owner)| {
+        jobs.enqueue(
+            NewJob::new(ServerJob {
+                server_id: *server,
+                action: ServerAction::Probe,
+            })
+            .owner(*owner)
+            .server(*server)
+            .dedupe_key(format!("probe:{server}")),
+        )
+    }))
+    .await;
+    let mut created = 0;
+    for result in enqueued {
+        if result?.created() {
+            created += 1;
+        }
+    }
+    Ok(created)
+}
+
+/// Deletes probe samples older than `retention`; returns how many.
+pub async fn prune_metrics(pool: &PgPool, retention: Duration) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query("DELETE FROM server_metrics WHERE at < now() - $1::interval")
+        .bind(format!("{} seconds", retention.as_secs()))
+        .execute(pool)
+        .await?;
+    Ok(done.rows_affected())
+}

@@ -1,0 +1,100 @@
+//! A user with servers: the api, a `berth-worker` for the `probe` (and, with
+//! mail, `email`) queue, an SMTP listener, and real sshd "servers".
+
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::accounts::{NewUser, Stack, access_token, create_user, get_as, send_as};
+use crate::ssh_servers::TestSshd;
+use crate::{BerthProcess, eventually};
+
+pub struct Fleet {
+    pub stack: Stack,
+    pub sshd: TestSshd,
+    pub worker: BerthProcess,
+    pub token: String,
+}
+
+impl Fleet {
+    /// `queues` for the worker, e.g. `"probe"` or `"probe,email"` (with mail).
+    pub async fn start(queues: &str, extra: &[(&str, &str)]) -> Fleet {
+        let mut settings = vec![
+            ("BERTH_RATE_LIMIT_SERVER_CREATE", "100/60"),
+            ("BERTH_PROBE_BACKOFF_MS", "200"),
+            // Retries show which failures count as transient.
+            ("BERTH_PROBE_MAX_ATTEMPTS", "3"),
+        ];
+        settings.extend_from_slice(extra);
+        let mail = queues.contains("email");
+        let stack = if mail {
+            Stack::with_mail(&settings).await
+        } else {
+            Stack::start(&settings).await
+        };
+        let mut env = stack.env.clone();
+        if let Some(smtp) = &stack.smtp {
+            env.insert("SMTP_URL".into(), smtp.url());
+        }
+        let worker = BerthProcess::spawn("berth-worker", &["--queues", queues], &env);
+        create_user(&stack.db, NewUser::verified("ops@example.test")).await;
+        let token = access_token(&stack.app, "ops@example.test").await;
+        let sshd = TestSshd::start(3).await;
+        Fleet {
+            stack,
+            sshd,
+            worker,
+            token,
+        }
+    }
+
+    pub async fn create(&self, body: Value) -> (u16, Value) {
+        send_as(
+            &self.stack.app,
+            &self.token,
+            Method::POST,
+            "/api/v1/servers",
+            body,
+        )
+        .await
+    }
+
+    pub fn key_server(&self, i: usize) -> Value {
+        json!({"name": format!("web-{i}"), "host": self.sshd.host(i), "port": self.sshd.port,
+               "username": "root", "authType": "key", "privateKey": self.sshd.key})
+    }
+
+    /// Adds server `i` by key and waits for its validation; answers its id.
+    pub async fn onboard(&self, i: usize) -> String {
+        let (status, body) = self.create(self.key_server(i)).await;
+        assert_eq!(status, 202, "{body}");
+        let job = self.job_done(body["data"]["jobId"].as_str().unwrap()).await;
+        assert_eq!(job["state"], "succeeded", "{job}");
+        body["data"]["server"]["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Waits until the job succeeded or failed; answers it.
+    pub async fn job_done(&self, job_id: &str) -> Value {
+        let app = &self.stack.app;
+        let path = format!("/api/v1/jobs/{job_id}");
+        let what = format!("job {job_id} to finish");
+        eventually(Duration::from_secs(60), &what, || async {
+            let (_, body) = get_as(app, &self.token, &path).await;
+            matches!(body["data"]["state"].as_str(), Some("succeeded" | "failed"))
+        })
+        .await;
+        get_as(app, &self.token, &path).await.1["data"].clone()
+    }
+
+    pub async fn server(&self, id: &str) -> Value {
+        get_as(
+            &self.stack.app,
+            &self.token,
+            &format!("/api/v1/servers/{id}"),
+        )
+        .await
+        .1["data"]
+            .clone()
+    }
+}

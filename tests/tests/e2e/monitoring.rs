@@ -1,0 +1,377 @@
+//! SPEC §3.3 probes and §3.6 alerts, notifications and the realtime WebSocket,
+//! against real sshd servers, a real worker and a real SMTP listener.
+
+use std::time::Duration;
+
+use berth_e2e::accounts::{NewUser, access_token, create_user, get_as, send_as};
+use berth_e2e::fleet::Fleet;
+use berth_e2e::{BerthProcess, eventually};
+use berth_jobs::store::NewJob;
+use berth_jobs::{ServerAction, ServerJob};
+use futures::StreamExt;
+use reqwest::Method;
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use uuid::Uuid;
+
+async fn probe(fleet: &Fleet, server: &str) -> Value {
+    let enqueued = fleet
+        .stack
+        .app
+        .state
+        .jobs
+        .enqueue(
+            NewJob::new(ServerJob {
+                server_id: server.parse().unwrap(),
+                action: ServerAction::Probe,
+            })
+            .owner(owner(fleet).await)
+            .server(server.parse().unwrap()),
+        )
+        .await
+        .unwrap();
+    fleet.job_done(&enqueued.id).await
+}
+
+async fn owner(fleet: &Fleet) -> Uuid {
+    sqlx::query_scalar("SELECT id FROM users WHERE email = 'ops@example.test'")
+        .fetch_one(&fleet.stack.db.pool)
+        .await
+        .unwrap()
+}
+
+async fn notifications(fleet: &Fleet) -> Vec<Value> {
+    let (status, body) = get_as(
+        &fleet.stack.app,
+        &fleet.token,
+        "/api/v1/notifications?limit=100",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    body["data"]["items"].as_array().unwrap().clone()
+}
+
+/// Only offline/online notices: thresholds of 100 never fire, no mail.
+static QUIET: std::sync::LazyLock<Value> = std::sync::LazyLock::new(
+    || json!({"emailAlerts": false, "cpuThreshold": 100, "ramThreshold": 100, "diskThreshold": 100, "swapThreshold": 100}),
+);
+
+async fn set_rules(fleet: &Fleet, rules: Value) {
+    let (status, body) = send_as(
+        &fleet.stack.app,
+        &fleet.token,
+        Method::PUT,
+        "/api/v1/alerts/rules",
+        rules,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn probes_store_plausible_values_and_alerts_fire_once_and_clear_once() {
+    let fleet = Fleet::start("probe,email", &[]).await;
+    let app = &fleet.stack.app;
+    let id = fleet.onboard(0).await;
+
+    // Defaults until changed; bad thresholds refused.
+    let (_, rules) = get_as(app, &fleet.token, "/api/v1/alerts/rules").await;
+    assert_eq!(rules["data"]["cpuThreshold"], 90.0);
+    assert_eq!(rules["data"]["emailAlerts"], true);
+    let (status, _) = send_as(
+        app,
+        &fleet.token,
+        Method::PUT,
+        "/api/v1/alerts/rules",
+        json!({"diskThreshold": 0}),
+    )
+    .await;
+    assert_eq!(status, 400);
+    // Any disk is more than 1 % full: the disk alert must fire; CPU, memory
+    // and swap are kept quiet (a busy test machine could raise them).
+    set_rules(
+        &fleet,
+        json!({"diskThreshold": 1, "cpuThreshold": 100, "ramThreshold": 100, "swapThreshold": 100}),
+    )
+    .await;
+
+    let job = probe(&fleet, &id).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let (status, health) = get_as(app, &fleet.token, &format!("/api/v1/servers/{id}/health")).await;
+    assert_eq!(status, 200, "{health}");
+    let latest = &health["data"]["latest"];
+    for field in ["cpuUsage", "memoryUsage", "diskUsage", "swapUsage"] {
+        let v = latest[field].as_f64().unwrap();
+        assert!((0.0..=100.0).contains(&v), "{field} = {v}");
+    }
+    assert!(latest["memoryUsage"].as_f64().unwrap() > 0.0);
+    assert!(latest["diskUsage"].as_f64().unwrap() > 0.0);
+    assert!(latest["uptimeSecs"].as_i64().unwrap() > 0);
+    assert!(latest["load1"].as_f64().unwrap() >= 0.0);
+    assert_eq!(health["data"]["status"], "online");
+
+    let alerts = notifications(&fleet).await;
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts[0]["kind"], "alert_raised");
+    assert_eq!(alerts[0]["data"]["metric"], "disk");
+    assert_eq!(alerts[0]["data"]["serverId"], id.as_str());
+
+    // Still breached: no second notification.
+    probe(&fleet, &id).await;
+    assert_eq!(notifications(&fleet).await.len(), 1);
+    // Cleared once.
+    set_rules(&fleet, json!({"diskThreshold": 100})).await;
+    probe(&fleet, &id).await;
+    probe(&fleet, &id).await;
+    let alerts = notifications(&fleet).await;
+    assert_eq!(alerts.len(), 2, "{alerts:?}");
+    assert_eq!(alerts[0]["kind"], "alert_cleared");
+
+    // Mailed too (emailAlerts), through the email queue.
+    let smtp = fleet.stack.smtp();
+    smtp.wait_for("ops@example.test", "disk at", 0).await;
+    smtp.wait_for("ops@example.test", "disk back to", 0).await;
+
+    // The series: four samples in the last hour; a long range is bucketed.
+    let (status, series) =
+        get_as(app, &fleet.token, &format!("/api/v1/servers/{id}/metrics")).await;
+    assert_eq!(status, 200, "{series}");
+    assert_eq!(series["data"]["points"].as_array().unwrap().len(), 4);
+    assert_eq!(series["data"]["bucketSeconds"], 0);
+    let from = (chrono::Utc::now() - chrono::Duration::days(30)).to_rfc3339();
+    let (_, long) = get_as(
+        app,
+        &fleet.token,
+        &format!("/api/v1/servers/{id}/metrics?from={}", urlencode(&from)),
+    )
+    .await;
+    assert!(
+        long["data"]["bucketSeconds"].as_i64().unwrap() >= 3600,
+        "{long}"
+    );
+    assert_eq!(long["data"]["points"].as_array().unwrap().len(), 1);
+    let (status, _) = get_as(
+        app,
+        &fleet.token,
+        &format!(
+            "/api/v1/servers/{id}/metrics?from={}",
+            urlencode("2001-01-01T00:00:00Z")
+        ),
+    )
+    .await;
+    assert_eq!(status, 400, "more than 31 days");
+}
+
+fn urlencode(value: &str) -> String {
+    value.replace('+', "%2B").replace(':', "%3A")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_server_goes_offline_once_and_comes_back_once() {
+    let mut fleet = Fleet::start("probe", &[]).await;
+    set_rules(&fleet, QUIET.clone()).await;
+    let id = fleet.onboard(0).await;
+    probe(&fleet, &id).await;
+    assert!(notifications(&fleet).await.is_empty());
+
+    fleet.sshd.stop().await;
+    let job = probe(&fleet, &id).await;
+    assert_eq!(job["state"], "failed");
+    assert!(
+        job["error"].as_str().unwrap().starts_with("UNREACHABLE"),
+        "{job}"
+    );
+    let server = fleet.server(&id).await;
+    assert_eq!(server["status"], "offline");
+    assert!(
+        server["statusReason"]
+            .as_str()
+            .unwrap()
+            .contains("UNREACHABLE")
+    );
+    probe(&fleet, &id).await;
+    let alerts = notifications(&fleet).await;
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts[0]["kind"], "server_offline");
+
+    fleet.sshd.resume().await;
+    probe(&fleet, &id).await;
+    let alerts = notifications(&fleet).await;
+    assert_eq!(alerts.len(), 2);
+    assert_eq!(alerts[0]["kind"], "server_online");
+    assert_eq!(fleet.server(&id).await["status"], "online");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn notifications_are_listed_read_and_deleted_by_their_owner_only() {
+    let mut fleet = Fleet::start("probe", &[]).await;
+    set_rules(&fleet, QUIET.clone()).await;
+    let app = &fleet.stack.app;
+    let id = fleet.onboard(0).await;
+    probe(&fleet, &id).await;
+    fleet.sshd.stop().await;
+    probe(&fleet, &id).await;
+    fleet.sshd.resume().await;
+    probe(&fleet, &id).await;
+    let all = notifications(&fleet).await;
+    assert_eq!(all.len(), 2);
+    let first = all[0]["id"].as_str().unwrap().to_owned();
+
+    create_user(&fleet.stack.db, NewUser::verified("eve@example.test")).await;
+    let eve = access_token(app, "eve@example.test").await;
+    assert_eq!(
+        send_as(
+            app,
+            &eve,
+            Method::PATCH,
+            &format!("/api/v1/notifications/{first}/read"),
+            json!(null)
+        )
+        .await
+        .0,
+        404
+    );
+    assert_eq!(
+        send_as(
+            app,
+            &eve,
+            Method::DELETE,
+            &format!("/api/v1/notifications/{first}"),
+            json!(null)
+        )
+        .await
+        .0,
+        404
+    );
+    let (_, theirs) = get_as(app, &eve, "/api/v1/notifications").await;
+    assert_eq!(theirs["data"]["total"], 0);
+
+    let (status, read) = send_as(
+        app,
+        &fleet.token,
+        Method::PATCH,
+        &format!("/api/v1/notifications/{first}/read"),
+        json!(null),
+    )
+    .await;
+    assert_eq!(status, 200, "{read}");
+    assert!(read["data"]["readAt"].is_string());
+    let (_, unread) = get_as(app, &fleet.token, "/api/v1/notifications?unreadOnly=true").await;
+    assert_eq!(unread["data"]["total"], 1);
+    let (_, all_read) = send_as(
+        app,
+        &fleet.token,
+        Method::POST,
+        "/api/v1/notifications/read-all",
+        json!({}),
+    )
+    .await;
+    assert_eq!(all_read["data"]["updated"], 1);
+    let (_, unread) = get_as(app, &fleet.token, "/api/v1/notifications?unreadOnly=true").await;
+    assert_eq!(unread["data"]["total"], 0);
+    assert_eq!(
+        send_as(
+            app,
+            &fleet.token,
+            Method::DELETE,
+            &format!("/api/v1/notifications/{first}"),
+            json!(null)
+        )
+        .await
+        .0,
+        200
+    );
+    assert_eq!(notifications(&fleet).await.len(), 1);
+}
+
+async fn connect_ws(
+    base: &str,
+    token: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+    let url = format!("{}/api/v1/ws", base.replace("http://", "ws://"));
+    let mut request = url.into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    tokio_tungstenite::connect_async(request)
+        .await
+        .expect("ws connect")
+        .0
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_websocket_carries_the_users_events_and_nobody_elses() {
+    let mut fleet = Fleet::start("probe", &[]).await;
+    set_rules(&fleet, QUIET.clone()).await;
+    let app = &fleet.stack.app;
+    let id = fleet.onboard(0).await;
+    probe(&fleet, &id).await;
+
+    // A second api process: events cross processes through Redis.
+    let mut env = fleet.stack.env.clone();
+    let port = berth_e2e::free_port();
+    env.insert("BERTH_API_ADDR".into(), format!("127.0.0.1:{port}"));
+    env.insert("BERTH_RUN_MIGRATIONS".into(), "false".into());
+    let other_api = BerthProcess::spawn("berth-api", &[], &env);
+    let other_base = format!("http://127.0.0.1:{port}");
+    eventually(Duration::from_secs(30), "second api ready", || async {
+        reqwest::get(format!("{other_base}/api/v1/health/ready"))
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+
+    create_user(&fleet.stack.db, NewUser::verified("eve@example.test")).await;
+    let eve = access_token(app, "eve@example.test").await;
+    let mut mine = connect_ws(&other_base, &fleet.token).await;
+    let mut theirs = connect_ws(&app.base, &eve).await;
+
+    // Refusals: no credential; a page of another site with a cookie session.
+    let anonymous = tokio_tungstenite::connect_async(format!(
+        "{}/api/v1/ws",
+        app.base.replace("http://", "ws://")
+    ))
+    .await;
+    assert!(anonymous.is_err());
+    let mut cross_site = format!("{}/api/v1/ws", app.base.replace("http://", "ws://"))
+        .into_client_request()
+        .unwrap();
+    cross_site.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", fleet.token).parse().unwrap(),
+    );
+    cross_site
+        .headers_mut()
+        .insert("origin", "https://evil.example".parse().unwrap());
+    assert!(tokio_tungstenite::connect_async(cross_site).await.is_err());
+
+    fleet.sshd.stop().await;
+    probe(&fleet, &id).await;
+
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !seen.iter().any(|e: &Value| e["type"] == "notification") {
+        let message = tokio::time::timeout_at(deadline, mine.next())
+            .await
+            .expect("an event within 20 s")
+            .unwrap()
+            .unwrap();
+        if let Ok(text) = message.into_text() {
+            seen.push(serde_json::from_str(&text).unwrap());
+        }
+    }
+    let notification = seen.iter().find(|e| e["type"] == "notification").unwrap();
+    assert_eq!(notification["data"]["kind"], "server_offline");
+    assert!(
+        seen.iter()
+            .any(|e| e["type"] == "job" && e["data"]["kind"] == "probe"),
+        "job state changes too: {seen:?}"
+    );
+    // The other user's socket got nothing.
+    let nothing = tokio::time::timeout(Duration::from_secs(2), theirs.next()).await;
+    assert!(
+        nothing.is_err(),
+        "another user's socket received {nothing:?}"
+    );
+    drop(other_api);
+}
