@@ -3,6 +3,7 @@
 //! same run on the same services. Nothing here asserts: the numbers are for people.
 
 mod auth;
+mod probes;
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -38,7 +39,7 @@ fn env(name: &str) -> anyhow::Result<String> {
     std::env::var(name).with_context(|| format!("{name} is not set (run scripts/bench.sh)"))
 }
 
-fn setting<T: std::str::FromStr>(name: &str, default: T) -> T {
+pub fn setting<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
@@ -98,10 +99,13 @@ async fn main() -> anyhow::Result<()> {
     if wanted(4) {
         auth::accounts(&setup).await?;
     }
+    if wanted(5) {
+        probes::probes(&setup).await?;
+    }
     Ok(())
 }
 
-async fn reset(setup: &Setup) -> anyhow::Result<()> {
+pub async fn reset(setup: &Setup) -> anyhow::Result<()> {
     sqlx::query("TRUNCATE jobs, job_outcome_totals")
         .execute(&setup.pool)
         .await?;
@@ -235,9 +239,17 @@ async fn pgbench_round(setup: &Setup) -> anyhow::Result<f64> {
 }
 
 fn spawn_worker(setup: &Setup, extra: &[(&str, String)]) -> anyhow::Result<Child> {
+    spawn_worker_for(setup, "diagnostic", extra)
+}
+
+pub fn spawn_worker_for(
+    setup: &Setup,
+    queues: &str,
+    extra: &[(&str, String)],
+) -> anyhow::Result<Child> {
     let mut command = Command::new(&setup.worker_bin);
     command
-        .args(["--queues", "diagnostic"])
+        .args(["--queues", queues])
         .env("DATABASE_URL", &setup.database_url)
         .env("REDIS_URL", &setup.redis_url)
         .env(
@@ -395,7 +407,7 @@ async fn bare_apalis_round(setup: &Setup, concurrency: usize) -> anyhow::Result<
     Ok(setup.jobs as f64 / (last - first).as_secs_f64())
 }
 
-fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
+pub fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the parenthesised command name; utime and stime are 14 and 15.
     let after = stat.rsplit_once(')').context("stat format")?.1;

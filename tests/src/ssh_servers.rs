@@ -69,9 +69,12 @@ async fn keygen(path: &Path, kind: &str, passphrase: &str, extra: &[&str]) {
     assert!(status.success(), "ssh-keygen {kind}");
 }
 
+/// OpenSSH listens on at most 16 addresses per process (`MAX_LISTEN_SOCKS`).
+const ADDRESSES_PER_SSHD: usize = 16;
+
 pub struct TestSshd {
     dir: PathBuf,
-    child: Option<Child>,
+    children: Vec<Child>,
     pub port: u16,
     pub addresses: Vec<Ipv4Addr>,
     /// Root's private key (OpenSSH format, no passphrase).
@@ -102,7 +105,7 @@ impl TestSshd {
             key: std::fs::read_to_string(dir.join("client_key")).unwrap(),
             encrypted_key: std::fs::read_to_string(dir.join("client_key_rsa")).unwrap(),
             dir,
-            child: None,
+            children: Vec::new(),
             port: free_port(),
             addresses,
         };
@@ -122,50 +125,57 @@ impl TestSshd {
         keygen(&path, "ed25519", "", &[]).await;
     }
 
-    fn write_config(&self) -> PathBuf {
+    fn write_config(&self, part: usize, addresses: &[Ipv4Addr]) -> PathBuf {
         let d = self.dir.display();
-        let listen: String = self
-            .addresses
+        let listen: String = addresses
             .iter()
             .map(|a| format!("ListenAddress {a}:{}\n", self.port))
             .collect();
         let config = format!(
-            "{listen}HostKey {d}/host_ed25519\nPidFile {d}/sshd.pid\n\
+            "{listen}HostKey {d}/host_ed25519\nPidFile {d}/sshd-{part}.pid\n\
              AuthorizedKeysFile {d}/authorized_keys\nPasswordAuthentication yes\n\
              KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n\
              AllowUsers root {PASSWORD_USER}\nStrictModes no\nUsePAM no\n\
              MaxStartups 500:30:1000\nMaxSessions 100\nLogLevel ERROR\n\
              Subsystem sftp internal-sftp\n"
         );
-        let path = self.dir.join("sshd_config");
+        let path = self.dir.join(format!("sshd_config-{part}"));
         std::fs::write(&path, config).unwrap();
         path
     }
 
-    /// Starts (again) at the same addresses and port.
+    /// Starts (again) at the same addresses and port: one sshd per 16 addresses.
     pub async fn resume(&mut self) {
         std::fs::create_dir_all("/run/sshd").expect("/run/sshd");
-        let config = self.write_config();
-        let child = Command::new("/usr/sbin/sshd")
-            .args(["-D", "-e", "-f"])
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("/usr/sbin/sshd (openssh-server; scripts/test.sh installs it)");
-        self.child = Some(child);
-        let (address, port) = (self.addresses[0], self.port);
-        eventually(Duration::from_secs(15), "sshd listening", || async move {
-            tokio::net::TcpStream::connect((address, port))
-                .await
-                .is_ok()
-        })
-        .await;
+        let chunks: Vec<Vec<Ipv4Addr>> = self
+            .addresses
+            .chunks(ADDRESSES_PER_SSHD)
+            .map(<[Ipv4Addr]>::to_vec)
+            .collect();
+        for (part, addresses) in chunks.iter().enumerate() {
+            let config = self.write_config(part, addresses);
+            let child = Command::new("/usr/sbin/sshd")
+                .args(["-D", "-e", "-f"])
+                .arg(&config)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("/usr/sbin/sshd (openssh-server; scripts/test.sh installs it)");
+            self.children.push(child);
+        }
+        let port = self.port;
+        for addresses in chunks {
+            let address = addresses[0];
+            eventually(Duration::from_secs(15), "sshd listening", || async move {
+                tokio::net::TcpStream::connect((address, port)).await.is_ok()
+            })
+            .await;
+        }
     }
 
     pub async fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
+        for mut child in self.children.drain(..) {
             let _ = child.kill().await;
             let _ = child.wait().await;
         }
@@ -196,7 +206,7 @@ impl TestSshd {
 
 impl Drop for TestSshd {
     fn drop(&mut self) {
-        if let Some(child) = self.child.as_mut() {
+        for child in &mut self.children {
             let _ = child.start_kill();
         }
         let _ = std::fs::remove_dir_all(&self.dir);

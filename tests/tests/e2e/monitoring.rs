@@ -375,3 +375,48 @@ async fn the_websocket_carries_the_users_events_and_nobody_elses() {
     );
     drop(other_api);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_scheduler_probes_every_server_without_piling_up() {
+    let fleet = Fleet::start("probe", &[]).await;
+    set_rules(&fleet, QUIET.clone()).await;
+    let ids = [fleet.onboard(0).await, fleet.onboard(1).await];
+    let mut env = fleet.stack.env.clone();
+    env.insert("BERTH_SCHEDULE_PROBE".into(), "* * * * * *".into());
+    let scheduler = BerthProcess::spawn("berth-scheduler", &[], &env);
+    let pool = fleet.stack.db.pool.clone();
+    eventually(Duration::from_secs(30), "three samples of each server", || {
+        let pool = pool.clone();
+        async move {
+            let counts: Vec<i64> = sqlx::query_scalar(
+                "SELECT count(m.at) FROM servers s LEFT JOIN server_metrics m ON m.server_id = s.id GROUP BY s.id",
+            )
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+            counts.len() == 2 && counts.iter().all(|c| *c >= 3)
+        }
+    })
+    .await;
+
+    // A server whose probes cannot run (no worker now) gets one pending probe,
+    // not one per tick.
+    fleet.worker.signal(nix::sys::signal::Signal::SIGKILL);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    for id in &ids {
+        let pending: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM jobs WHERE kind = 'probe' AND server_id = $1::uuid AND state IN ('queued', 'running')",
+        )
+        .bind(id)
+        .fetch_one(&fleet.stack.db.pool)
+        .await
+        .unwrap();
+        assert!(pending <= 1, "{pending} pending probes for {id}");
+    }
+    assert!(
+        scheduler.output().contains("probes enqueued"),
+        "{}",
+        scheduler.output()
+    );
+    drop(scheduler);
+}

@@ -42,6 +42,10 @@ async fn onboarding_with_a_key_and_with_a_password() {
             "{text}"
         );
     }
+    assert!(
+        !w.worker.output().contains("PRIVATE KEY"),
+        "a key in the worker's log"
+    );
     let stored: String = sqlx::query_scalar("SELECT secret FROM servers WHERE id = $1::uuid")
         .bind(&id)
         .fetch_one(&w.stack.db.pool)
@@ -99,6 +103,10 @@ async fn a_wrong_password_fails_validation_with_a_clear_reason() {
             .contains("AUTH_FAILED")
     );
     assert!(!job.to_string().contains("wrong one"));
+    assert!(
+        !w.worker.output().contains("wrong one"),
+        "a password in the worker's log"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

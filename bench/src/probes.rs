@@ -1,0 +1,217 @@
+//! Part 5: how many servers one `berth-worker` probes per minute on this
+//! machine, with its CPU and memory, beside a plain `ssh` client loop running
+//! the same command against the same servers at the same concurrency. The
+//! servers are one real sshd answering on 200 loopback addresses (the test
+//! harness's `TestSshd`).
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use berth_e2e::ssh_servers::TestSshd;
+use berth_jobs::store::NewJob;
+use berth_jobs::{JobClient, Policies, ServerAction, ServerJob, server_secret_binding};
+use tokio::process::Command;
+use tokio::sync::Semaphore;
+use uuid::Uuid;
+
+use crate::{Setup, cpu_ticks, reset};
+
+const MASTER_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+fn children_cpu_ticks() -> anyhow::Result<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    let after = stat.rsplit_once(')').context("stat format")?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // cutime and cstime: fields 16 and 17.
+    Ok(fields[13].parse::<u64>()? + fields[14].parse::<u64>()?)
+}
+
+fn peak_rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .context("VmHWM")?;
+    Ok(line
+        .split_whitespace()
+        .nth(1)
+        .context("VmHWM value")?
+        .parse()?)
+}
+
+pub async fn probes(setup: &Setup) -> anyhow::Result<()> {
+    let count: u8 = crate::setting("BENCH_SERVERS", 200);
+    let concurrency: usize = crate::setting("BENCH_PROBE_CONCURRENCY", 16);
+    reset(setup).await?;
+    sqlx::query("TRUNCATE users CASCADE")
+        .execute(&setup.pool)
+        .await?;
+    let sshd = TestSshd::start(count).await;
+    let fingerprint = sshd.host_key_fingerprint().await;
+
+    let keys = berth_secrets::Keyring::new(&base64_key(MASTER_KEY)?, &[]);
+    let user = Uuid::new_v4();
+    sqlx::query("INSERT INTO users (id, email, name, email_verified) VALUES ($1, 'bench@example.test', 'Bench', true)")
+        .bind(user)
+        .execute(&setup.pool)
+        .await?;
+    let mut servers = Vec::new();
+    for i in 0..count as usize {
+        let id = Uuid::new_v4();
+        let row = id.to_string();
+        let sealed = keys.seal(sshd.key.as_bytes(), server_secret_binding(&row, "secret"));
+        sqlx::query(
+            "INSERT INTO servers (id, owner_user_id, name, host, port, username, auth_type, secret, \
+             secret_key_id, host_key, status) VALUES ($1, $2, $3, $4, $5, 'root', 'key', $6, $7, $8, 'online')",
+        )
+        .bind(id)
+        .bind(user)
+        .bind(format!("bench-{i}"))
+        .bind(sshd.host(i))
+        .bind(sshd.port as i32)
+        .bind(sealed)
+        .bind(keys.current_key_id())
+        .bind(&fingerprint)
+        .execute(&setup.pool)
+        .await?;
+        servers.push(id);
+    }
+    sqlx::query("INSERT INTO alert_rules (user_id, cpu_threshold, ram_threshold, disk_threshold, swap_threshold, email_alerts) VALUES ($1, 100, 100, 100, 100, false)")
+        .bind(user)
+        .execute(&setup.pool)
+        .await?;
+
+    let mut worker = crate::spawn_worker_for(
+        setup,
+        "probe",
+        &[
+            ("BERTH_PROBE_CONCURRENCY", concurrency.to_string()),
+            ("BERTH_MASTER_KEY", MASTER_KEY.to_owned()),
+        ],
+    )?;
+    let pid = worker.id().context("worker pid")?;
+    let redis = berth_jobs::redis_conn::connect(&setup.redis_url).await?;
+    let jobs = JobClient::new(setup.pool.clone(), redis, Policies::defaults());
+
+    let mut rounds = Vec::new();
+    for round in 0..2 {
+        sqlx::query("DELETE FROM jobs").execute(&setup.pool).await?;
+        let before = cpu_ticks(pid)?;
+        let started = Instant::now();
+        let enqueued = futures::future::join_all(servers.iter().map(|id| {
+            jobs.enqueue(
+                NewJob::new(ServerJob {
+                    server_id: *id,
+                    action: ServerAction::Probe,
+                })
+                .owner(user)
+                .server(*id),
+            )
+        }))
+        .await;
+        for e in enqueued {
+            e?;
+        }
+        loop {
+            let (done, failed): (i64, i64) = sqlx::query_as(
+                "SELECT count(*) FILTER (WHERE state IN ('succeeded', 'failed')), count(*) FILTER (WHERE state = 'failed') FROM jobs",
+            )
+            .fetch_one(&setup.pool)
+            .await?;
+            if done as usize == servers.len() {
+                anyhow::ensure!(failed == 0, "{failed} probes failed");
+                break;
+            }
+            anyhow::ensure!(
+                started.elapsed() < Duration::from_secs(300),
+                "probes did not finish"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        let cpu_seconds = (cpu_ticks(pid)? - before) as f64 / 100.0;
+        if round > 0 {
+            rounds.push((elapsed, cpu_seconds));
+        }
+    }
+    let rss = peak_rss_kib(pid)?;
+    worker.kill().await?;
+    let (elapsed, cpu) = rounds[0];
+
+    // The same probes with OpenSSH's client, `concurrency` at a time.
+    let key_file = std::env::temp_dir().join(format!("berth-bench-key-{}", std::process::id()));
+    std::fs::write(&key_file, &sshd.key)?;
+    std::fs::set_permissions(
+        &key_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )?;
+    let gate = Arc::new(Semaphore::new(concurrency));
+    let before = children_cpu_ticks()?;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..count as usize {
+        let (gate, host, port, key_file) =
+            (gate.clone(), sshd.host(i), sshd.port, key_file.clone());
+        tasks.push(tokio::spawn(async move {
+            let _permit = gate.acquire().await?;
+            let status = Command::new("ssh")
+                .args([
+                    "-q",
+                    "-o",
+                    "BatchMode=yes",
+                    "-o",
+                    "StrictHostKeyChecking=no",
+                    "-o",
+                    "UserKnownHostsFile=/dev/null",
+                    "-i",
+                ])
+                .arg(&key_file)
+                .args([
+                    "-p",
+                    &port.to_string(),
+                    &format!("root@{host}"),
+                    berth_workers::probe::PROBE_COMMAND,
+                ])
+                .stdout(Stdio::null())
+                .status()
+                .await?;
+            anyhow::ensure!(status.success(), "ssh to {host} failed");
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    let ssh_elapsed = started.elapsed().as_secs_f64();
+    let ssh_cpu = (children_cpu_ticks()? - before) as f64 / 100.0;
+    let _ = std::fs::remove_file(&key_file);
+
+    let per_minute = |n: f64, secs: f64| n / secs * 60.0;
+    let n = servers.len() as f64;
+    println!(
+        "5. Probes: {count} servers (one sshd on {count} loopback addresses), concurrency {concurrency}"
+    );
+    println!(
+        "   berth-worker: {n:.0} probes in {elapsed:.1} s = {:.0} servers/min; worker CPU {cpu:.1} s \
+         ({:.0} % of one core while probing), peak RSS {:.1} MiB",
+        per_minute(n, elapsed),
+        100.0 * cpu / elapsed,
+        rss as f64 / 1024.0
+    );
+    println!(
+        "   ssh client loop: {n:.0} in {ssh_elapsed:.1} s = {:.0} servers/min; client CPU {ssh_cpu:.1} s \
+         -> berth-worker at {:.0} % of its rate, {:.0} % of its CPU",
+        per_minute(n, ssh_elapsed),
+        100.0 * ssh_elapsed / elapsed,
+        100.0 * cpu / ssh_cpu
+    );
+    Ok(())
+}
+
+fn base64_key(text: &str) -> anyhow::Result<[u8; 32]> {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(text)?;
+    bytes.try_into().map_err(|_| anyhow::anyhow!("32 bytes"))
+}
