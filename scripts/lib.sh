@@ -21,6 +21,10 @@ berth_install_packages() {
     /usr/bin/python3 -c 'import aiosmtpd' >/dev/null 2>&1 || missing+=(python3-aiosmtpd)
     command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
     [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
+    # Test servers run containers with podman behind the docker CLI, and nginx.
+    command -v podman >/dev/null 2>&1 || missing+=(podman)
+    command -v runc >/dev/null 2>&1 || missing+=(runc)
+    [ -x /usr/sbin/nginx ] || missing+=(nginx)
     command -v ssh-keygen >/dev/null 2>&1 || missing+=(openssh-client)
     command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
     pkg-config --exists openssl 2>/dev/null || missing+=(libssl-dev)

@@ -19,6 +19,49 @@ pub const PASSWORD: &str = "berth-test-Password-42";
 pub const KEY_PASSPHRASE: &str = "key passphrase 42";
 
 static PASSWORD_USER_READY: OnceCell<()> = OnceCell::const_new();
+static PODMAN_DIR: OnceCell<PathBuf> = OnceCell::const_new();
+
+/// How long the podman service lives without requests; it is started again
+/// when a later server needs it.
+const PODMAN_IDLE_SECS: &str = "600";
+
+/// The test servers' container engine: podman's Docker-compatible service
+/// (runc, cgroupfs, as TESTHOSTS.md says), reached by the real `docker` CLI
+/// through `DOCKER_HOST`, which every SSH session gets (`SetEnv`).
+async fn podman_service() -> PathBuf {
+    let dir = PODMAN_DIR
+        .get_or_init(|| async {
+            let dir = scratch_dir("podman");
+            std::fs::write(
+                dir.join("containers.conf"),
+                "[containers]\ndefault_ulimits = []\n[engine]\nruntime = \"runc\"\n\
+                 cgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n",
+            )
+            .unwrap();
+            dir
+        })
+        .await
+        .clone();
+    let socket = dir.join("podman.sock");
+    if tokio::net::UnixStream::connect(&socket).await.is_err() {
+        let _ = std::fs::remove_file(&socket);
+        Command::new("podman")
+            .args(["system", "service", "--time", PODMAN_IDLE_SECS])
+            .arg(format!("unix://{}", socket.display()))
+            .env("CONTAINERS_CONF", dir.join("containers.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("podman (scripts/test.sh installs it)");
+        let probe = socket.clone();
+        eventually(Duration::from_secs(30), "podman service", || {
+            let probe = probe.clone();
+            async move { tokio::net::UnixStream::connect(&probe).await.is_ok() }
+        })
+        .await;
+    }
+    dir
+}
 
 /// Creates the password user once per test process (the harness runs as root).
 async fn ensure_password_user() {
@@ -74,6 +117,7 @@ const ADDRESSES_PER_SSHD: usize = 16;
 
 pub struct TestSshd {
     dir: PathBuf,
+    podman: PathBuf,
     children: Vec<Child>,
     pub port: u16,
     pub addresses: Vec<Ipv4Addr>,
@@ -87,6 +131,7 @@ impl TestSshd {
     /// An sshd answering on `count` loopback addresses of a random 127.x.y.0/24.
     pub async fn start(count: u8) -> TestSshd {
         ensure_password_user().await;
+        let podman = podman_service().await;
         let dir = scratch_dir("sshd");
         keygen(&dir.join("client_key"), "ed25519", "", &[]).await;
         keygen(
@@ -105,6 +150,7 @@ impl TestSshd {
             key: std::fs::read_to_string(dir.join("client_key")).unwrap(),
             encrypted_key: std::fs::read_to_string(dir.join("client_key_rsa")).unwrap(),
             dir,
+            podman,
             children: Vec::new(),
             port: free_port(),
             addresses,
@@ -137,7 +183,9 @@ impl TestSshd {
              KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n\
              AllowUsers root {PASSWORD_USER}\nStrictModes no\nUsePAM no\n\
              MaxStartups 500:30:1000\nMaxSessions 100\nLogLevel ERROR\n\
-             Subsystem sftp internal-sftp\n"
+             Subsystem sftp internal-sftp\n\
+             SetEnv DOCKER_HOST=unix://{p}/podman.sock CONTAINERS_CONF={p}/containers.conf\n",
+            p = self.podman.display()
         );
         let path = self.dir.join(format!("sshd_config-{part}"));
         std::fs::write(&path, config).unwrap();
@@ -168,7 +216,9 @@ impl TestSshd {
         for addresses in chunks {
             let address = addresses[0];
             eventually(Duration::from_secs(15), "sshd listening", || async move {
-                tokio::net::TcpStream::connect((address, port)).await.is_ok()
+                tokio::net::TcpStream::connect((address, port))
+                    .await
+                    .is_ok()
             })
             .await;
         }

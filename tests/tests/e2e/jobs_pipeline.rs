@@ -410,8 +410,10 @@ async fn two_workers_run_each_job_exactly_once() {
     })
     .await;
     let mut ids = Vec::new();
+    // Long enough (20+ ms each, 8 at a time) that one worker cannot drain all
+    // 300 before the other is woken, even on a loaded machine.
     for i in 0..300 {
-        ids.push(enqueue_diagnostic(&jobs, i % 7).await);
+        ids.push(enqueue_diagnostic(&jobs, 20 + i % 7).await);
     }
     eventually(Duration::from_secs(90), "300 jobs to succeed", || async {
         let done: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state = 'succeeded'")

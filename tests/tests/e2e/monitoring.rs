@@ -108,6 +108,11 @@ async fn probes_store_plausible_values_and_alerts_fire_once_and_clear_once() {
     assert!(latest["diskUsage"].as_f64().unwrap() > 0.0);
     assert!(latest["uptimeSecs"].as_i64().unwrap() > 0);
     assert!(latest["load1"].as_f64().unwrap() >= 0.0);
+    assert_eq!(
+        latest["dockerRunning"], true,
+        "podman answers docker info: {latest}"
+    );
+    assert!(latest["activeContainers"].as_i64().unwrap() >= 0);
     assert_eq!(health["data"]["status"], "online");
 
     let alerts = notifications(&fleet).await;

@@ -31,6 +31,18 @@ async fn onboarding_with_a_key_and_with_a_password() {
     assert_eq!(server["hostKey"], w.sshd.host_key_fingerprint().await);
     assert!(server["os"].as_str().unwrap().contains("Linux"), "{server}");
     assert_eq!(server["arch"], std::env::consts::ARCH);
+    // The test servers have the docker CLI (over podman) and nginx.
+    assert!(
+        server["dockerVersion"]
+            .as_str()
+            .unwrap()
+            .starts_with("Docker version"),
+        "{server}"
+    );
+    assert!(
+        server["nginxVersion"].as_str().unwrap().contains("nginx/"),
+        "{server}"
+    );
     assert!(server["validatedAt"].is_string());
 
     // Never a secret in an answer; sealed in the database.
