@@ -192,6 +192,31 @@ impl<T> Page<T> {
     }
 }
 
+/// One page of a user's rows: `select` takes `$1` (the user), `$2` (offset)
+/// and `$3` (limit); `count` takes `$1`.
+pub async fn user_page<T>(
+    pool: &sqlx::PgPool,
+    select: &str,
+    count: &str,
+    user_id: uuid::Uuid,
+    request: PageRequest,
+) -> Result<Page<T>, ApiError>
+where
+    T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
+{
+    let items: Vec<T> = sqlx::query_as(select)
+        .bind(user_id)
+        .bind(request.offset())
+        .bind(request.limit)
+        .fetch_all(pool)
+        .await?;
+    let total: i64 = sqlx::query_scalar(count)
+        .bind(user_id)
+        .fetch_one(pool)
+        .await?;
+    Ok(Page::new(items, request, total))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -326,15 +326,26 @@ impl Connection {
         .await
     }
 
-    /// Writes `data` to `remote` over SFTP with `mode` (e.g. `0o600`).
-    pub async fn upload(&self, data: Vec<u8>, remote: &Arg, mode: i32) -> Result<(), SshError> {
+    /// Runs `work` with an SFTP channel of this session, off the runtime.
+    async fn with_sftp<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&ssh2::Sftp) -> Result<T, SshError> + Send + 'static,
+    ) -> Result<T, SshError> {
         let session = self.session.clone();
-        let remote = remote.as_str().to_owned();
         blocking(move || {
             let session = session
                 .lock()
                 .map_err(|_| SshError::Protocol("session poisoned".into()))?;
             let sftp = session.sftp().map_err(protocol)?;
+            work(&sftp)
+        })
+        .await
+    }
+
+    /// Writes `data` to `remote` over SFTP with `mode` (e.g. `0o600`).
+    pub async fn upload(&self, data: Vec<u8>, remote: &Arg, mode: i32) -> Result<(), SshError> {
+        let remote = remote.as_str().to_owned();
+        self.with_sftp(move |sftp| {
             let mut file = sftp
                 .open_mode(
                     Path::new(&remote),
@@ -344,21 +355,15 @@ impl Connection {
                 )
                 .map_err(protocol)?;
             file.write_all(&data)
-                .map_err(|e| SshError::Protocol(format!("writing {remote}: {e}")))?;
-            Ok(())
+                .map_err(|e| SshError::Protocol(format!("writing {remote}: {e}")))
         })
         .await
     }
 
     /// Reads `remote` over SFTP, refusing files larger than `max_bytes`.
     pub async fn download(&self, remote: &Arg, max_bytes: u64) -> Result<Vec<u8>, SshError> {
-        let session = self.session.clone();
         let remote = remote.as_str().to_owned();
-        blocking(move || {
-            let session = session
-                .lock()
-                .map_err(|_| SshError::Protocol("session poisoned".into()))?;
-            let sftp = session.sftp().map_err(protocol)?;
+        self.with_sftp(move |sftp| {
             let mut file = sftp.open(Path::new(&remote)).map_err(protocol)?;
             let size = file.stat().map_err(protocol)?.size.unwrap_or(0);
             if size > max_bytes {

@@ -19,48 +19,33 @@ pub const PASSWORD: &str = "berth-test-Password-42";
 pub const KEY_PASSPHRASE: &str = "key passphrase 42";
 
 static PASSWORD_USER_READY: OnceCell<()> = OnceCell::const_new();
-static PODMAN_DIR: OnceCell<PathBuf> = OnceCell::const_new();
-
-/// How long the podman service lives without requests; it is started again
-/// when a later server needs it.
-const PODMAN_IDLE_SECS: &str = "600";
-
 /// The test servers' container engine: podman's Docker-compatible service
 /// (runc, cgroupfs, as TESTHOSTS.md says), reached by the real `docker` CLI
-/// through `DOCKER_HOST`, which every SSH session gets (`SetEnv`).
-async fn podman_service() -> PathBuf {
-    let dir = PODMAN_DIR
-        .get_or_init(|| async {
-            let dir = scratch_dir("podman");
-            std::fs::write(
-                dir.join("containers.conf"),
-                "[containers]\ndefault_ulimits = []\n[engine]\nruntime = \"runc\"\n\
-                 cgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n",
-            )
-            .unwrap();
-            dir
-        })
-        .await
-        .clone();
+/// through `DOCKER_HOST`, which every SSH session gets (`SetEnv`). One per
+/// [`TestSshd`], stopped with it.
+async fn podman_service(dir: &Path) -> Child {
+    std::fs::write(
+        dir.join("containers.conf"),
+        "[containers]\ndefault_ulimits = []\n[engine]\nruntime = \"runc\"\n\
+         cgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n",
+    )
+    .unwrap();
     let socket = dir.join("podman.sock");
-    if tokio::net::UnixStream::connect(&socket).await.is_err() {
-        let _ = std::fs::remove_file(&socket);
-        Command::new("podman")
-            .args(["system", "service", "--time", PODMAN_IDLE_SECS])
-            .arg(format!("unix://{}", socket.display()))
-            .env("CONTAINERS_CONF", dir.join("containers.conf"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("podman (scripts/test.sh installs it)");
-        let probe = socket.clone();
-        eventually(Duration::from_secs(30), "podman service", || {
-            let probe = probe.clone();
-            async move { tokio::net::UnixStream::connect(&probe).await.is_ok() }
-        })
-        .await;
-    }
-    dir
+    let child = Command::new("podman")
+        .args(["system", "service", "--time", "0"])
+        .arg(format!("unix://{}", socket.display()))
+        .env("CONTAINERS_CONF", dir.join("containers.conf"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("podman (scripts/test.sh installs it)");
+    eventually(Duration::from_secs(30), "podman service", || {
+        let socket = socket.clone();
+        async move { tokio::net::UnixStream::connect(&socket).await.is_ok() }
+    })
+    .await;
+    child
 }
 
 /// Creates the password user once per test process (the harness runs as root).
@@ -117,7 +102,7 @@ const ADDRESSES_PER_SSHD: usize = 16;
 
 pub struct TestSshd {
     dir: PathBuf,
-    podman: PathBuf,
+    podman: Child,
     children: Vec<Child>,
     pub port: u16,
     pub addresses: Vec<Ipv4Addr>,
@@ -131,8 +116,8 @@ impl TestSshd {
     /// An sshd answering on `count` loopback addresses of a random 127.x.y.0/24.
     pub async fn start(count: u8) -> TestSshd {
         ensure_password_user().await;
-        let podman = podman_service().await;
         let dir = scratch_dir("sshd");
+        let podman = podman_service(&dir).await;
         keygen(&dir.join("client_key"), "ed25519", "", &[]).await;
         keygen(
             &dir.join("client_key_rsa"),
@@ -184,8 +169,7 @@ impl TestSshd {
              AllowUsers root {PASSWORD_USER}\nStrictModes no\nUsePAM no\n\
              MaxStartups 500:30:1000\nMaxSessions 100\nLogLevel ERROR\n\
              Subsystem sftp internal-sftp\n\
-             SetEnv DOCKER_HOST=unix://{p}/podman.sock CONTAINERS_CONF={p}/containers.conf\n",
-            p = self.podman.display()
+             SetEnv DOCKER_HOST=unix://{d}/podman.sock CONTAINERS_CONF={d}/containers.conf\n"
         );
         let path = self.dir.join(format!("sshd_config-{part}"));
         std::fs::write(&path, config).unwrap();
@@ -259,6 +243,7 @@ impl Drop for TestSshd {
         for child in &mut self.children {
             let _ = child.start_kill();
         }
+        let _ = self.podman.start_kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -16,7 +16,7 @@ use crate::auth::tokens::{new_api_token, token_hash};
 use crate::auth::user_agent::{self, Device};
 use crate::auth::users::{self, UserRow, UserView};
 use crate::auth::{Principal, Scope, clear_password_failures, totp, verify_password_limited};
-use crate::envelope::{Envelope, Json, Page, PageQuery, Path, Query};
+use crate::envelope::{Envelope, Json, Page, PageQuery, Path, Query, user_page};
 use crate::error::{ApiError, FieldError};
 use crate::routes::auth::{Sent, limit_mail_to};
 use crate::state::AppState;
@@ -641,42 +641,18 @@ pub async fn totp_disable(
     }))
 }
 
-#[derive(Serialize, utoipa::ToSchema)]
+#[derive(Serialize, utoipa::ToSchema, sqlx::FromRow)]
 #[serde(rename_all = "camelCase")]
 pub struct TokenView {
     id: Uuid,
     name: String,
     /// The token's first characters, to tell tokens apart.
+    #[sqlx(rename = "token_prefix")]
     prefix: String,
     scopes: Vec<String>,
     expires_at: Option<DateTime<Utc>>,
     last_used_at: Option<DateTime<Utc>>,
     created_at: DateTime<Utc>,
-}
-
-#[derive(sqlx::FromRow)]
-struct TokenRow {
-    id: Uuid,
-    name: String,
-    token_prefix: String,
-    scopes: Vec<String>,
-    expires_at: Option<DateTime<Utc>>,
-    last_used_at: Option<DateTime<Utc>>,
-    created_at: DateTime<Utc>,
-}
-
-impl From<TokenRow> for TokenView {
-    fn from(r: TokenRow) -> Self {
-        Self {
-            id: r.id,
-            name: r.name,
-            prefix: r.token_prefix,
-            scopes: r.scopes,
-            expires_at: r.expires_at,
-            last_used_at: r.last_used_at,
-            created_at: r.created_at,
-        }
-    }
 }
 
 const TOKEN_COLUMNS: &str = "id, name, token_prefix, scopes, expires_at, last_used_at, created_at";
@@ -690,25 +666,18 @@ pub async fn list_tokens(
     Query(page): Query<PageQuery>,
 ) -> Result<Envelope<Page<TokenView>>, ApiError> {
     principal.require_session()?;
-    let page = page.validate()?;
-    let rows: Vec<TokenRow> = sqlx::query_as(&format!(
-        "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE user_id = $1 \
-         ORDER BY created_at DESC, id OFFSET $2 LIMIT $3"
-    ))
-    .bind(principal.user_id())
-    .bind(page.offset())
-    .bind(page.limit)
-    .fetch_all(&state.pool)
+    let page = user_page(
+        &state.pool,
+        &format!(
+            "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE user_id = $1 \
+             ORDER BY created_at DESC, id OFFSET $2 LIMIT $3"
+        ),
+        "SELECT count(*) FROM api_tokens WHERE user_id = $1",
+        principal.user_id(),
+        page.validate()?,
+    )
     .await?;
-    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM api_tokens WHERE user_id = $1")
-        .bind(principal.user_id())
-        .fetch_one(&state.pool)
-        .await?;
-    Ok(Envelope::ok(Page::new(
-        rows.into_iter().map(TokenView::from).collect(),
-        page,
-        total,
-    )))
+    Ok(Envelope::ok(page))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -790,7 +759,7 @@ pub async fn create_token(
     }
     let token = new_api_token();
     let names: Vec<&str> = scopes.iter().map(|s| s.name()).collect();
-    let row: TokenRow = sqlx::query_as(&format!(
+    let view: TokenView = sqlx::query_as(&format!(
         "INSERT INTO api_tokens (id, user_id, name, token_hash, token_prefix, scopes, expires_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {TOKEN_COLUMNS}"
     ))
@@ -809,16 +778,13 @@ pub async fn create_token(
             Some(principal.user_id()),
             "token.create",
             "api_token",
-            row.id,
+            view.id,
             serde_json::json!({ "name": name, "scopes": names }),
         ),
     )
     .await?;
     tx.commit().await?;
-    Ok(Envelope::created(CreatedToken {
-        token,
-        view: row.into(),
-    }))
+    Ok(Envelope::created(CreatedToken { token, view }))
 }
 
 /// Revoke (delete) one of the caller's API tokens.

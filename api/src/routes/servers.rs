@@ -15,7 +15,7 @@ use uuid::Uuid;
 use crate::audit;
 use crate::auth::sessions::Client;
 use crate::auth::{Principal, Scope};
-use crate::envelope::{Envelope, Json, Page, PageQuery, Path, Query};
+use crate::envelope::{Envelope, Json, Page, PageQuery, Path, Query, user_page};
 use crate::error::{ApiError, FieldError};
 use crate::rate_limit;
 use crate::state::AppState;
@@ -324,21 +324,18 @@ pub async fn list(
     Query(page): Query<PageQuery>,
 ) -> Result<Envelope<Page<ServerView>>, ApiError> {
     principal.require(Scope::ServersRead)?;
-    let page = page.validate()?;
-    let items: Vec<ServerView> = sqlx::query_as(&format!(
-        "SELECT {VIEW_COLUMNS} FROM servers WHERE owner_user_id = $1 \
-         ORDER BY created_at DESC, id OFFSET $2 LIMIT $3"
-    ))
-    .bind(principal.user_id())
-    .bind(page.offset())
-    .bind(page.limit)
-    .fetch_all(&state.pool)
+    let page = user_page(
+        &state.pool,
+        &format!(
+            "SELECT {VIEW_COLUMNS} FROM servers WHERE owner_user_id = $1 \
+             ORDER BY created_at DESC, id OFFSET $2 LIMIT $3"
+        ),
+        "SELECT count(*) FROM servers WHERE owner_user_id = $1",
+        principal.user_id(),
+        page.validate()?,
+    )
     .await?;
-    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM servers WHERE owner_user_id = $1")
-        .bind(principal.user_id())
-        .fetch_one(&state.pool)
-        .await?;
-    Ok(Envelope::ok(Page::new(items, page, total)))
+    Ok(Envelope::ok(page))
 }
 
 /// One server (never its credentials).
