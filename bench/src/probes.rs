@@ -191,7 +191,7 @@ pub async fn probes(setup: &Setup) -> anyhow::Result<()> {
     let per_minute = |n: f64, secs: f64| n / secs * 60.0;
     let n = servers.len() as f64;
     println!(
-        "5. Probes: {count} servers (one sshd on {count} loopback addresses), concurrency {concurrency}"
+        "5. Probes: {count} servers (sshd processes on {count} loopback addresses), concurrency {concurrency}"
     );
     println!(
         "   berth-worker: {n:.0} probes in {elapsed:.1} s = {:.0} servers/min; worker CPU {cpu:.1} s \
