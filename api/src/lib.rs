@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod middleware;
 pub mod rate_limit;
 pub mod realtime;
+pub mod reseal;
 pub mod routes;
 pub mod state;
 pub mod validate;

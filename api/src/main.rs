@@ -18,6 +18,9 @@ enum Command {
     Serve,
     /// Apply pending database migrations and exit.
     Migrate,
+    /// Re-encrypt stored secrets under the current BERTH_MASTER_KEY (after a
+    /// rotation, with the old key in BERTH_MASTER_KEY_PREVIOUS) and exit.
+    Reseal,
 }
 
 #[tokio::main]
@@ -26,6 +29,7 @@ async fn main() {
     let result = match args.command.unwrap_or(Command::Serve) {
         Command::Serve => serve().await,
         Command::Migrate => migrate().await,
+        Command::Reseal => reseal().await,
     };
     if let Err(e) = result {
         tracing::error!("berth-api stopped: {e:#}");
@@ -42,6 +46,30 @@ async fn migrate() -> anyhow::Result<()> {
         .context("cannot connect to DATABASE_URL")?;
     MIGRATOR.run(&pool).await.context("migrations failed")?;
     tracing::info!("migrations applied");
+    Ok(())
+}
+
+async fn reseal() -> anyhow::Result<()> {
+    let config = ApiConfig::from_env(&Env::process())?;
+    config.common.log_format.init_tracing();
+    let pool = sqlx::PgPool::connect(config.common.database_url.expose())
+        .await
+        .context("cannot connect to DATABASE_URL")?;
+    let keys =
+        berth_secrets::Keyring::from_config(&config.master_key, &config.previous_master_keys);
+    let outcome = berth_api::reseal::reseal_all(&pool, &keys).await?;
+    tracing::info!(
+        values = outcome.values,
+        key = keys.current_key_id(),
+        "secrets re-sealed"
+    );
+    if !outcome.failed.is_empty() {
+        anyhow::bail!(
+            "{} secrets do not open with BERTH_MASTER_KEY or BERTH_MASTER_KEY_PREVIOUS: {}",
+            outcome.failed.len(),
+            outcome.failed.join(", ")
+        );
+    }
     Ok(())
 }
 

@@ -1,6 +1,7 @@
 //! SPEC §3.3: servers added through the api, validated by a real `berth-worker`
 //! over SSH against real sshd "servers" (`berth_e2e::ssh_servers`).
 
+use berth_e2e::BerthProcess;
 use berth_e2e::accounts::{NewUser, access_token, create_user, get_as, send_as};
 use berth_e2e::fleet::Fleet;
 use berth_e2e::ssh_servers::{KEY_PASSPHRASE, PASSWORD, PASSWORD_USER};
@@ -302,4 +303,48 @@ async fn validation_ownership_scopes_and_updates() {
 
 async fn create_with(w: &Fleet, token: &str, body: Value) -> (u16, Value) {
     send_as(&w.stack.app, token, Method::POST, "/api/v1/servers", body).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn credentials_survive_a_master_key_rotation() {
+    let mut w = world().await;
+    let id = w.onboard(0).await;
+    let old_key = berth_e2e::MASTER_KEY;
+    let new_key = "ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=";
+    let mut env = w.stack.env.clone();
+    env.insert("BERTH_MASTER_KEY".into(), new_key.into());
+
+    // Without the old key nothing opens: the command says which rows and fails.
+    let mut reseal = BerthProcess::spawn("berth-api", &["reseal"], &env);
+    let status = reseal.child.wait().await.unwrap();
+    assert!(!status.success());
+    assert!(
+        reseal.output().contains(&format!("servers.secret:{id}")),
+        "{}",
+        reseal.output()
+    );
+
+    env.insert("BERTH_MASTER_KEY_PREVIOUS".into(), old_key.into());
+    let mut reseal = BerthProcess::spawn("berth-api", &["reseal"], &env);
+    assert!(
+        reseal.child.wait().await.unwrap().success(),
+        "{}",
+        reseal.output()
+    );
+    let stored: String = sqlx::query_scalar("SELECT secret FROM servers WHERE id = $1::uuid")
+        .bind(&id)
+        .fetch_one(&w.stack.db.pool)
+        .await
+        .unwrap();
+    let before = berth_e2e::keyring();
+    assert!(before.needs_reseal(&stored), "sealed under the new key now");
+
+    // A worker that knows only the new key validates the server.
+    w.worker.signal(nix::sys::signal::Signal::SIGKILL);
+    env.remove("BERTH_MASTER_KEY_PREVIOUS");
+    w.worker = BerthProcess::spawn("berth-worker", &["--queues", "probe"], &env);
+    let path = format!("/api/v1/servers/{id}/validate");
+    let (_, body) = send_as(&w.stack.app, &w.token, Method::POST, &path, json!({})).await;
+    let job = w.job_done(body["data"]["jobId"].as_str().unwrap()).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
 }

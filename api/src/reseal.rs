@@ -1,0 +1,109 @@
+//! `berth-api reseal`: after `BERTH_MASTER_KEY` is rotated (the old key moved
+//! to `BERTH_MASTER_KEY_PREVIOUS`), re-encrypts every stored secret under the
+//! new key, so the old one can then be retired. Each value is opened with its
+//! own row binding and sealed again with the same binding; a value that does
+//! not open is reported and left as it is.
+
+use berth_jobs::server_secret_binding;
+use berth_secrets::{Binding, Keyring};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Resealed {
+    pub values: u64,
+    /// `table.column:id` of values that did not open.
+    pub failed: Vec<String>,
+}
+
+fn reseal_one(
+    keys: &Keyring,
+    sealed: &str,
+    binding: Binding<'_>,
+    outcome: &mut Resealed,
+) -> Option<String> {
+    if !keys.needs_reseal(sealed) {
+        return None;
+    }
+    match keys.open(sealed, binding) {
+        Ok(plain) => {
+            outcome.values += 1;
+            Some(keys.seal(&plain, binding))
+        }
+        Err(e) => {
+            tracing::error!(table = binding.table, column = binding.column, id = binding.row_id, error = %e, "secret does not open");
+            outcome.failed.push(format!(
+                "{}.{}:{}",
+                binding.table, binding.column, binding.row_id
+            ));
+            None
+        }
+    }
+}
+
+pub async fn reseal_all(pool: &PgPool, keys: &Keyring) -> anyhow::Result<Resealed> {
+    let mut outcome = Resealed::default();
+    let mut tx = pool.begin().await?;
+    let servers: Vec<(Uuid, String, Option<String>)> = sqlx::query_as(
+        "SELECT id, secret, passphrase FROM servers WHERE secret_key_id <> $1 FOR UPDATE",
+    )
+    .bind(keys.current_key_id())
+    .fetch_all(&mut *tx)
+    .await?;
+    for (id, secret, passphrase) in servers {
+        let row = id.to_string();
+        let secret = reseal_one(
+            keys,
+            &secret,
+            server_secret_binding(&row, "secret"),
+            &mut outcome,
+        );
+        let passphrase = passphrase.and_then(|p| {
+            reseal_one(
+                keys,
+                &p,
+                server_secret_binding(&row, "passphrase"),
+                &mut outcome,
+            )
+        });
+        sqlx::query(
+            "UPDATE servers SET secret = COALESCE($2, secret), passphrase = COALESCE($3, passphrase), \
+             secret_key_id = CASE WHEN $2 IS NULL THEN secret_key_id ELSE $4 END WHERE id = $1",
+        )
+        .bind(id)
+        .bind(secret)
+        .bind(passphrase)
+        .bind(keys.current_key_id())
+        .execute(&mut *tx)
+        .await?;
+    }
+    let users: Vec<(Uuid, Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT id, totp_secret, totp_pending_secret FROM users \
+         WHERE totp_secret IS NOT NULL OR totp_pending_secret IS NOT NULL FOR UPDATE",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    for (id, secret, pending) in users {
+        let row = id.to_string();
+        let binding = |column| Binding {
+            table: "users",
+            column,
+            row_id: &row,
+        };
+        let secret =
+            secret.and_then(|s| reseal_one(keys, &s, binding("totp_secret"), &mut outcome));
+        let pending = pending
+            .and_then(|s| reseal_one(keys, &s, binding("totp_pending_secret"), &mut outcome));
+        sqlx::query(
+            "UPDATE users SET totp_secret = COALESCE($2, totp_secret), \
+             totp_pending_secret = COALESCE($3, totp_pending_secret) WHERE id = $1",
+        )
+        .bind(id)
+        .bind(secret)
+        .bind(pending)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(outcome)
+}
