@@ -148,19 +148,6 @@ pub async fn ws(
     Ok(upgrade.on_upgrade(move |socket| serve(state, socket, user_id, session_id)))
 }
 
-async fn session_alive(state: &AppState, user_id: Uuid, session_id: Uuid) -> bool {
-    sqlx::query_scalar::<_, bool>(
-        "SELECT EXISTS (SELECT 1 FROM sessions s JOIN users u ON u.id = s.user_id \
-         WHERE s.id = $1 AND s.user_id = $2 AND s.revoked_at IS NULL AND s.expires_at > now() \
-           AND u.status = 'active')",
-    )
-    .bind(session_id)
-    .bind(user_id)
-    .fetch_one(&state.pool)
-    .await
-    .unwrap_or(true)
-}
-
 async fn serve(state: AppState, mut socket: WebSocket, user_id: Uuid, session_id: Uuid) {
     let (id, mut events) = state.hub.register(user_id);
     let mut recheck = tokio::time::interval(SESSION_RECHECK);
@@ -178,7 +165,11 @@ async fn serve(state: AppState, mut socket: WebSocket, user_id: Uuid, session_id
                 Some(Ok(_)) => {}
             },
             _ = recheck.tick() => {
-                if !session_alive(&state, user_id, session_id).await {
+                // A database hiccup keeps the socket; only a dead session closes it.
+                let alive = crate::auth::session_is_live(&state.pool, user_id, session_id)
+                    .await
+                    .unwrap_or(true);
+                if !alive {
                     let _ = socket.send(Message::Close(None)).await;
                     break;
                 }

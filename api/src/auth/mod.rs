@@ -279,6 +279,28 @@ pub fn check_csrf(
     Ok(())
 }
 
+/// When a session (`s`) of a user (`u`) may still be used: not revoked, not
+/// past its lifetime, its user active. Every session check uses this.
+pub const LIVE_SESSION: &str =
+    "s.revoked_at IS NULL AND s.expires_at > now() AND u.status = 'active'";
+
+/// Whether `session_id` is still a live session of `user_id` (for long-lived
+/// connections that outlast the request that authenticated them).
+pub async fn session_is_live(
+    pool: &sqlx::PgPool,
+    user_id: Uuid,
+    session_id: Uuid,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(&format!(
+        "SELECT EXISTS (SELECT 1 FROM sessions s JOIN users u ON u.id = s.user_id \
+         WHERE s.id = $1 AND s.user_id = $2 AND {LIVE_SESSION})"
+    ))
+    .bind(session_id)
+    .bind(user_id)
+    .fetch_one(pool)
+    .await
+}
+
 async fn session(state: &AppState, parts: &mut Parts, token: &str) -> Result<Principal, ApiError> {
     let claims = state
         .jwt
@@ -286,8 +308,7 @@ async fn session(state: &AppState, parts: &mut Parts, token: &str) -> Result<Pri
         .ok_or_else(ApiError::unauthenticated)?;
     let row: Option<SessionUser> = sqlx::query_as(&format!(
         "SELECT s.last_used_at AS session_last_used_at, {} FROM sessions s JOIN users u ON u.id = s.user_id \
-         WHERE s.id = $1 AND s.user_id = $2 AND s.revoked_at IS NULL AND s.expires_at > now() \
-           AND u.status = 'active'",
+         WHERE s.id = $1 AND s.user_id = $2 AND {LIVE_SESSION}",
         *USER_COLUMNS_OF_U
     ))
     .bind(claims.sid)

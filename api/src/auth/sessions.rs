@@ -192,11 +192,11 @@ pub async fn refresh(
             None => Refreshed::Invalid,
         });
     };
-    let session: Option<(Uuid, DateTime<Utc>)> = sqlx::query_as(
+    let session: Option<(Uuid, DateTime<Utc>)> = sqlx::query_as(&format!(
         "UPDATE sessions s SET last_used_at = now(), client_ip = $2 FROM users u \
-         WHERE s.id = $1 AND u.id = s.user_id AND s.revoked_at IS NULL AND s.expires_at > now() \
-           AND u.status = 'active' RETURNING s.user_id, s.expires_at",
-    )
+         WHERE s.id = $1 AND u.id = s.user_id AND {} RETURNING s.user_id, s.expires_at",
+        super::LIVE_SESSION
+    ))
     .bind(session_id)
     .bind(client.ip.to_string())
     .fetch_optional(&mut *conn)
