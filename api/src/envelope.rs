@@ -1,7 +1,7 @@
 //! Success envelope, JSON/query extractors that answer in the error envelope, and
 //! pagination (SPEC §2).
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
@@ -59,70 +59,205 @@ impl<T: Serialize> IntoResponse for Envelope<T> {
     }
 }
 
-/// A JSON body whose rejections (bad JSON, wrong content type, too large) are
-/// answered in the error envelope with a field where one is known.
+/// A JSON object body whose rejections (bad JSON, wrong content type, too
+/// large, not an object, NUL in a string) are answered in the error envelope
+/// with a field where one is known.
 pub struct Json<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(value)) => Ok(Json(value)),
-            Err(rejection) => Err(json_rejection(rejection)),
+        if !is_json_content_type(req.headers()) {
+            return Err(ApiError::bad_request(
+                "expected a JSON body with Content-Type: application/json",
+            ));
         }
+        let body = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge("the request body is too large".into())
+            } else {
+                ApiError::bad_request("the request body could not be read")
+            }
+        })?;
+        json_object(&body).map(Json)
     }
 }
 
-fn json_rejection(rejection: JsonRejection) -> ApiError {
-    match rejection.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => {
-            ApiError::PayloadTooLarge("the request body is too large".into())
-        }
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => {
-            ApiError::bad_request("expected a JSON body with Content-Type: application/json")
-        }
-        _ => match rejection {
-            JsonRejection::JsonDataError(e) => {
-                // serde's message names the field path, e.g. "email: invalid type…".
-                let text = e.body_text();
-                let detail = text.split_once(": ").map(|(_, rest)| rest).unwrap_or(&text);
-                let (field, message) = detail.split_once(": ").unwrap_or(("body", detail));
-                ApiError::validation(vec![FieldError::new(field, message.to_owned())])
-            }
-            other => {
-                ApiError::bad_request(format!("the body is not valid JSON: {}", other.body_text()))
-            }
-        },
-    }
+fn is_json_content_type(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"))
 }
 
-/// Query-string parameters answered in the error envelope when malformed.
+/// Parses a body that must be one JSON object. serde would map an array onto
+/// a struct by position, and Postgres refuses NUL in text, so both are
+/// refused here with a clear message instead of surprising later.
+pub fn json_object<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'{') {
+        return Err(ApiError::validation(vec![FieldError::new(
+            "body",
+            "must be a JSON object",
+        )]));
+    }
+    if has_escaped_nul(body) {
+        return Err(ApiError::validation(vec![FieldError::new(
+            "body",
+            "strings must not contain NUL characters (\\u0000)",
+        )]));
+    }
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+        let inner = e.inner();
+        if inner.is_syntax() || inner.is_eof() {
+            return not_json(inner);
+        }
+        let path = e.path().to_string();
+        let field = if path == "." { "body".to_owned() } else { path };
+        ApiError::validation(vec![FieldError::new(field, serde_message(&inner.to_string()))])
+    })?;
+    deserializer.end().map_err(|e| not_json(&e))?;
+    Ok(value)
+}
+
+fn not_json(e: &serde_json::Error) -> ApiError {
+    ApiError::bad_request(format!(
+        "the body is not valid JSON (line {}, column {})",
+        e.line(),
+        e.column()
+    ))
+}
+
+/// JSON can carry NUL only as the escape `\u0000`; an escaped backslash
+/// followed by `u0000` is plain text and is let through.
+fn has_escaped_nul(body: &[u8]) -> bool {
+    let mut i = 0;
+    while i < body.len() {
+        if body[i] == b'\\' {
+            if body.get(i + 1) == Some(&b'u') && body.get(i + 2..i + 6) == Some(b"0000") {
+                return true;
+            }
+            i += 2;
+        } else {
+            i += 1;
+        }
+    }
+    false
+}
+
+/// serde's message without its position suffix, and without Rust type names.
+fn serde_message(raw: &str) -> String {
+    let message = raw.split(" at line ").next().unwrap_or(raw);
+    let message = message
+        .replace("struct ", "object ")
+        .replace("a string", "text")
+        .replace("i64", "a whole number")
+        .replace("u64", "a non-negative whole number")
+        .replace("i32", "a whole number")
+        .replace("u32", "a non-negative whole number")
+        .replace("u16", "a whole number from 0 to 65535")
+        .replace("f64", "a number")
+        .replace("f32", "a number");
+    message
+}
+
+/// Query-string parameters answered in the error envelope when malformed,
+/// naming the parameter and the format it takes.
 pub struct Query<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        axum::extract::Query::<T>::from_request_parts(parts, state)
-            .await
-            .map(|axum::extract::Query(value)| Query(value))
-            .map_err(|e: QueryRejection| ApiError::bad_request(e.body_text()))
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let query = parts.uri.query().unwrap_or_default();
+        let deserializer =
+            serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+        serde_path_to_error::deserialize(deserializer)
+            .map(Query)
+            .map_err(|e| {
+                let field = e.path().to_string();
+                let field = if field == "." { "query".to_owned() } else { field };
+                ApiError::validation(vec![FieldError::new(
+                    field,
+                    query_message(&e.inner().to_string()),
+                )])
+            })
+    }
+}
+
+/// The expected format, in words, for what a query value failed to parse as.
+fn query_message(raw: &str) -> String {
+    let lower = raw.to_ascii_lowercase();
+    if lower.contains("invalid digit") || lower.contains("number too") {
+        "must be a whole number".into()
+    } else if lower.contains("float") {
+        "must be a number".into()
+    } else if lower.contains("`true` or `false`") {
+        "must be true or false".into()
+    } else if lower.contains("uuid") {
+        "must be a UUID".into()
+    } else if lower.contains("input contains invalid characters")
+        || lower.contains("premature end of input")
+        || lower.contains("input is out of range")
+        || lower.contains("trailing input")
+        || lower.contains("input is not enough")
+    {
+        "must be an RFC 3339 date-time such as 2026-01-31T12:00:00Z".into()
+    } else if lower.starts_with("unknown variant") || lower.starts_with("unknown field") {
+        serde_message(raw).replace('`', "'")
+    } else if lower.starts_with("missing field") {
+        "is required".into()
+    } else {
+        "is malformed".into()
     }
 }
 
 /// Path parameters answered in the error envelope when malformed (an id that
-/// is not a UUID, say).
+/// is not a UUID, say), naming the parameter.
 pub struct Path<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Path<T> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        axum::extract::Path::<T>::from_request_parts(parts, state)
-            .await
-            .map(|axum::extract::Path(value)| Path(value))
-            .map_err(|e| ApiError::bad_request(e.body_text()))
+        use axum::extract::path::ErrorKind;
+        use axum::extract::rejection::PathRejection;
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(value)) => Ok(Path(value)),
+            Err(PathRejection::FailedToDeserializePathParams(e)) => {
+                // The kind's text names the expected type or the parser's
+                // complaint; it is matched, never returned.
+                let expected = e.kind().to_string();
+                let key = match e.kind() {
+                    ErrorKind::ParseErrorAtKey { key, .. }
+                    | ErrorKind::DeserializeError { key, .. } => Some(key.clone()),
+                    _ => None,
+                };
+                let key = match key {
+                    Some(key) => key,
+                    None => axum::extract::RawPathParams::from_request_parts(parts, state)
+                        .await
+                        .ok()
+                        .and_then(|raw| raw.iter().next().map(|(k, _)| k.to_owned()))
+                        .unwrap_or_else(|| "path".to_owned()),
+                };
+                let message = if expected.to_ascii_lowercase().contains("uuid") {
+                    "must be a UUID"
+                } else if ["i16", "i32", "i64", "u16", "u32", "u64"]
+                    .iter()
+                    .any(|t| expected.contains(&format!("`{t}`")))
+                {
+                    "must be a whole number"
+                } else {
+                    "is malformed"
+                };
+                Err(ApiError::validation(vec![FieldError::new(key, message)]))
+            }
+            Err(_) => Err(ApiError::bad_request("the path is malformed")),
+        }
     }
 }
 

@@ -6,6 +6,7 @@ pub mod bootstrap;
 pub mod client_ip;
 pub mod envelope;
 pub mod error;
+pub mod http_server;
 pub mod metrics;
 pub mod middleware;
 pub mod rate_limit;
@@ -15,10 +16,12 @@ pub mod routes;
 pub mod state;
 pub mod validate;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::timeout::TimeoutLayer;
 use axum::{Extension, Router};
 use berth_jobs::relay::Relay;
 use sqlx::migrate::Migrator;
@@ -137,7 +140,6 @@ fn auth_routes(state: &AppState) -> OpenApiRouter<AppState> {
 /// The router and the OpenAPI document, built from the same route declarations so
 /// the document covers every route.
 pub fn router(state: AppState) -> Router {
-    let max_body = state.config.max_json_body_bytes;
     let v1 = OpenApiRouter::new()
         .routes(routes!(routes::platform::live))
         .routes(routes!(routes::platform::ready))
@@ -169,12 +171,28 @@ pub fn router(state: AppState) -> Router {
         .nest("/api/v1", v1)
         .routes(routes!(routes::platform::metrics))
         .split_for_parts();
+    with_http_layers(router.layer(Extension(Arc::new(doc))), state)
+}
+
+/// What every route is wrapped in: the fallback 404, content-type and NUL
+/// checks, body limit, cross-site refusal, request timeout, panic catching,
+/// and outermost the request context (id, log line, metrics, headers).
+/// Public so tests can wrap a route of their own (one that panics) the same way.
+pub fn with_http_layers(router: Router<AppState>, state: AppState) -> Router {
+    let max_body = state.config.max_json_body_bytes;
+    let request_timeout = state.config.http.request_timeout;
     router
         .fallback(|| async { ApiError::NotFound("no route matches this path".into()) })
+        .route_layer(axum::middleware::from_fn(middleware::require_json_body))
         .route_layer(axum::middleware::from_fn(middleware::record_route))
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::from_fn(middleware::refuse_cross_site))
-        .layer(Extension(Arc::new(doc)))
+        .layer(axum::middleware::from_fn(middleware::refuse_nul))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            request_timeout,
+        ))
+        .layer(CatchPanicLayer::custom(middleware::panic_response))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             middleware::request_context,
@@ -199,11 +217,8 @@ pub async fn serve(
     ));
     let relay =
         tokio::spawn(Relay::new(state.pool.clone(), state.redis.clone()).run(shutdown.clone()));
-    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    let stop = shutdown.clone();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await?;
+    let limits = state.config.http;
+    http_server::serve(listener, router(state), limits, shutdown.clone()).await;
     shutdown.cancel();
     let _ = relay.await;
     let _ = hub.await;

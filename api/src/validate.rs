@@ -70,6 +70,26 @@ pub fn secret_field(field: &str, value: &str, max_chars: usize, errors: &mut Vec
     }
 }
 
+/// A timestamp between the years 1970 and 9999: what Postgres and date
+/// arithmetic handle without overflow, and all a caller can mean.
+pub fn timestamp_field(
+    field: &str,
+    value: Option<chrono::DateTime<chrono::Utc>>,
+    errors: &mut Vec<FieldError>,
+) -> Option<chrono::DateTime<chrono::Utc>> {
+    use chrono::Datelike;
+    let value = value?;
+    if (1970..=9999).contains(&value.year()) {
+        Some(value)
+    } else {
+        errors.push(FieldError::new(
+            field,
+            "must be a date-time between the years 1970 and 9999",
+        ));
+        None
+    }
+}
+
 pub fn finish(errors: Vec<FieldError>) -> Result<(), ApiError> {
     if errors.is_empty() {
         Ok(())

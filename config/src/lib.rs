@@ -267,7 +267,11 @@ pub struct SshConfig {
     /// address at connect time): cloud metadata ranges by default.
     pub deny_networks: Vec<ipnet::IpNet>,
     pub connect_timeout: Duration,
+    /// For the server's banner and key exchange, apart from job timeouts.
+    pub handshake_timeout: Duration,
     pub io_timeout: Duration,
+    /// Output kept per stream of one remote command.
+    pub max_output_bytes: usize,
 }
 
 impl SshConfig {
@@ -279,7 +283,8 @@ impl SshConfig {
     }
 
     /// `BERTH_SSH_DENY_NETWORKS` (comma-separated CIDR ranges, or `none`),
-    /// `BERTH_SSH_CONNECT_TIMEOUT_MS`, `BERTH_SSH_IO_TIMEOUT_MS`.
+    /// `BERTH_SSH_CONNECT_TIMEOUT_MS`, `BERTH_SSH_HANDSHAKE_TIMEOUT_MS`,
+    /// `BERTH_SSH_IO_TIMEOUT_MS`, `BERTH_SSH_MAX_OUTPUT_BYTES`.
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         const NAME: &str = "BERTH_SSH_DENY_NETWORKS";
         let deny_networks = match env.optional(NAME) {
@@ -298,7 +303,12 @@ impl SshConfig {
         Ok(Self {
             deny_networks,
             connect_timeout: env.millis("BERTH_SSH_CONNECT_TIMEOUT_MS", Duration::from_secs(10))?,
+            handshake_timeout: env.millis(
+                "BERTH_SSH_HANDSHAKE_TIMEOUT_MS",
+                Duration::from_secs(10),
+            )?,
             io_timeout: env.millis("BERTH_SSH_IO_TIMEOUT_MS", Duration::from_secs(30))?,
+            max_output_bytes: env.parsed("BERTH_SSH_MAX_OUTPUT_BYTES", 1024 * 1024)?,
         })
     }
 }
@@ -326,6 +336,41 @@ pub struct ApiConfig {
     pub ssh: SshConfig,
     /// Server creations per user (`BERTH_RATE_LIMIT_SERVER_CREATE`).
     pub server_create_rate_limit: RateLimit,
+    pub http: HttpLimits,
+}
+
+/// What one client may hold of the api's HTTP listener.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    /// A handler that has not answered by then is cancelled with a 408.
+    pub request_timeout: Duration,
+    /// A connection that does not finish a request's headers this long after
+    /// opening, or after its previous answer (idle keep-alive), is closed.
+    pub header_timeout: Duration,
+    /// Open connections at most; past it new ones wait in the listen backlog.
+    pub max_connections: usize,
+}
+
+impl HttpLimits {
+    /// `BERTH_HTTP_REQUEST_TIMEOUT_SECS` (30), `BERTH_HTTP_HEADER_TIMEOUT_SECS`
+    /// (10), `BERTH_HTTP_MAX_CONNECTIONS` (4096).
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let secs = |name: &str, default: u64| -> Result<Duration, ConfigError> {
+            match env.parsed::<u64>(name, default)? {
+                0 => Err(malformed(name, "must be at least 1")),
+                n => Ok(Duration::from_secs(n)),
+            }
+        };
+        let max_connections: usize = env.parsed("BERTH_HTTP_MAX_CONNECTIONS", 4096)?;
+        if max_connections == 0 {
+            return Err(malformed("BERTH_HTTP_MAX_CONNECTIONS", "must be at least 1"));
+        }
+        Ok(Self {
+            request_timeout: secs("BERTH_HTTP_REQUEST_TIMEOUT_SECS", 30)?,
+            header_timeout: secs("BERTH_HTTP_HEADER_TIMEOUT_SECS", 10)?,
+            max_connections,
+        })
+    }
 }
 
 /// Sign-in methods, token lifetimes and the limits of SPEC §3.2.
@@ -532,6 +577,7 @@ impl ApiConfig {
                 "BERTH_RATE_LIMIT_SERVER_CREATE",
                 RateLimit::per_secs(8, 600),
             )?,
+            http: HttpLimits::from_env(env)?,
         })
     }
 }

@@ -88,13 +88,68 @@ impl AddressPolicy {
         Self { denied }
     }
 
+    /// An IPv6 address is checked as itself and as every IPv4 address it
+    /// carries (mapped, compatible, NAT64, 6to4, Teredo), so
+    /// `64:ff9b::a9fe:a9fe` is as denied as `169.254.169.254`.
     pub fn allows(&self, ip: IpAddr) -> bool {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
-        };
-        !self.denied.iter().any(|net| net.contains(&ip))
+        let mut forms = vec![ip];
+        if let IpAddr::V6(v6) = ip {
+            forms.extend(embedded_ipv4(v6).into_iter().map(IpAddr::V4));
+        }
+        !forms
+            .iter()
+            .any(|form| self.denied.iter().any(|net| net.contains(form)))
     }
+}
+
+/// The IPv4 addresses an IPv6 address stands for under the transition schemes
+/// that route to them.
+pub fn embedded_ipv4(v6: std::net::Ipv6Addr) -> Vec<std::net::Ipv4Addr> {
+    use std::net::Ipv4Addr;
+    let s = v6.segments();
+    let bits = u128::from(v6);
+    let low32 = Ipv4Addr::from((bits & 0xffff_ffff) as u32);
+    let mut found = Vec::new();
+    // ::ffff:a.b.c.d (mapped) and ::a.b.c.d (compatible, deprecated but routed
+    // by some stacks); :: and ::1 are not IPv4.
+    if s[..5] == [0; 5] && (s[5] == 0xffff || (s[5] == 0 && bits > 1)) {
+        found.push(low32);
+    }
+    // NAT64: the well-known 64:ff9b::/96 and the local-use 64:ff9b:1::/48.
+    if (s[..6] == [0x64, 0xff9b, 0, 0, 0, 0]) || (s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1) {
+        found.push(low32);
+    }
+    // 6to4: 2002:AABB:CCDD::/48 carries AA.BB.CC.DD.
+    if s[0] == 0x2002 {
+        found.push(Ipv4Addr::from(((s[1] as u32) << 16) | s[2] as u32));
+    }
+    // Teredo: 2001:0::/32, server in bits 32..64, client inverted in the last 32.
+    if s[0] == 0x2001 && s[1] == 0 {
+        found.push(Ipv4Addr::from(((s[2] as u32) << 16) | s[3] as u32));
+        found.push(Ipv4Addr::from(!((bits & 0xffff_ffff) as u32)));
+    }
+    found
+}
+
+/// Addresses on the Berth host's own side (loopback, private, link-local):
+/// connection errors to them are reported in one uniform way, so server
+/// validation cannot be used to tell open ports from closed ones.
+fn is_internal(ip: IpAddr) -> bool {
+    let mut forms = vec![ip];
+    if let IpAddr::V6(v6) = ip {
+        forms.extend(embedded_ipv4(v6).into_iter().map(IpAddr::V4));
+    }
+    forms.iter().any(|ip| match ip {
+        IpAddr::V4(v4) => {
+            v4.is_loopback() || v4.is_private() || v4.is_link_local() || v4.is_unspecified()
+        }
+        IpAddr::V6(v6) => {
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || (v6.segments()[0] & 0xfe00) == 0xfc00
+                || (v6.segments()[0] & 0xffc0) == 0xfe80
+        }
+    })
 }
 
 impl Default for AddressPolicy {
@@ -123,21 +178,44 @@ pub struct Target {
     pub pinned_host_key: Option<String>,
 }
 
+/// What one connection may take: time to connect, time for the server's
+/// banner and key exchange (a tarpit that accepts TCP and never speaks is
+/// dropped after this, not after a job's whole timeout), time per libssh2 call,
+/// and output kept per stream of a command.
 #[derive(Debug, Clone, Copy)]
-pub struct Timeouts {
+pub struct Limits {
     pub connect: Duration,
-    /// Bound on every single libssh2 call.
+    pub handshake: Duration,
+    /// Bound on every single libssh2 call after the handshake.
     pub io: Duration,
+    /// Output kept of each of a command's streams; the rest is read and dropped.
+    pub max_output_bytes: usize,
 }
 
-impl Default for Timeouts {
+impl Default for Limits {
     fn default() -> Self {
         Self {
             connect: Duration::from_secs(10),
+            handshake: Duration::from_secs(10),
             io: Duration::from_secs(30),
+            max_output_bytes: 1024 * 1024,
         }
     }
 }
+
+impl From<&berth_config::SshConfig> for Limits {
+    fn from(config: &berth_config::SshConfig) -> Self {
+        Self {
+            connect: config.connect_timeout,
+            handshake: config.handshake_timeout,
+            io: config.io_timeout,
+            max_output_bytes: config.max_output_bytes,
+        }
+    }
+}
+
+/// Marks where a command's output was cut.
+pub const TRUNCATED_MARKER: &str = "[berth: output truncated]";
 
 /// What a finished command left.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -159,6 +237,7 @@ pub struct Connection {
     session: Arc<Mutex<ssh2::Session>>,
     host_key: String,
     address: SocketAddr,
+    max_output_bytes: usize,
 }
 
 async fn blocking<T: Send + 'static>(
@@ -208,16 +287,26 @@ fn fingerprint(session: &ssh2::Session) -> Result<String, SshError> {
 pub async fn connect(
     target: &Target,
     policy: &AddressPolicy,
-    timeouts: Timeouts,
+    limits: Limits,
 ) -> Result<Connection, SshError> {
     command::check_username(&target.username).map_err(|e| SshError::Denied(e.to_string()))?;
     let target = target.clone();
     let policy = policy.clone();
     blocking(move || {
         let address = resolve(&target, &policy)?;
-        let tcp = TcpStream::connect_timeout(&address, timeouts.connect).map_err(|e| {
+        let internal = is_internal(address.ip());
+        // One answer for every way an internal address fails before SSH is
+        // spoken: refused, timed out, or something that is not an SSH server.
+        let no_ssh_server = || SshError::Unreachable {
+            target: address.to_string(),
+            reason: "no SSH server answered".into(),
+        };
+        let tcp = TcpStream::connect_timeout(&address, limits.connect).map_err(|e| {
+            if internal {
+                return no_ssh_server();
+            }
             let reason = if e.kind() == ErrorKind::TimedOut {
-                format!("no answer within {:?}", timeouts.connect)
+                format!("no answer within {:?}", limits.connect)
             } else {
                 e.to_string()
             };
@@ -227,9 +316,21 @@ pub async fn connect(
             }
         })?;
         let mut session = ssh2::Session::new().map_err(protocol)?;
-        session.set_timeout(timeouts.io.as_millis() as u32);
+        session.set_timeout(limits.handshake.as_millis() as u32);
         session.set_tcp_stream(tcp);
-        session.handshake().map_err(protocol)?;
+        session.handshake().map_err(|e| {
+            if internal {
+                no_ssh_server()
+            } else if matches!(e.code(), ssh2::ErrorCode::Session(-9)) {
+                SshError::Unreachable {
+                    target: address.to_string(),
+                    reason: format!("no SSH handshake within {:?}", limits.handshake),
+                }
+            } else {
+                protocol(e)
+            }
+        })?;
+        session.set_timeout(limits.io.as_millis() as u32);
         let host_key = fingerprint(&session)?;
         if let Some(expected) = &target.pinned_host_key
             && *expected != host_key
@@ -270,6 +371,7 @@ pub async fn connect(
             session: Arc::new(Mutex::new(session)),
             host_key,
             address,
+            max_output_bytes: limits.max_output_bytes,
         })
     })
     .await
@@ -294,8 +396,11 @@ impl Connection {
         self.exec_streaming(command, deadline, |_, _| {}).await
     }
 
-    /// Runs `command`, handing each complete output line to `on_line` as it
-    /// arrives, and returns everything at the end.
+    /// Runs `command`, handing each output line to `on_line` as it arrives
+    /// (lines longer than the output cap are handed over in pieces), and
+    /// returns the output at the end: at most the connection's
+    /// `max_output_bytes` of each stream, then [`TRUNCATED_MARKER`]. Output
+    /// past the cap is read and dropped, so the command runs to its end.
     pub async fn exec_streaming(
         &self,
         command: &ShellCommand,
@@ -304,6 +409,7 @@ impl Connection {
     ) -> Result<Output, SshError> {
         let session = self.session.clone();
         let command = command.as_str().to_owned();
+        let cap = self.max_output_bytes;
         blocking(move || {
             let session = session
                 .lock()
@@ -313,7 +419,7 @@ impl Connection {
             // Non-blocking reads of both streams, so a command that fills one
             // while the other is read never stalls.
             session.set_blocking(false);
-            let result = pump(&mut channel, deadline, &mut on_line);
+            let result = pump(&mut channel, deadline, cap, &mut on_line);
             session.set_blocking(true);
             let (stdout, stderr) = result?;
             channel.wait_close().map_err(protocol)?;
@@ -381,16 +487,74 @@ impl Connection {
     }
 }
 
+/// A line handed to `on_line` is at most this long; a longer one (a flood
+/// without newlines) is split, so the pending buffer stays bounded.
+const MAX_LINE_BYTES: usize = 16 * 1024;
+
+/// One output stream: what is kept (up to the cap) and the line being built.
+struct Captured {
+    kept: Vec<u8>,
+    truncated: bool,
+    line: Vec<u8>,
+}
+
+impl Captured {
+    fn new() -> Self {
+        Self {
+            kept: Vec::new(),
+            truncated: false,
+            line: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, data: &[u8], cap: usize, mut emit: impl FnMut(&[u8])) {
+        let room = cap.saturating_sub(self.kept.len());
+        self.kept.extend_from_slice(&data[..data.len().min(room)]);
+        self.truncated |= data.len() > room;
+        for mut chunk in data.split_inclusive(|b| *b == b'\n') {
+            while !chunk.is_empty() {
+                let take = chunk.len().min(MAX_LINE_BYTES - self.line.len());
+                self.line.extend_from_slice(&chunk[..take]);
+                chunk = &chunk[take..];
+                if self.line.ends_with(b"\n") || self.line.len() == MAX_LINE_BYTES {
+                    emit(&self.line);
+                    self.line.clear();
+                }
+            }
+        }
+    }
+
+    fn finish(self, mut emit: impl FnMut(&[u8])) -> String {
+        if !self.line.is_empty() {
+            emit(&self.line);
+        }
+        let mut text = String::from_utf8_lossy(&self.kept).into_owned();
+        if self.truncated {
+            if !text.ends_with('\n') && !text.is_empty() {
+                text.push('\n');
+            }
+            text.push_str(TRUNCATED_MARKER);
+        }
+        text
+    }
+}
+
 fn pump(
     channel: &mut ssh2::Channel,
     deadline: Duration,
+    cap: usize,
     on_line: &mut impl FnMut(Stream, &str),
 ) -> Result<(String, String), SshError> {
     let started = Instant::now();
-    let mut outputs = [Vec::new(), Vec::new()];
-    let mut pending = [Vec::new(), Vec::new()];
+    let mut streams = [Captured::new(), Captured::new()];
     let mut buf = [0u8; 16 * 1024];
     let mut idle = Duration::from_millis(1);
+    let mut emit_line = |stream: Stream, line: &[u8]| {
+        on_line(
+            stream,
+            String::from_utf8_lossy(line).trim_end_matches(['\r', '\n']),
+        );
+    };
     loop {
         let mut progressed = false;
         for (i, stream) in [Stream::Stdout, Stream::Stderr].into_iter().enumerate() {
@@ -402,15 +566,7 @@ fn pump(
                 Ok(0) => {}
                 Ok(n) => {
                     progressed = true;
-                    outputs[i].extend_from_slice(&buf[..n]);
-                    pending[i].extend_from_slice(&buf[..n]);
-                    while let Some(end) = pending[i].iter().position(|b| *b == b'\n') {
-                        let line: Vec<u8> = pending[i].drain(..=end).collect();
-                        on_line(
-                            stream,
-                            String::from_utf8_lossy(&line).trim_end_matches(['\r', '\n']),
-                        );
-                    }
+                    streams[i].push(&buf[..n], cap, |line| emit_line(stream, line));
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {}
                 Err(e) => return Err(SshError::Protocol(format!("reading output: {e}"))),
@@ -432,16 +588,10 @@ fn pump(
             idle = (idle * 2).min(Duration::from_millis(20));
         }
     }
-    for (i, stream) in [Stream::Stdout, Stream::Stderr].into_iter().enumerate() {
-        if !pending[i].is_empty() {
-            on_line(
-                stream,
-                String::from_utf8_lossy(&pending[i]).trim_end_matches('\r'),
-            );
-        }
-    }
-    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
-    Ok((text(&outputs[0]), text(&outputs[1])))
+    let [stdout, stderr] = streams;
+    let stdout = stdout.finish(|line| emit_line(Stream::Stdout, line));
+    let stderr = stderr.finish(|line| emit_line(Stream::Stderr, line));
+    Ok((stdout, stderr))
 }
 
 #[cfg(test)]
@@ -451,14 +601,56 @@ mod tests {
     #[test]
     fn metadata_ranges_are_denied_and_private_ones_allowed() {
         let policy = AddressPolicy::default();
-        for denied in ["169.254.169.254", "::ffff:169.254.169.254", "fd00:ec2::254"] {
+        for denied in [
+            "169.254.169.254",
+            "::ffff:169.254.169.254",
+            "fd00:ec2::254",
+            "::169.254.169.254",
+            "64:ff9b::a9fe:a9fe",
+            "64:ff9b:1::a9fe:a9fe",
+            "2002:a9fe:a9fe::1",
+            "2001:0:a9fe:a9fe::1",
+            "2001:0:4136:e378:8000:63bf:5601:5601",
+        ] {
             assert!(!policy.allows(denied.parse().unwrap()), "{denied}");
         }
-        for allowed in ["127.0.0.1", "10.0.0.5", "192.168.1.2", "::1", "203.0.113.9"] {
+        for allowed in [
+            "127.0.0.1",
+            "10.0.0.5",
+            "192.168.1.2",
+            "::1",
+            "::",
+            "203.0.113.9",
+            "2606:4700::1111",
+            "64:ff9b::cb00:7109",
+        ] {
             assert!(policy.allows(allowed.parse().unwrap()), "{allowed}");
         }
         let custom = AddressPolicy::new(vec!["127.0.0.0/8".parse().unwrap()]);
         assert!(!custom.allows("127.0.0.9".parse().unwrap()));
         assert!(AddressPolicy::new(Vec::new()).allows("169.254.169.254".parse().unwrap()));
+    }
+
+    #[test]
+    fn output_past_the_cap_is_dropped_with_a_marker_and_lines_stay_bounded() {
+        let mut out = Captured::new();
+        let mut lines = Vec::new();
+        let flood = vec![b'x'; 100_000];
+        for _ in 0..10 {
+            out.push(&flood, 4096, |l| lines.push(l.len()));
+        }
+        out.push(b"tail\n", 4096, |l| lines.push(l.len()));
+        assert!(out.line.is_empty());
+        assert!(lines.iter().all(|n| *n <= MAX_LINE_BYTES));
+        let text = out.finish(|_| {});
+        assert!(text.ends_with(TRUNCATED_MARKER));
+        assert_eq!(text.len(), 4096 + 1 + TRUNCATED_MARKER.len());
+
+        let mut small = Captured::new();
+        let mut seen = Vec::new();
+        small.push(b"one\ntw", 4096, |l| seen.push(String::from_utf8_lossy(l).into_owned()));
+        small.push(b"o\n", 4096, |l| seen.push(String::from_utf8_lossy(l).into_owned()));
+        assert_eq!(seen, ["one\n", "two\n"]);
+        assert_eq!(small.finish(|_| {}), "one\ntwo\n");
     }
 }

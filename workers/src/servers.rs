@@ -15,7 +15,7 @@ use berth_config::{SecretString, SshConfig};
 use berth_jobs::runtime::{JobContext, JobFailure};
 use berth_jobs::{Policies, ServerAction, ServerJob, server_secret_binding};
 use berth_secrets::Keyring;
-use berth_ssh::{AddressPolicy, Auth, Connection, ShellCommand, SshError, Target, Timeouts};
+use berth_ssh::{AddressPolicy, Auth, Connection, ShellCommand, SshError, Target, Limits};
 use redis::aio::ConnectionManager;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
@@ -37,7 +37,7 @@ pub struct ServerJobs {
     policies: Policies,
     keys: Keyring,
     policy: AddressPolicy,
-    timeouts: Timeouts,
+    limits: Limits,
 }
 
 #[derive(sqlx::FromRow)]
@@ -96,10 +96,7 @@ impl ServerJobs {
             policies,
             keys,
             policy: AddressPolicy::new(ssh.deny_networks.clone()),
-            timeouts: Timeouts {
-                connect: ssh.connect_timeout,
-                io: ssh.io_timeout,
-            },
+            limits: Limits::from(ssh),
         }
     }
 
@@ -158,7 +155,7 @@ impl ServerJobs {
 
     async fn connect(&self, row: &ServerRow) -> Result<Connection, SshError> {
         let target = self.target(row)?;
-        berth_ssh::connect(&target, &self.policy, self.timeouts).await
+        berth_ssh::connect(&target, &self.policy, self.limits).await
     }
 
     /// Records a server's state, evaluates alerts (with `sample` from a probe,

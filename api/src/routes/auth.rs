@@ -558,8 +558,7 @@ fn optional_body<T: DeserializeOwned>(body: &Bytes) -> Result<Option<T>, ApiErro
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
-    serde_json::from_slice::<Option<T>>(body)
-        .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))
+    crate::envelope::json_object(body).map(Some)
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]

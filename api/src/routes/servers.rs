@@ -700,8 +700,12 @@ pub async fn metrics(
     Query(query): Query<MetricsQuery>,
 ) -> Result<Envelope<MetricSeries>, ApiError> {
     principal.require(Scope::ServersRead)?;
-    let to = query.to.unwrap_or_else(Utc::now);
-    let from = query.from.unwrap_or(to - chrono::Duration::hours(1));
+    let mut errors = Vec::new();
+    let to = crate::validate::timestamp_field("to", query.to, &mut errors);
+    let from = crate::validate::timestamp_field("from", query.from, &mut errors);
+    crate::validate::finish(errors)?;
+    let to = to.unwrap_or_else(Utc::now);
+    let from = from.unwrap_or(to - chrono::Duration::hours(1));
     if from >= to {
         return Err(ApiError::validation(vec![FieldError::new(
             "from",

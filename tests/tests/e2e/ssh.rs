@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use berth_config::SecretString;
 use berth_e2e::ssh_servers::{KEY_PASSPHRASE, PASSWORD, PASSWORD_USER, TestSshd};
-use berth_ssh::{AddressPolicy, Arg, Auth, ShellCommand, SshError, Stream, Target, Timeouts};
+use berth_ssh::{AddressPolicy, Arg, Auth, ShellCommand, SshError, Stream, Target, Limits};
 
 fn key_target(sshd: &TestSshd, i: usize) -> Target {
     Target {
@@ -26,7 +26,7 @@ const LONG: Duration = Duration::from_secs(30);
 async fn key_password_and_passphrase_logins_and_commands() {
     let sshd = TestSshd::start(2).await;
     let policy = AddressPolicy::default();
-    let conn = berth_ssh::connect(&key_target(&sshd, 0), &policy, Timeouts::default())
+    let conn = berth_ssh::connect(&key_target(&sshd, 0), &policy, Limits::default())
         .await
         .unwrap();
     assert_eq!(conn.host_key(), sshd.host_key_fingerprint().await);
@@ -48,7 +48,7 @@ async fn key_password_and_passphrase_logins_and_commands() {
         private_key: SecretString::from(sshd.encrypted_key.clone()),
         passphrase: Some(SecretString::from(KEY_PASSPHRASE.to_owned())),
     };
-    let conn2 = berth_ssh::connect(&target, &policy, Timeouts::default())
+    let conn2 = berth_ssh::connect(&target, &policy, Limits::default())
         .await
         .unwrap();
     assert_eq!(conn2.address().ip().to_string(), sshd.host(1));
@@ -58,7 +58,7 @@ async fn key_password_and_passphrase_logins_and_commands() {
         auth: Auth::Password(SecretString::from(PASSWORD.to_owned())),
         ..key_target(&sshd, 0)
     };
-    let conn3 = berth_ssh::connect(&password, &policy, Timeouts::default())
+    let conn3 = berth_ssh::connect(&password, &policy, Limits::default())
         .await
         .unwrap();
     let who = conn3
@@ -71,7 +71,7 @@ async fn key_password_and_passphrase_logins_and_commands() {
         auth: Auth::Password(SecretString::from("not the password".to_owned())),
         ..password.clone()
     };
-    let err = berth_ssh::connect(&wrong, &policy, Timeouts::default())
+    let err = berth_ssh::connect(&wrong, &policy, Limits::default())
         .await
         .err()
         .unwrap();
@@ -82,7 +82,7 @@ async fn key_password_and_passphrase_logins_and_commands() {
         private_key: SecretString::from(sshd.encrypted_key.clone()),
         passphrase: Some(SecretString::from("nope".to_owned())),
     };
-    let err = berth_ssh::connect(&wrong_passphrase, &policy, Timeouts::default())
+    let err = berth_ssh::connect(&wrong_passphrase, &policy, Limits::default())
         .await
         .err()
         .unwrap();
@@ -95,7 +95,7 @@ async fn output_streams_line_by_line_and_deadlines_hold() {
     let conn = berth_ssh::connect(
         &key_target(&sshd, 0),
         &AddressPolicy::default(),
-        Timeouts::default(),
+        Limits::default(),
     )
     .await
     .unwrap();
@@ -139,7 +139,7 @@ async fn output_streams_line_by_line_and_deadlines_hold() {
     let again = berth_ssh::connect(
         &key_target(&sshd, 0),
         &AddressPolicy::default(),
-        Timeouts::default(),
+        Limits::default(),
     )
     .await
     .unwrap();
@@ -159,7 +159,7 @@ async fn sftp_upload_and_download() {
     let conn = berth_ssh::connect(
         &key_target(&sshd, 0),
         &AddressPolicy::default(),
-        Timeouts::default(),
+        Limits::default(),
     )
     .await
     .unwrap();
@@ -193,18 +193,18 @@ async fn sftp_upload_and_download() {
 async fn a_changed_host_key_is_refused_before_authenticating() {
     let mut sshd = TestSshd::start(1).await;
     let policy = AddressPolicy::default();
-    let first = berth_ssh::connect(&key_target(&sshd, 0), &policy, Timeouts::default())
+    let first = berth_ssh::connect(&key_target(&sshd, 0), &policy, Limits::default())
         .await
         .unwrap();
     let pinned = Target {
         pinned_host_key: Some(first.host_key().to_owned()),
         ..key_target(&sshd, 0)
     };
-    berth_ssh::connect(&pinned, &policy, Timeouts::default())
+    berth_ssh::connect(&pinned, &policy, Limits::default())
         .await
         .unwrap();
     sshd.change_host_key().await;
-    let err = berth_ssh::connect(&pinned, &policy, Timeouts::default())
+    let err = berth_ssh::connect(&pinned, &policy, Limits::default())
         .await
         .err()
         .unwrap();
@@ -225,14 +225,14 @@ async fn denied_unreachable_and_malformed_targets() {
     let policy = AddressPolicy::default();
     let mut target = key_target(&sshd, 0);
     target.host = "169.254.169.254".into();
-    let err = berth_ssh::connect(&target, &policy, Timeouts::default())
+    let err = berth_ssh::connect(&target, &policy, Limits::default())
         .await
         .err()
         .unwrap();
     assert_eq!(err.code(), "ADDRESS_DENIED", "{err}");
 
     let strict = AddressPolicy::new(vec!["127.0.0.0/8".parse().unwrap()]);
-    let err = berth_ssh::connect(&key_target(&sshd, 0), &strict, Timeouts::default())
+    let err = berth_ssh::connect(&key_target(&sshd, 0), &strict, Limits::default())
         .await
         .err()
         .unwrap();
@@ -240,7 +240,7 @@ async fn denied_unreachable_and_malformed_targets() {
 
     let mut closed = key_target(&sshd, 0);
     closed.port = berth_e2e::free_port();
-    let err = berth_ssh::connect(&closed, &policy, Timeouts::default())
+    let err = berth_ssh::connect(&closed, &policy, Limits::default())
         .await
         .err()
         .unwrap();
@@ -257,7 +257,7 @@ async fn denied_unreachable_and_malformed_targets() {
             username: user.into(),
             ..key_target(&sshd, 0)
         };
-        let err = berth_ssh::connect(&target, &policy, Timeouts::default())
+        let err = berth_ssh::connect(&target, &policy, Limits::default())
             .await
             .err()
             .unwrap();
