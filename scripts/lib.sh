@@ -9,30 +9,44 @@ berth_pg_bin() {
     ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1
 }
 
-# Installs whatever is missing of Postgres, Redis, the SMTP listener, promtool,
-# OpenSSH (test servers are real sshd processes) and the OpenSSL headers that
-# libssh2 (the ssh2 crate) builds against.
-berth_install_packages() {
-    local missing=()
+# berth_apt PACKAGE...: installs the named Debian packages.
+berth_apt() {
+    [ $# -gt 0 ] || return 0
+    echo "installing $* from Debian packages" >&2
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+# What running Berth needs: Postgres, Redis, and the OpenSSL headers and
+# pkg-config that libssh2 (the ssh2 crate) builds against.
+berth_runtime_missing() {
     local pg
     pg=$(berth_pg_bin)
-    { [ -n "$pg" ] && [ -x "$pg/initdb" ] && [ -x "$pg/pgbench" ]; } || missing+=(postgresql)
-    command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+    { [ -n "$pg" ] && [ -x "$pg/initdb" ]; } || echo postgresql
+    command -v redis-server >/dev/null 2>&1 || echo redis-server
+    command -v curl >/dev/null 2>&1 || echo curl
+    command -v pkg-config >/dev/null 2>&1 || echo pkg-config
+    pkg-config --exists openssl 2>/dev/null || echo libssl-dev
+}
+
+berth_install_runtime_packages() {
+    # shellcheck disable=SC2046
+    berth_apt $(berth_runtime_missing)
+}
+
+# What the test suite adds: the SMTP listener, promtool, OpenSSH servers as
+# users' servers, podman behind the docker CLI and nginx on them, pgbench.
+berth_install_packages() {
+    local missing=()
+    mapfile -t missing < <(berth_runtime_missing)
     /usr/bin/python3 -c 'import aiosmtpd' >/dev/null 2>&1 || missing+=(python3-aiosmtpd)
     command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
     [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
-    # Test servers run containers with podman behind the docker CLI, and nginx.
     command -v podman >/dev/null 2>&1 || missing+=(podman)
     command -v runc >/dev/null 2>&1 || missing+=(runc)
     [ -x /usr/sbin/nginx ] || missing+=(nginx)
     command -v ssh-keygen >/dev/null 2>&1 || missing+=(openssh-client)
-    command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
-    pkg-config --exists openssl 2>/dev/null || missing+=(libssl-dev)
-    if [ ${#missing[@]} -gt 0 ]; then
-        echo "installing ${missing[*]} from Debian packages" >&2
-        $SUDO apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-    fi
+    berth_apt "${missing[@]}"
 }
 
 berth_free_port() {
@@ -60,11 +74,14 @@ berth_start_postgres() {
     "${run[@]}" "$bin/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -o "$opts" -w -t 60 start >/dev/null
 }
 
+# Fails when the cluster is still running afterwards.
 berth_stop_postgres() {
     local dir=$1 bin run=()
     bin=$(berth_pg_bin)
     [ "$(id -u)" = 0 ] && run=(runuser -u postgres --)
-    [ -f "$dir/data/postmaster.pid" ] && "${run[@]}" "$bin/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null 2>&1 || true
+    [ -f "$dir/data/postmaster.pid" ] || return 0
+    "${run[@]}" "$bin/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null 2>&1 || true
+    [ ! -f "$dir/data/postmaster.pid" ]
 }
 
 # berth_start_redis DIR PORT: AOF on (everysec), noeviction, as SPEC and APALIS.md ask.

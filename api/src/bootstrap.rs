@@ -3,7 +3,6 @@
 use anyhow::Context;
 use berth_config::{ApiConfig, ExposeSecret};
 use sqlx::PgPool;
-use uuid::Uuid;
 
 use crate::auth::password::{hash_password_blocking, password_problem};
 
@@ -31,18 +30,23 @@ pub async fn ensure_default_admin(pool: &PgPool, config: &ApiConfig) -> anyhow::
         .fetch_one(&mut *tx)
         .await?;
     if any_user {
+        let is_that_admin: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM users WHERE lower(email) = lower($1))",
+        )
+        .bind(email.trim())
+        .fetch_one(&mut *tx)
+        .await?;
+        if !is_that_admin {
+            tracing::warn!(
+                "DEFAULT_ADMIN_EMAIL and DEFAULT_ADMIN_PASSWORD are ignored: users exist already \
+                 (use `berth-api admin create` or `admin promote` to add an admin)"
+            );
+        }
         return Ok(false);
     }
-    sqlx::query(
-        "INSERT INTO users (id, email, name, password_hash, role, status, email_verified) \
-         VALUES ($1, $2, 'Administrator', $3, 'super_admin', 'active', true)",
-    )
-    .bind(Uuid::new_v4())
-    .bind(email.trim())
-    .bind(hash)
-    .execute(&mut *tx)
-    .await
-    .context("cannot create the default admin")?;
+    crate::operator::insert_user(&mut tx, email, "Administrator", "super_admin", hash)
+        .await
+        .context("cannot create the default admin")?;
     tx.commit().await?;
     tracing::info!("default admin created");
     Ok(true)

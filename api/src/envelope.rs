@@ -117,7 +117,10 @@ pub fn json_object<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
         }
         let path = e.path().to_string();
         let field = if path == "." { "body".to_owned() } else { path };
-        ApiError::validation(vec![FieldError::new(field, serde_message(&inner.to_string()))])
+        ApiError::validation(vec![FieldError::new(
+            field,
+            serde_message(&inner.to_string()),
+        )])
     })?;
     deserializer.end().map_err(|e| not_json(&e))?;
     Ok(value)
@@ -179,7 +182,11 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
             .map(Query)
             .map_err(|e| {
                 let field = e.path().to_string();
-                let field = if field == "." { "query".to_owned() } else { field };
+                let field = if field == "." {
+                    "query".to_owned()
+                } else {
+                    field
+                };
                 ApiError::validation(vec![FieldError::new(
                     field,
                     query_message(&e.inner().to_string()),

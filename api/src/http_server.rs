@@ -75,8 +75,7 @@ pub async fn serve(
                 req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
                 router.clone().call(req)
             });
-            let connection =
-                builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
             // Errors here are clients going away or timing out: nothing to report.
             let _ = graceful_watcher.watch(connection).await;
             drop(permit);

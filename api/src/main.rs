@@ -21,6 +21,41 @@ enum Command {
     /// Re-encrypt stored secrets under the current BERTH_MASTER_KEY (after a
     /// rotation, with the old key in BERTH_MASTER_KEY_PREVIOUS) and exit.
     Reseal,
+    /// Manage accounts on the host, without mail: create, promote, reset-password.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Create a verified account that can sign in at once.
+    Create {
+        #[arg(long)]
+        email: String,
+        #[arg(long, default_value = "Administrator")]
+        name: String,
+        /// user, admin or super_admin.
+        #[arg(long, default_value = "super_admin")]
+        role: String,
+        /// Read the password from standard input instead of generating one.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Give an existing account a role (admin by default).
+    Promote {
+        #[arg(long)]
+        email: String,
+        #[arg(long, default_value = "admin")]
+        role: String,
+    },
+    /// Set a new password and sign out every session of the account.
+    ResetPassword {
+        #[arg(long)]
+        email: String,
+        /// Read the password from standard input instead of generating one.
+        #[arg(long)]
+        password_stdin: bool,
+    },
 }
 
 #[tokio::main]
@@ -30,6 +65,7 @@ async fn main() {
         Command::Serve => serve().await,
         Command::Migrate => migrate().await,
         Command::Reseal => reseal().await,
+        Command::Admin(command) => admin(command).await,
     };
     if let Err(e) = result {
         tracing::error!("berth-api stopped: {e:#}");
@@ -46,6 +82,59 @@ async fn migrate() -> anyhow::Result<()> {
         .context("cannot connect to DATABASE_URL")?;
     MIGRATOR.run(&pool).await.context("migrations failed")?;
     tracing::info!("migrations applied");
+    Ok(())
+}
+
+/// The password from standard input (one line), or a generated one that is
+/// printed once.
+fn password_for(from_stdin: bool) -> anyhow::Result<(String, bool)> {
+    if !from_stdin {
+        return Ok((berth_api::operator::generate_password(), true));
+    }
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("cannot read the password from standard input")?;
+    Ok((line.trim_end_matches(['\r', '\n']).to_owned(), false))
+}
+
+async fn admin(command: AdminCommand) -> anyhow::Result<()> {
+    let common = CommonConfig::from_env(&Env::process())?;
+    let pool = sqlx::PgPool::connect(common.database_url.expose())
+        .await
+        .context("cannot connect to DATABASE_URL")?;
+    MIGRATOR.run(&pool).await.context("migrations failed")?;
+    use berth_api::operator;
+    match command {
+        AdminCommand::Create {
+            email,
+            name,
+            role,
+            password_stdin,
+        } => {
+            let (password, generated) = password_for(password_stdin)?;
+            operator::create(&pool, &email, &name, &role, &password).await?;
+            println!("created {email} ({role})");
+            if generated {
+                println!("password (shown once): {password}");
+            }
+        }
+        AdminCommand::Promote { email, role } => {
+            operator::promote(&pool, &email, &role).await?;
+            println!("{email} is now {role}");
+        }
+        AdminCommand::ResetPassword {
+            email,
+            password_stdin,
+        } => {
+            let (password, generated) = password_for(password_stdin)?;
+            let revoked = operator::reset_password(&pool, &email, &password).await?;
+            println!("password of {email} reset; {revoked} sessions signed out");
+            if generated {
+                println!("password (shown once): {password}");
+            }
+        }
+    }
     Ok(())
 }
 

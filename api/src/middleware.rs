@@ -154,7 +154,11 @@ pub async fn refuse_cross_site(req: Request<Body>, next: Next) -> Response {
 /// `%00` anywhere in the target is refused before it can reach a query.
 pub async fn refuse_nul(req: Request<Body>, next: Next) -> Response {
     let target = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("");
-    if target.as_bytes().windows(3).any(|w| w.eq_ignore_ascii_case(b"%00")) {
+    if target
+        .as_bytes()
+        .windows(3)
+        .any(|w| w.eq_ignore_ascii_case(b"%00"))
+    {
         return error_response(
             axum::http::StatusCode::BAD_REQUEST,
             "the path and query must not contain NUL characters".into(),

@@ -76,7 +76,8 @@ fn key(scope: &str, subject: &str) -> String {
     format!("berth:ratelimit:{scope}:{subject}")
 }
 
-/// Counts a hit and refuses past the limit with `message`. While Redis is
+/// Counts a hit and refuses past the limit with `message`; answers the
+/// decision, for the `X-RateLimit-*` headers ([`Limited`]). While Redis is
 /// unreachable the hit is let through and logged (see [`per_ip`]).
 pub async fn enforce(
     redis: &ConnectionManager,
@@ -84,14 +85,43 @@ pub async fn enforce(
     subject: &str,
     limit: RateLimit,
     message: &str,
-) -> Result<(), ApiError> {
+) -> Result<Option<RateDecision>, ApiError> {
     match hit(redis, scope, subject, limit).await {
         Ok(decision) if !decision.allowed => Err(decision.refusal(message)),
-        Ok(_) => Ok(()),
+        Ok(decision) => Ok(Some(decision)),
         Err(e) => {
             tracing::warn!(error = %e, scope, "rate limit not checked: Redis unavailable");
-            Ok(())
+            Ok(None)
         }
+    }
+}
+
+/// A response of a route limited inside its handler (per account), with the
+/// limit's headers.
+pub struct Limited<T>(pub Option<RateDecision>, pub T);
+
+impl<T: IntoResponse> IntoResponse for Limited<T> {
+    fn into_response(self) -> Response {
+        let mut response = self.1.into_response();
+        if let Some(decision) = self.0 {
+            decision.write_headers(response.headers_mut());
+        }
+        response
+    }
+}
+
+/// The subject a client address is counted as: an IPv6 client usually holds a
+/// whole /64, so it is counted per /64, not per address it can rotate through.
+pub fn address_subject(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                format!("{}/64", std::net::Ipv6Addr::from(prefix))
+            }
+        },
+        v4 => v4.to_string(),
     }
 }
 
@@ -124,6 +154,23 @@ pub async fn ensure_below(
     }
 }
 
+/// Whether `subject` has reached `limit` (false while Redis is unreachable).
+pub async fn at_limit(
+    redis: &ConnectionManager,
+    scope: &str,
+    subject: &str,
+    limit: RateLimit,
+) -> bool {
+    let count: Result<Option<u64>, redis::RedisError> = redis::cmd("GET")
+        .arg(key(scope, subject))
+        .query_async(&mut redis.clone())
+        .await;
+    count
+        .ok()
+        .flatten()
+        .is_some_and(|n| n >= u64::from(limit.max))
+}
+
 /// Forgets `subject`'s count (a successful sign-in clears its failures).
 pub async fn reset(redis: &ConnectionManager, scope: &str, subject: &str) {
     let mut conn = redis.clone();
@@ -149,7 +196,7 @@ pub async fn per_ip(
         Ok(ip) => ip,
         Err(e) => return e.into_response(),
     };
-    let decision = match hit(&state.redis, scope, &ip.to_string(), limit).await {
+    let decision = match hit(&state.redis, scope, &address_subject(ip), limit).await {
         Ok(decision) => decision,
         Err(e) => {
             tracing::warn!(error = %e, scope, "rate limit not checked: Redis unavailable");
@@ -167,4 +214,24 @@ pub async fn per_ip(
         decision.write_headers(response.headers_mut());
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_clients_count_per_64() {
+        let a = address_subject("2001:db8:1:2:aaaa::1".parse().unwrap());
+        let b = address_subject("2001:db8:1:2:bbbb:cccc:dddd:eeee".parse().unwrap());
+        let other = address_subject("2001:db8:1:3::1".parse().unwrap());
+        assert_eq!(a, b);
+        assert_eq!(a, "2001:db8:1:2::/64");
+        assert_ne!(a, other);
+        assert_eq!(
+            address_subject("::ffff:192.0.2.7".parse().unwrap()),
+            "192.0.2.7"
+        );
+        assert_eq!(address_subject("192.0.2.7".parse().unwrap()), "192.0.2.7");
+    }
 }

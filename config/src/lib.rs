@@ -303,10 +303,8 @@ impl SshConfig {
         Ok(Self {
             deny_networks,
             connect_timeout: env.millis("BERTH_SSH_CONNECT_TIMEOUT_MS", Duration::from_secs(10))?,
-            handshake_timeout: env.millis(
-                "BERTH_SSH_HANDSHAKE_TIMEOUT_MS",
-                Duration::from_secs(10),
-            )?,
+            handshake_timeout: env
+                .millis("BERTH_SSH_HANDSHAKE_TIMEOUT_MS", Duration::from_secs(10))?,
             io_timeout: env.millis("BERTH_SSH_IO_TIMEOUT_MS", Duration::from_secs(30))?,
             max_output_bytes: env.parsed("BERTH_SSH_MAX_OUTPUT_BYTES", 1024 * 1024)?,
         })
@@ -336,6 +334,8 @@ pub struct ApiConfig {
     pub ssh: SshConfig,
     /// Server creations per user (`BERTH_RATE_LIMIT_SERVER_CREATE`).
     pub server_create_rate_limit: RateLimit,
+    /// `POST /servers/{id}/validate` per user (`BERTH_RATE_LIMIT_SERVER_VALIDATE`).
+    pub server_validate_rate_limit: RateLimit,
     pub http: HttpLimits,
 }
 
@@ -363,7 +363,10 @@ impl HttpLimits {
         };
         let max_connections: usize = env.parsed("BERTH_HTTP_MAX_CONNECTIONS", 4096)?;
         if max_connections == 0 {
-            return Err(malformed("BERTH_HTTP_MAX_CONNECTIONS", "must be at least 1"));
+            return Err(malformed(
+                "BERTH_HTTP_MAX_CONNECTIONS",
+                "must be at least 1",
+            ));
         }
         Ok(Self {
             request_timeout: secs("BERTH_HTTP_REQUEST_TIMEOUT_SECS", 30)?,
@@ -393,8 +396,15 @@ pub struct AuthLimits {
     pub register: RateLimit,
     /// Per client address.
     pub login: RateLimit,
-    /// Failed sign-ins per account (or per unknown identifier).
+    /// Failed sign-ins per account (or unknown identifier) and client address.
     pub login_failures: RateLimit,
+    /// Failed sign-ins per account from all addresses; past it, sign-ins to
+    /// the account go through the slow lane.
+    pub login_failures_account: RateLimit,
+    /// Sign-in attempts per account while over the account ceiling.
+    pub login_slow_lane: RateLimit,
+    /// Wrong second-factor codes per account, from all addresses.
+    pub second_factor_failures: RateLimit,
     /// Per client address.
     pub csrf: RateLimit,
     /// Mails with a code or link, per recipient address.
@@ -501,6 +511,21 @@ impl AuthConfig {
                     "BERTH_RATE_LIMIT_LOGIN_FAILURES",
                     RateLimit::per_secs(5, 15 * 60),
                 )?,
+                login_failures_account: RateLimit::read(
+                    env,
+                    "BERTH_RATE_LIMIT_LOGIN_FAILURES_ACCOUNT",
+                    RateLimit::per_secs(100, 15 * 60),
+                )?,
+                login_slow_lane: RateLimit::read(
+                    env,
+                    "BERTH_RATE_LIMIT_LOGIN_SLOW_LANE",
+                    RateLimit::per_secs(1, 3),
+                )?,
+                second_factor_failures: RateLimit::read(
+                    env,
+                    "BERTH_RATE_LIMIT_SECOND_FACTOR_FAILURES",
+                    RateLimit::per_secs(10, 15 * 60),
+                )?,
                 csrf: RateLimit::read(env, "BERTH_RATE_LIMIT_CSRF", RateLimit::per_secs(60, 60))?,
                 email_send: RateLimit::read(
                     env,
@@ -576,6 +601,11 @@ impl ApiConfig {
                 env,
                 "BERTH_RATE_LIMIT_SERVER_CREATE",
                 RateLimit::per_secs(8, 600),
+            )?,
+            server_validate_rate_limit: RateLimit::read(
+                env,
+                "BERTH_RATE_LIMIT_SERVER_VALIDATE",
+                RateLimit::per_secs(20, 600),
             )?,
             http: HttpLimits::from_env(env)?,
         })

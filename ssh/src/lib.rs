@@ -648,8 +648,12 @@ mod tests {
 
         let mut small = Captured::new();
         let mut seen = Vec::new();
-        small.push(b"one\ntw", 4096, |l| seen.push(String::from_utf8_lossy(l).into_owned()));
-        small.push(b"o\n", 4096, |l| seen.push(String::from_utf8_lossy(l).into_owned()));
+        small.push(b"one\ntw", 4096, |l| {
+            seen.push(String::from_utf8_lossy(l).into_owned())
+        });
+        small.push(b"o\n", 4096, |l| {
+            seen.push(String::from_utf8_lossy(l).into_owned())
+        });
         assert_eq!(seen, ["one\n", "two\n"]);
         assert_eq!(small.finish(|_| {}), "one\ntwo\n");
     }

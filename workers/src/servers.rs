@@ -15,7 +15,7 @@ use berth_config::{SecretString, SshConfig};
 use berth_jobs::runtime::{JobContext, JobFailure};
 use berth_jobs::{Policies, ServerAction, ServerJob, server_secret_binding};
 use berth_secrets::Keyring;
-use berth_ssh::{AddressPolicy, Auth, Connection, ShellCommand, SshError, Target, Limits};
+use berth_ssh::{AddressPolicy, Auth, Connection, Limits, ShellCommand, SshError, Target};
 use redis::aio::ConnectionManager;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;

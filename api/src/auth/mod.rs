@@ -166,37 +166,75 @@ impl Principal {
     }
 }
 
-/// Verifies a password under the per-account failure limit
-/// (`BERTH_RATE_LIMIT_LOGIN_FAILURES`) of `subject`: refused with 429 while the
-/// limit is reached, and a wrong password counts. `hash` `None` verifies
-/// against a dummy hash (false, in the same time).
+/// Verifies a password under the failure limits of `subject` (an account, or
+/// an unknown identifier). Failures lock the pair (account, client address)
+/// after `BERTH_RATE_LIMIT_LOGIN_FAILURES`, so an attacker who fails for a
+/// victim's address locks out only their own address. Past the per-account
+/// ceiling (`BERTH_RATE_LIMIT_LOGIN_FAILURES_ACCOUNT`, failures from any
+/// address) attempts on the account are slowed to one per
+/// `BERTH_RATE_LIMIT_LOGIN_SLOW_LANE`, never refused for good. `hash` `None`
+/// verifies against a dummy hash (false, in the same time).
 pub async fn verify_password_limited(
     state: &AppState,
     subject: &str,
+    client_ip: std::net::IpAddr,
     password: &str,
     hash: Option<&str>,
 ) -> Result<bool, ApiError> {
-    let limit = state.config.auth.limits.login_failures;
-    crate::rate_limit::ensure_below(
+    use crate::rate_limit;
+    let limits = state.config.auth.limits;
+    let pair = format!("{subject}:{}", rate_limit::address_subject(client_ip));
+    rate_limit::ensure_below(
         &state.redis,
         "login_failures",
-        subject,
-        limit,
-        "too many wrong passwords for this account; try again later",
+        &pair,
+        limits.login_failures,
+        "too many wrong passwords for this account from your address; try again later",
     )
     .await?;
+    if rate_limit::at_limit(
+        &state.redis,
+        "login_failures_account",
+        subject,
+        limits.login_failures_account,
+    )
+    .await
+    {
+        rate_limit::enforce(
+            &state.redis,
+            "login_slow_lane",
+            subject,
+            limits.login_slow_lane,
+            "this account is under attack and sign-ins are slowed; try again in a few seconds",
+        )
+        .await?;
+    }
     if password::verify_password(password, hash).await? {
         return Ok(true);
     }
-    if let Err(e) = crate::rate_limit::hit(&state.redis, "login_failures", subject, limit).await {
-        tracing::warn!(error = %e, "password failure not counted: Redis unavailable");
+    for (scope, key, limit) in [
+        ("login_failures", pair.as_str(), limits.login_failures),
+        (
+            "login_failures_account",
+            subject,
+            limits.login_failures_account,
+        ),
+    ] {
+        if let Err(e) = rate_limit::hit(&state.redis, scope, key, limit).await {
+            tracing::warn!(error = %e, "password failure not counted: Redis unavailable");
+        }
     }
     Ok(false)
 }
 
-/// Forgets `subject`'s failed password attempts (after a success).
-pub async fn clear_password_failures(state: &AppState, subject: &str) {
-    crate::rate_limit::reset(&state.redis, "login_failures", subject).await;
+/// Forgets the failed password attempts of `subject` from `client_ip` (after
+/// a success there).
+pub async fn clear_password_failures(state: &AppState, subject: &str, client_ip: std::net::IpAddr) {
+    let pair = format!(
+        "{subject}:{}",
+        crate::rate_limit::address_subject(client_ip)
+    );
+    crate::rate_limit::reset(&state.redis, "login_failures", &pair).await;
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {

@@ -192,8 +192,8 @@ async fn confirm_password(
 ) -> Result<(), ApiError> {
     let subject = user.id.to_string();
     let hash = user.password_hash.as_deref();
-    if verify_password_limited(state, &subject, password, hash).await? {
-        clear_password_failures(state, &subject).await;
+    if verify_password_limited(state, &subject, client.ip, password, hash).await? {
+        clear_password_failures(state, &subject, client.ip).await;
         return Ok(());
     }
     let mut conn = state.pool.acquire().await?;
@@ -834,7 +834,7 @@ pub async fn account_delete_code(
     principal: Principal,
 ) -> Result<Envelope<Sent>, ApiError> {
     principal.require_session()?;
-    limit_mail_to(&state, &principal.user.email).await?;
+    limit_mail_to(&state, "account_delete", &principal.user.email).await?;
     let mut tx = state.pool.begin().await?;
     let mail = codes::issue(&mut tx, &state, &principal.user, Purpose::DeleteAccount).await?;
     tx.commit().await?;

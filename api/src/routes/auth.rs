@@ -45,16 +45,19 @@ fn require_email_code_login(state: &AppState) -> Result<(), ApiError> {
     }
 }
 
-/// Counts one mail to `email` against the per-address limit.
-pub async fn limit_mail_to(state: &AppState, email: &str) -> Result<(), ApiError> {
+/// Counts one mail of `purpose` to `email` against the per-recipient limit.
+/// Each purpose has its own count, so someone who exhausts reset mails for
+/// an address does not also stop its sign-in codes.
+pub async fn limit_mail_to(state: &AppState, purpose: &str, email: &str) -> Result<(), ApiError> {
     rate_limit::enforce(
         &state.redis,
         "email_send",
-        &email.to_lowercase(),
+        &format!("{purpose}:{}", email.to_lowercase()),
         state.config.auth.limits.email_send,
         "too many messages to this address; try again later",
     )
     .await
+    .map(|_| ())
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -152,7 +155,7 @@ pub async fn register(
         errors.push(FieldError::new("termsAccepted", "must be accepted"));
     }
     validate::finish(errors)?;
-    limit_mail_to(&state, &email).await?;
+    limit_mail_to(&state, "verify", &email).await?;
     let hash = hash_password(&req.password).await?;
 
     let mut tx = state.pool.begin().await?;
@@ -305,7 +308,7 @@ pub async fn resend_otp(
         "a code was sent moments ago; wait before asking again",
     )
     .await?;
-    limit_mail_to(&state, &email).await?;
+    limit_mail_to(&state, "verify", &email).await?;
     let mut tx = state.pool.begin().await?;
     let pending = users::by_email(&mut *tx, &email)
         .await?
@@ -358,7 +361,7 @@ pub async fn login(
         None => format!("unknown:{}", identifier.to_lowercase()),
     };
     let hash = user.as_ref().and_then(|u| u.password_hash.as_deref());
-    if !auth::verify_password_limited(&state, &subject, &req.password, hash).await? {
+    if !auth::verify_password_limited(&state, &subject, client.ip, &req.password, hash).await? {
         let mut conn = state.pool.acquire().await?;
         audit::record(
             &mut conn,
@@ -378,7 +381,7 @@ pub async fn login(
     }
     let user = user.expect("a verified password belongs to a user");
     ensure_may_sign_in(&user)?;
-    auth::clear_password_failures(&state, &subject).await;
+    auth::clear_password_failures(&state, &subject, client.ip).await;
     let mut tx = state.pool.begin().await?;
     let (jar, answer) =
         sessions::complete_sign_in(&mut tx, &state, jar, &user, "password", false, &client).await?;
@@ -441,9 +444,35 @@ pub async fn login_second_factor(
         .await?
         .filter(|u| u.is_active() && u.totp_enabled)
         .ok_or_else(|| ApiError::Unauthorized("this account cannot sign in".into()))?;
+    // Wrong codes are also limited per account, across challenges and
+    // addresses: new challenges from many addresses cannot go on guessing.
+    let limit = state.config.auth.limits.second_factor_failures;
+    let account = user.id.to_string();
+    rate_limit::ensure_below(
+        &state.redis,
+        "second_factor_failures",
+        &account,
+        limit,
+        "too many wrong codes for this account; try again later",
+    )
+    .await?;
     let (kind, accepted) =
         totp::check_second_factor(&mut tx, &state.keys, user.id, &req.code).await?;
     if !accepted {
+        let reached = match rate_limit::hit(&state.redis, "second_factor_failures", &account, limit)
+            .await
+        {
+            Ok(decision) => decision.remaining == 0 && decision.allowed,
+            Err(e) => {
+                tracing::warn!(error = %e, "second-factor failure not counted: Redis unavailable");
+                false
+            }
+        };
+        let mail = if reached {
+            Some(notify_second_factor_guessing(&mut tx, &state, &user).await?)
+        } else {
+            None
+        };
         audit::record(
             &mut tx,
             client.audit(
@@ -456,6 +485,9 @@ pub async fn login_second_factor(
         )
         .await?;
         tx.commit().await?;
+        if let Some(mail) = mail {
+            state.jobs.dispatch(&mail).await;
+        }
         return Err(ApiError::Unauthorized(
             "the code is wrong or was already used".into(),
         ));
@@ -469,6 +501,40 @@ pub async fn login_second_factor(
         sessions::complete_sign_in(&mut tx, &state, jar, &user, &method, true, &client).await?;
     tx.commit().await?;
     Ok((jar, Envelope::ok(answer)))
+}
+
+/// Tells the user, in the app and by mail, that someone who knows their
+/// password is guessing second-factor codes.
+async fn notify_second_factor_guessing(
+    tx: &mut sqlx::PgConnection,
+    state: &AppState,
+    user: &UserRow,
+) -> Result<berth_jobs::store::Enqueued, ApiError> {
+    let title = "Repeated wrong sign-in codes".to_owned();
+    let body = "Someone who knows your password entered many wrong two-factor codes. \
+        Sign-in codes for your account are paused for a while. If this was not you, \
+        change your password now."
+        .to_owned();
+    sqlx::query(
+        "INSERT INTO notifications (id, user_id, kind, title, body, data) \
+         VALUES ($1, $2, 'security', $3, $4, '{\"reason\": \"second_factor_guessing\"}')",
+    )
+    .bind(Uuid::new_v4())
+    .bind(user.id)
+    .bind(&title)
+    .bind(&body)
+    .execute(&mut *tx)
+    .await?;
+    let job = NewJob::new(EmailJob {
+        to: user.email.clone(),
+        message: EmailMessage::Notification {
+            recipient_name: user.name.clone(),
+            title,
+            body,
+        },
+    })
+    .owner(user.id);
+    Ok(store::enqueue(tx, state.jobs.policies(), job).await?)
 }
 
 /// Mail a 6-digit sign-in code. Always answers success: whether an account
@@ -485,7 +551,7 @@ pub async fn email_code_send(
     let mut errors = Vec::new();
     let email = email_field("email", &req.email, &mut errors);
     validate::finish(errors)?;
-    limit_mail_to(&state, &email).await?;
+    limit_mail_to(&state, "login_code", &email).await?;
     let mut tx = state.pool.begin().await?;
     if let Some(user) = users::by_email(&mut *tx, &email)
         .await?
@@ -555,7 +621,7 @@ pub async fn email_code_verify(
 
 /// A JSON body that may be absent.
 fn optional_body<T: DeserializeOwned>(body: &Bytes) -> Result<Option<T>, ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
+    if body.iter().all(u8::is_ascii_whitespace) || body.trim_ascii() == b"null" {
         return Ok(None);
     }
     crate::envelope::json_object(body).map(Some)
@@ -723,7 +789,7 @@ pub async fn forgot_password(
     let mut errors = Vec::new();
     let email = email_field("email", &req.email, &mut errors);
     validate::finish(errors)?;
-    limit_mail_to(&state, &email).await?;
+    limit_mail_to(&state, "reset", &email).await?;
     let mut tx = state.pool.begin().await?;
     let Some(user) = users::by_email(&mut *tx, &email)
         .await?

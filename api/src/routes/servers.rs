@@ -17,7 +17,7 @@ use crate::auth::sessions::Client;
 use crate::auth::{Principal, Scope};
 use crate::envelope::{Envelope, Json, Page, PageQuery, Path, Query, user_page};
 use crate::error::{ApiError, FieldError};
-use crate::rate_limit;
+use crate::rate_limit::{self, Limited};
 use crate::state::AppState;
 use crate::validate::{self, text_field};
 
@@ -260,7 +260,7 @@ pub async fn create(
     principal: Principal,
     client: Client,
     Json(req): Json<ServerRequest>,
-) -> Result<Envelope<ServerAccepted>, ApiError> {
+) -> Result<Limited<Envelope<ServerAccepted>>, ApiError> {
     principal.require(Scope::ServersWrite)?;
     let mut errors = Vec::new();
     let name = text_field("name", req.name.as_deref().unwrap_or(""), 100, &mut errors);
@@ -270,7 +270,7 @@ pub async fn create(
     let credentials = credentials(&req, &mut errors);
     validate::finish(errors)?;
     let credentials = credentials.expect("checked");
-    rate_limit::enforce(
+    let decision = rate_limit::enforce(
         &state.redis,
         "server_create",
         &principal.user_id().to_string(),
@@ -309,10 +309,13 @@ pub async fn create(
     let server = owned(&mut tx, &principal, id).await?;
     tx.commit().await?;
     state.jobs.dispatch(&job).await;
-    Ok(Envelope::accepted(ServerAccepted {
-        server,
-        job_id: job.id,
-    }))
+    Ok(Limited(
+        decision,
+        Envelope::accepted(ServerAccepted {
+            server,
+            job_id: job.id,
+        }),
+    ))
 }
 
 /// The caller's servers.
@@ -509,16 +512,27 @@ pub struct JobAccepted {
 #[utoipa::path(post, path = "/servers/{id}/validate", tag = "servers",
     params(("id" = Uuid, Path, description = "Server id")), responses(
     (status = 202, description = "Validation queued", body = JobAccepted),
-    (status = 404, description = "No such server of yours", body = crate::error::ErrorEnvelope)))]
+    (status = 404, description = "No such server of yours", body = crate::error::ErrorEnvelope),
+    (status = 429, description = "BERTH_RATE_LIMIT_SERVER_VALIDATE exceeded", body = crate::error::ErrorEnvelope)))]
 pub async fn validate_again(
     State(state): State<AppState>,
     principal: Principal,
     client: Client,
     Path(id): Path<Uuid>,
-) -> Result<Envelope<JobAccepted>, ApiError> {
+) -> Result<Limited<Envelope<JobAccepted>>, ApiError> {
     principal.require(Scope::ServersWrite)?;
     let mut tx = state.pool.begin().await?;
     owned(&mut tx, &principal, id).await?;
+    // Each validation holds an SSH slot of the probe queue: one user cannot
+    // keep the queue busy by validating again and again.
+    let decision = rate_limit::enforce(
+        &state.redis,
+        "server_validate",
+        &principal.user_id().to_string(),
+        state.config.server_validate_rate_limit,
+        "too many validations recently; try again later",
+    )
+    .await?;
     let job = enqueue_validation(&mut tx, &state, &principal, id).await?;
     audit::record(
         &mut tx,
@@ -533,7 +547,10 @@ pub async fn validate_again(
     .await?;
     tx.commit().await?;
     state.jobs.dispatch(&job).await;
-    Ok(Envelope::accepted(JobAccepted { job_id: job.id }))
+    Ok(Limited(
+        decision,
+        Envelope::accepted(JobAccepted { job_id: job.id }),
+    ))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]

@@ -93,7 +93,10 @@ async fn hostile_values_are_400s_with_field_details() {
     assert_eq!(detail(&body, "id"), "must be a UUID", "{body}");
     let (status, body) = get_as(app, &token, "/api/v1/jobs?state=exploded").await;
     assert_eq!(status, 400, "{body}");
-    assert!(!body.to_string().contains("Failed to deserialize"), "{body}");
+    assert!(
+        !body.to_string().contains("Failed to deserialize"),
+        "{body}"
+    );
 
     // NUL in a path, a query or a JSON string.
     for path in [
@@ -166,7 +169,11 @@ async fn a_cross_site_form_cannot_log_a_browser_out() {
             "{content_type} must not touch the cookies"
         );
     }
-    assert!(browser.cookie("/api/v1/auth/refresh", "refresh_token").is_some());
+    assert!(
+        browser
+            .cookie("/api/v1/auth/refresh", "refresh_token")
+            .is_some()
+    );
     assert_eq!(browser.get("/api/v1/auth/me").await.status(), 200);
 }
 
@@ -237,7 +244,6 @@ async fn slow_and_idle_connections_are_closed() {
             "{name} connection stayed open"
         );
     }
-
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -256,7 +262,10 @@ async fn open_connections_are_capped() {
         .timeout(Duration::from_secs(1))
         .send()
         .await;
-    assert!(waiting.is_err(), "a fourth connection was served past the cap");
+    assert!(
+        waiting.is_err(),
+        "a fourth connection was served past the cap"
+    );
     drop(held);
     let res = reqwest::Client::new()
         .get(app.url("/api/v1/health/live"))

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use berth_config::SecretString;
 use berth_e2e::ssh_servers::{KEY_PASSPHRASE, PASSWORD, PASSWORD_USER, TestSshd};
-use berth_ssh::{AddressPolicy, Arg, Auth, ShellCommand, SshError, Stream, Target, Limits};
+use berth_ssh::{AddressPolicy, Arg, Auth, Limits, ShellCommand, SshError, Stream, Target};
 
 fn key_target(sshd: &TestSshd, i: usize) -> Target {
     Target {

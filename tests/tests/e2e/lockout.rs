@@ -1,0 +1,195 @@
+//! An attacker cannot lock a victim out: password failures lock the attacker's
+//! address, an account under attack is slowed rather than closed, one sign-in
+//! method's limits leave the others alone, and second-factor guessing is
+//! limited per account and reported to its owner.
+
+use berth_e2e::accounts::{NewUser, PASSWORD, Stack, access_token, create_user, send_as};
+use reqwest::Method;
+use serde_json::{Value, json};
+use totp_rs::{Builder, Secret};
+
+fn from(address: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(address.parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap()
+}
+
+async fn sign_in(stack: &Stack, client: &reqwest::Client, password: &str) -> reqwest::Response {
+    client
+        .post(stack.app.url("/api/v1/auth/login"))
+        .json(&json!({"identifier": "victim@example.test", "password": password}))
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failures_from_one_address_do_not_lock_out_another() {
+    let stack = Stack::start(&[("BERTH_RATE_LIMIT_LOGIN", "100/60")]).await;
+    create_user(&stack.db, NewUser::verified("victim@example.test")).await;
+    let attacker = from("127.0.0.2");
+    for _ in 0..5 {
+        assert_eq!(
+            sign_in(&stack, &attacker, "wrong password!").await.status(),
+            401
+        );
+    }
+    // The attacker's address is locked, even with the right password...
+    assert_eq!(sign_in(&stack, &attacker, PASSWORD).await.status(), 429);
+    // ...the victim's is not.
+    assert_eq!(
+        sign_in(&stack, &from("127.0.0.1"), PASSWORD).await.status(),
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_account_under_attack_is_slowed_not_closed() {
+    let stack = Stack::start(&[
+        ("BERTH_RATE_LIMIT_LOGIN", "100/60"),
+        ("BERTH_RATE_LIMIT_LOGIN_FAILURES_ACCOUNT", "6/900"),
+        ("BERTH_RATE_LIMIT_LOGIN_SLOW_LANE", "1/60"),
+    ])
+    .await;
+    create_user(&stack.db, NewUser::verified("victim@example.test")).await;
+    for address in ["127.0.0.2", "127.0.0.3", "127.0.0.4"] {
+        let attacker = from(address);
+        for _ in 0..2 {
+            assert_eq!(
+                sign_in(&stack, &attacker, "wrong password!").await.status(),
+                401
+            );
+        }
+    }
+    // Over the ceiling: one attempt per slow-lane window, for anyone.
+    let victim = from("127.0.0.1");
+    assert_eq!(sign_in(&stack, &victim, PASSWORD).await.status(), 200);
+    let res = sign_in(&stack, &victim, PASSWORD).await;
+    assert_eq!(res.status(), 429);
+    assert!(res.headers().contains_key("retry-after"));
+    let body: Value = res.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("slowed"),
+        "{body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exhausting_reset_mails_leaves_sign_in_codes_working() {
+    let stack = Stack::with_mail(&[("BERTH_RATE_LIMIT_EMAIL_SEND", "1/3600")]).await;
+    create_user(&stack.db, NewUser::verified("victim@example.test")).await;
+    let forgot = |_: ()| {
+        stack
+            .app
+            .client
+            .post(stack.app.url("/api/v1/auth/forgot-password"))
+            .json(&json!({"email": "victim@example.test"}))
+            .send()
+    };
+    assert_eq!(forgot(()).await.unwrap().status(), 200);
+    assert_eq!(forgot(()).await.unwrap().status(), 429);
+    let res = stack
+        .app
+        .client
+        .post(stack.app.url("/api/v1/auth/email-code/send"))
+        .json(&json!({"email": "victim@example.test"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let code = stack
+        .mailed_code("victim@example.test", "sign-in code", 0)
+        .await;
+    let res = stack
+        .app
+        .client
+        .post(stack.app.url("/api/v1/auth/email-code/verify"))
+        .json(&json!({"email": "victim@example.test", "code": code}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "{:?}", res.text().await);
+}
+
+fn totp_code(base32: &str) -> String {
+    let totp = Builder::new()
+        .with_secret(Secret::try_from_base32(base32).unwrap())
+        .build()
+        .unwrap();
+    totp.generate(chrono::Utc::now().timestamp() as u64)
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn second_factor_guessing_is_limited_per_account_and_reported() {
+    let stack = Stack::start(&[
+        ("BERTH_RATE_LIMIT_LOGIN", "100/60"),
+        ("BERTH_RATE_LIMIT_CODE_ATTEMPTS", "100/60"),
+        ("BERTH_RATE_LIMIT_SECOND_FACTOR_FAILURES", "4/900"),
+    ])
+    .await;
+    let app = &stack.app;
+    let id = create_user(&stack.db, NewUser::verified("victim@example.test")).await;
+    let token = access_token(app, "victim@example.test").await;
+    let (_, body) = send_as(
+        app,
+        &token,
+        Method::POST,
+        "/api/v1/auth/2fa/setup",
+        json!({}),
+    )
+    .await;
+    let secret = body["data"]["secret"].as_str().unwrap().to_owned();
+    let (status, _) = send_as(
+        app,
+        &token,
+        Method::POST,
+        "/api/v1/auth/2fa/enable",
+        json!({"code": totp_code(&secret)}),
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    // Fresh challenges from different addresses: the per-challenge and
+    // per-address limits never trip, the per-account one does.
+    let mut statuses = Vec::new();
+    for i in 0..6 {
+        let client = from(&format!("127.0.0.{}", 10 + i));
+        let challenge: Value = sign_in(&stack, &client, PASSWORD)
+            .await
+            .json()
+            .await
+            .unwrap();
+        let challenge_id = challenge["data"]["challengeId"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let res = client
+            .post(app.url("/api/v1/auth/login/2fa"))
+            .json(&json!({"challengeId": challenge_id, "code": "000000"}))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(res.status().as_u16());
+    }
+    assert_eq!(statuses, [401, 401, 401, 401, 429, 429]);
+    let notices: Vec<String> = sqlx::query_scalar(
+        "SELECT title FROM notifications WHERE user_id = $1 AND kind = 'security'",
+    )
+    .bind(id)
+    .fetch_all(&stack.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(notices, ["Repeated wrong sign-in codes"]);
+    let mails: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM jobs WHERE kind = 'email' AND payload::text LIKE '%Repeated wrong sign-in codes%'",
+    )
+    .fetch_one(&stack.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(mails, 1);
+}
