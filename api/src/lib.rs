@@ -1,5 +1,6 @@
 //! `berth-api`: validates, authorizes, writes Postgres, enqueues, answers at once.
 
+pub mod api_docs;
 pub mod audit;
 pub mod auth;
 pub mod bootstrap;
@@ -172,7 +173,15 @@ pub fn router(state: AppState) -> Router {
         .nest("/api/v1", v1)
         .routes(routes!(routes::platform::metrics))
         .split_for_parts();
-    with_http_layers(router.layer(Extension(Arc::new(doc))), state)
+    let doc = Arc::new(api_docs::finish(&doc, &state.config.public_url));
+    let router = router
+        .route("/api/docs", axum::routing::get(api_docs::page))
+        .route(
+            "/api/docs/redoc.standalone.js",
+            axum::routing::get(api_docs::script),
+        )
+        .layer(Extension(doc));
+    with_http_layers(router, state)
 }
 
 /// What every route is wrapped in: the fallback 404, content-type and NUL

@@ -236,6 +236,42 @@ async fn openapi_documents_every_route() {
         "PUT /api/v1/alerts/rules",
     ];
     assert_eq!(documented, expected);
+
+    // Shared parts: servers, security schemes, unique operation ids, the
+    // envelope around every 2xx JSON body, and error answers.
+    assert_eq!(doc["servers"][0]["url"], json!(app.base));
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    assert!(doc["components"]["securitySchemes"]["cookie"].is_object());
+    let mut ids = std::collections::HashSet::new();
+    let mut secured = Vec::new();
+    for (path, item) in paths {
+        for (method, op) in item.as_object().unwrap() {
+            let route = format!("{} {path}", method.to_uppercase());
+            let id = op["operationId"].as_str().unwrap().to_owned();
+            assert!(ids.insert(id.clone()), "duplicate operationId {id}");
+            let responses = op["responses"].as_object().unwrap();
+            assert!(responses.contains_key("500"), "{route}");
+            for (status, response) in responses {
+                if let Some(schema) = response.pointer("/content/application~1json/schema")
+                    && status.starts_with('2')
+                    && route != "GET /api/v1/openapi.json"
+                {
+                    assert_eq!(
+                        schema["required"],
+                        json!(["success", "data"]),
+                        "{route} {status}"
+                    );
+                }
+            }
+            if op["security"].as_array().is_some_and(|s| s.len() == 2) {
+                assert!(responses.contains_key("401"), "{route}");
+                secured.push(route);
+            }
+        }
+    }
+    assert!(secured.contains(&"GET /api/v1/servers".to_owned()));
+    assert!(!secured.contains(&"POST /api/v1/auth/login".to_owned()));
+
     // Every documented route is routed: the router's own fallback never answers.
     for entry in &documented {
         let (method, path) = entry.split_once(' ').unwrap();
@@ -252,7 +288,34 @@ async fn openapi_documents_every_route() {
             "{entry} is documented but not routed"
         );
         assert_ne!(status, 405, "{entry} is documented with another method");
+        // A route documented as needing credentials refuses a request without.
+        if secured.contains(entry) {
+            assert_eq!(status, 401, "{entry} is documented as secured: {body}");
+        }
     }
+
+    // The interactive reference is served by Berth itself, script included.
+    let page = app.get("/api/docs").await;
+    assert_eq!(page.status(), 200);
+    let csp = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(csp.contains("script-src 'self'"), "{csp}");
+    let html = page.text().await.unwrap();
+    assert!(
+        html.contains("/api/v1/openapi.json") && html.contains("/api/docs/redoc.standalone.js")
+    );
+    assert!(!html.contains("https://"), "no outside assets");
+    let script = app.get("/api/docs/redoc.standalone.js").await;
+    assert_eq!(script.status(), 200);
+    assert!(
+        script.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/javascript")
+    );
+    assert!(script.bytes().await.unwrap().len() > 500_000);
 }
 
 fn header(res: &reqwest::Response, name: &str) -> u64 {
