@@ -154,7 +154,7 @@ fn has_escaped_nul(body: &[u8]) -> bool {
 /// serde's message without its position suffix, and without Rust type names.
 fn serde_message(raw: &str) -> String {
     let message = raw.split(" at line ").next().unwrap_or(raw);
-    let message = message
+    message
         .replace("struct ", "object ")
         .replace("a string", "text")
         .replace("i64", "a whole number")
@@ -163,8 +163,7 @@ fn serde_message(raw: &str) -> String {
         .replace("u32", "a non-negative whole number")
         .replace("u16", "a whole number from 0 to 65535")
         .replace("f64", "a number")
-        .replace("f32", "a number");
-    message
+        .replace("f32", "a number")
 }
 
 /// Query-string parameters answered in the error envelope when malformed,

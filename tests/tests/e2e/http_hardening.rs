@@ -25,13 +25,10 @@ fn detail<'a>(body: &'a Value, field: &str) -> &'a str {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_panicking_handler_answers_500_in_the_envelope() {
     let stack = Stack::start(&[]).await;
-    let routes = axum::Router::new().route(
-        "/boom",
-        axum::routing::get(|| async {
-            let answer: Option<String> = None;
-            answer.expect("a handler bug")
-        }),
-    );
+    async fn boom() -> String {
+        panic!("a handler bug")
+    }
+    let routes = axum::Router::new().route("/boom", axum::routing::get(boom));
     let app = berth_api::with_http_layers(routes, stack.app.state.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
