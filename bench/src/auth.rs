@@ -4,6 +4,7 @@
 //! lookup every request makes), beside `GET /health/live` through the same
 //! server as the ceiling of the HTTP stack.
 
+use futures::StreamExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -52,6 +53,21 @@ pub async fn accounts(setup: &Setup) -> anyhow::Result<()> {
         .pool_max_idle_per_host(256)
         .build()?;
     let login = json!({ "identifier": EMAIL, "password": PASSWORD });
+    let api_pid = api.id().context("berth-api runs")?;
+    let idle_rss = rss_mb(api_pid)?;
+    // Exactly 1,000 sign-ins, 16 at a time, then the resident set.
+    let sign_ins = 1000;
+    let url = format!("{base}/api/v1/auth/login");
+    let results = futures::stream::iter(0..sign_ins)
+        .map(|_| client.post(&url).json(&login).send())
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await;
+    let failed = results
+        .iter()
+        .filter(|r| !r.as_ref().is_ok_and(|r| r.status().is_success()))
+        .count();
+    let signed_in_rss = rss_mb(api_pid)?;
     let clients = setup.clients;
     let seconds = setup.seconds;
 
@@ -85,6 +101,10 @@ pub async fn accounts(setup: &Setup) -> anyhow::Result<()> {
         cores as f64 * 1000.0 / verify_ms
     );
     println!(
+        "   berth-api resident memory: {idle_rss:.0} MB idle, {signed_in_rss:.0} MB after \
+         {sign_ins} sign-ins ({failed} failed) (bound: < 100 MB)"
+    );
+    println!(
         "   POST /auth/login, {clients} clients, {seconds} s: {:.0} sign-ins/s \
          ({:.0} % of that bound), p50 {:.0} ms, p99 {:.0} ms, {} errors",
         logins.rate,
@@ -107,6 +127,17 @@ pub async fn accounts(setup: &Setup) -> anyhow::Result<()> {
         100.0 * me.rate / live.rate
     );
     Ok(())
+}
+
+/// VmRSS of `pid`, in MB.
+fn rss_mb(pid: u32) -> anyhow::Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS")?;
+    Ok(kb / 1024.0)
 }
 
 async fn spawn_api(setup: &Setup) -> anyhow::Result<(Child, String)> {
