@@ -47,18 +47,25 @@ pub enum Scope {
     DomainsRead,
     #[serde(rename = "domains:write")]
     DomainsWrite,
+    /// Notifications and alert rules.
+    #[serde(rename = "notifications:read")]
+    NotificationsRead,
+    #[serde(rename = "notifications:write")]
+    NotificationsWrite,
     #[serde(rename = "admin")]
     Admin,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 7] = [
+    pub const ALL: [Scope; 9] = [
         Scope::ServersRead,
         Scope::ServersWrite,
         Scope::DeploymentsRead,
         Scope::DeploymentsWrite,
         Scope::DomainsRead,
         Scope::DomainsWrite,
+        Scope::NotificationsRead,
+        Scope::NotificationsWrite,
         Scope::Admin,
     ];
 
@@ -70,6 +77,8 @@ impl Scope {
             Scope::DeploymentsWrite => "deployments:write",
             Scope::DomainsRead => "domains:read",
             Scope::DomainsWrite => "domains:write",
+            Scope::NotificationsRead => "notifications:read",
+            Scope::NotificationsWrite => "notifications:write",
             Scope::Admin => "admin",
         }
     }
@@ -84,6 +93,7 @@ impl Scope {
             Scope::ServersRead => Some(Scope::ServersWrite),
             Scope::DeploymentsRead => Some(Scope::DeploymentsWrite),
             Scope::DomainsRead => Some(Scope::DomainsWrite),
+            Scope::NotificationsRead => Some(Scope::NotificationsWrite),
             _ => None,
         }
     }

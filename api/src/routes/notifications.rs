@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::audit;
-use crate::auth::Principal;
 use crate::auth::sessions::Client;
+use crate::auth::{Principal, Scope};
 use crate::envelope::{Envelope, Json, Page, Path, Query};
 use crate::error::{ApiError, FieldError};
 use crate::state::AppState;
@@ -39,7 +39,7 @@ pub async fn get_rules(
     State(state): State<AppState>,
     principal: Principal,
 ) -> Result<Envelope<AlertRules>, ApiError> {
-    principal.require_session()?;
+    principal.require(Scope::NotificationsRead)?;
     // The schema holds the defaults: the row is made with them on first read.
     let rules: AlertRules = sqlx::query_as(&format!(
         "INSERT INTO alert_rules (user_id) VALUES ($1) \
@@ -73,7 +73,7 @@ pub async fn put_rules(
     client: Client,
     Json(req): Json<RulesUpdate>,
 ) -> Result<Envelope<AlertRules>, ApiError> {
-    principal.require_session()?;
+    principal.require(Scope::NotificationsWrite)?;
     let mut errors = Vec::new();
     for (field, value) in [
         ("cpuThreshold", req.cpu_threshold),
@@ -157,7 +157,7 @@ pub async fn list(
     principal: Principal,
     Query(query): Query<NotificationsQuery>,
 ) -> Result<Envelope<Page<NotificationView>>, ApiError> {
-    principal.require_session()?;
+    principal.require(Scope::NotificationsRead)?;
     let page = crate::envelope::PageQuery {
         page: query.page,
         limit: query.limit,
@@ -194,7 +194,7 @@ pub async fn mark_read(
     principal: Principal,
     Path(id): Path<Uuid>,
 ) -> Result<Envelope<NotificationView>, ApiError> {
-    principal.require_session()?;
+    principal.require(Scope::NotificationsWrite)?;
     let view: Option<NotificationView> = sqlx::query_as(&format!(
         "UPDATE notifications SET read_at = COALESCE(read_at, now()) \
          WHERE id = $1 AND user_id = $2 RETURNING {NOTIFICATION_COLUMNS}"
@@ -219,7 +219,7 @@ pub async fn read_all(
     State(state): State<AppState>,
     principal: Principal,
 ) -> Result<Envelope<Updated>, ApiError> {
-    principal.require_session()?;
+    principal.require(Scope::NotificationsWrite)?;
     let updated = sqlx::query(
         "UPDATE notifications SET read_at = now() WHERE user_id = $1 AND read_at IS NULL",
     )
@@ -240,7 +240,7 @@ pub async fn delete(
     principal: Principal,
     Path(id): Path<Uuid>,
 ) -> Result<Envelope<Updated>, ApiError> {
-    principal.require_session()?;
+    principal.require(Scope::NotificationsWrite)?;
     let updated = sqlx::query("DELETE FROM notifications WHERE id = $1 AND user_id = $2")
         .bind(id)
         .bind(principal.user_id())

@@ -193,3 +193,52 @@ async fn second_factor_guessing_is_limited_per_account_and_reported() {
     .unwrap();
     assert_eq!(mails, 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn api_tokens_reach_notifications_and_alert_rules_by_scope() {
+    let stack = Stack::start(&[]).await;
+    let app = &stack.app;
+    create_user(&stack.db, NewUser::verified("ops@example.test")).await;
+    let session = access_token(app, "ops@example.test").await;
+    let token_with = |scopes: Value| {
+        let session = session.clone();
+        async move {
+            let (status, body) = send_as(
+                app,
+                &session,
+                Method::POST,
+                "/api/v1/tokens",
+                json!({"name": "t", "scopes": scopes}),
+            )
+            .await;
+            assert_eq!(status, 201, "{body}");
+            body["data"]["token"].as_str().unwrap().to_owned()
+        }
+    };
+    let reader = token_with(json!(["notifications:read"])).await;
+    let servers_only = token_with(json!(["servers:read"])).await;
+    let rules = json!({"cpuThreshold": 80, "ramThreshold": 80, "diskThreshold": 80,
+        "swapThreshold": 80, "emailAlerts": true, "browserAlerts": true, "realtimeAlerts": true});
+
+    let (status, _) = berth_e2e::accounts::get_as(app, &reader, "/api/v1/notifications").await;
+    assert_eq!(status, 200);
+    let (status, _) = berth_e2e::accounts::get_as(app, &reader, "/api/v1/alerts/rules").await;
+    assert_eq!(status, 200);
+    let (status, body) = send_as(
+        app,
+        &reader,
+        Method::PUT,
+        "/api/v1/alerts/rules",
+        rules.clone(),
+    )
+    .await;
+    assert_eq!(status, 403);
+    assert!(body.to_string().contains("notifications:write"), "{body}");
+    let (status, body) =
+        berth_e2e::accounts::get_as(app, &servers_only, "/api/v1/notifications").await;
+    assert_eq!(status, 403);
+    assert!(body.to_string().contains("notifications:read"), "{body}");
+    let writer = token_with(json!(["notifications:write"])).await;
+    let (status, _) = send_as(app, &writer, Method::PUT, "/api/v1/alerts/rules", rules).await;
+    assert_eq!(status, 200);
+}
