@@ -92,14 +92,19 @@ impl AddressPolicy {
     /// carries (mapped, compatible, NAT64, 6to4, Teredo), so
     /// `64:ff9b::a9fe:a9fe` is as denied as `169.254.169.254`.
     pub fn allows(&self, ip: IpAddr) -> bool {
-        let mut forms = vec![ip];
-        if let IpAddr::V6(v6) = ip {
-            forms.extend(embedded_ipv4(v6).into_iter().map(IpAddr::V4));
-        }
-        !forms
+        !address_forms(ip)
             .iter()
             .any(|form| self.denied.iter().any(|net| net.contains(form)))
     }
+}
+
+/// `ip` and, for IPv6, every IPv4 address it carries.
+fn address_forms(ip: IpAddr) -> Vec<IpAddr> {
+    let mut forms = vec![ip];
+    if let IpAddr::V6(v6) = ip {
+        forms.extend(embedded_ipv4(v6).into_iter().map(IpAddr::V4));
+    }
+    forms
 }
 
 /// The IPv4 addresses an IPv6 address stands for under the transition schemes
@@ -135,11 +140,7 @@ pub fn embedded_ipv4(v6: std::net::Ipv6Addr) -> Vec<std::net::Ipv4Addr> {
 /// connection errors to them are reported in one uniform way, so server
 /// validation cannot be used to tell open ports from closed ones.
 fn is_internal(ip: IpAddr) -> bool {
-    let mut forms = vec![ip];
-    if let IpAddr::V6(v6) = ip {
-        forms.extend(embedded_ipv4(v6).into_iter().map(IpAddr::V4));
-    }
-    forms.iter().any(|ip| match ip {
+    address_forms(ip).iter().any(|ip| match ip {
         IpAddr::V4(v4) => {
             v4.is_loopback() || v4.is_private() || v4.is_link_local() || v4.is_unspecified()
         }
