@@ -34,6 +34,7 @@ const PUBLIC_ROUTES: &[&str] = &[
     "POST /api/v1/auth/reset-password",
     "GET /api/v1/auth/oauth/{provider}",
     "GET /api/v1/auth/oauth/{provider}/callback",
+    "GET /api/v1/uploads/{id}",
     "GET /metrics",
 ];
 

@@ -167,7 +167,31 @@ impl From<sqlx::Error> for ApiError {
         {
             return ApiError::Conflict("a resource with these values already exists".into());
         }
+        if database_unreachable(&e) {
+            tracing::warn!(error = %e, "database unavailable");
+            return ApiError::ServiceUnavailable(
+                "the database is unavailable; try again shortly".into(),
+            );
+        }
         ApiError::Internal(e.into())
+    }
+}
+
+/// Postgres is down, restarting or out of connections: the request may
+/// succeed when retried, so it is a 503 and not a 500.
+fn database_unreachable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        // Class 08 is connection exceptions; 57P01–57P03 are shutdown and
+        // start-up; 53300 is too many connections.
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03" | "53300")
+        }),
+        _ => false,
     }
 }
 

@@ -93,6 +93,22 @@ fn account_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(account::revoke_token))
         .routes(routes!(account::account_delete_code))
         .routes(routes!(account::delete_account))
+        .routes(routes!(
+            routes::preferences::get_preferences,
+            routes::preferences::put_preferences
+        ))
+}
+
+/// Uploads take multipart bodies up to the image size limit, larger than the
+/// JSON limit every other route has.
+fn upload_routes(state: &AppState) -> OpenApiRouter<AppState> {
+    use routes::uploads;
+    OpenApiRouter::new()
+        .routes(routes!(uploads::create))
+        .routes(routes!(uploads::get, uploads::delete))
+        .layer(DefaultBodyLimit::max(
+            state.config.uploads.max_bytes + uploads::MULTIPART_OVERHEAD_BYTES,
+        ))
 }
 
 fn auth_routes(state: &AppState) -> OpenApiRouter<AppState> {
@@ -157,6 +173,7 @@ pub fn router(state: AppState) -> Router {
         ))
         .merge(auth_routes(&state))
         .merge(account_routes())
+        .merge(upload_routes(&state))
         .merge(server_routes())
         .routes(routes!(
             routes::notifications::get_rules,

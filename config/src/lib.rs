@@ -337,6 +337,39 @@ pub struct ApiConfig {
     /// `POST /servers/{id}/validate` per user (`BERTH_RATE_LIMIT_SERVER_VALIDATE`).
     pub server_validate_rate_limit: RateLimit,
     pub http: HttpLimits,
+    pub uploads: UploadLimits,
+}
+
+/// What one user may keep in `POST /uploads`.
+#[derive(Debug, Clone, Copy)]
+pub struct UploadLimits {
+    /// Bytes of one image (`BERTH_UPLOAD_MAX_BYTES`, 2 MiB).
+    pub max_bytes: usize,
+    /// Width and height in pixels (`BERTH_UPLOAD_MAX_PIXELS`, 4096 each way).
+    pub max_dimension: u32,
+    /// Images kept per user (`BERTH_UPLOADS_PER_USER`, 20).
+    pub per_user: u32,
+}
+
+impl UploadLimits {
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let max_bytes: usize = env.parsed("BERTH_UPLOAD_MAX_BYTES", 2 * 1024 * 1024)?;
+        if !(1024..=64 * 1024 * 1024).contains(&max_bytes) {
+            return Err(malformed(
+                "BERTH_UPLOAD_MAX_BYTES",
+                "must be between 1024 and 67108864",
+            ));
+        }
+        let max_dimension: u32 = env.parsed("BERTH_UPLOAD_MAX_PIXELS", 4096)?;
+        if max_dimension == 0 {
+            return Err(malformed("BERTH_UPLOAD_MAX_PIXELS", "must be at least 1"));
+        }
+        Ok(Self {
+            max_bytes,
+            max_dimension,
+            per_user: env.parsed("BERTH_UPLOADS_PER_USER", 20)?,
+        })
+    }
 }
 
 /// What one client may hold of the api's HTTP listener.
@@ -608,6 +641,7 @@ impl ApiConfig {
                 RateLimit::per_secs(20, 600),
             )?,
             http: HttpLimits::from_env(env)?,
+            uploads: UploadLimits::from_env(env)?,
         })
     }
 }

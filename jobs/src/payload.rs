@@ -10,6 +10,12 @@ use crate::Queue;
 /// has its job run again), and each handler's docs say how it stays safe.
 pub trait JobPayload: Serialize + DeserializeOwned + Send + Sync + 'static {
     const QUEUE: Queue;
+
+    /// Attempts this job gets at least, whatever its queue's cap says: a job a
+    /// user waits on is worth retrying past a worker's death or a brief outage.
+    fn min_attempts(&self) -> u32 {
+        1
+    }
 }
 
 /// Sends one templated email (plain text + HTML). Idempotency: a crash between the
@@ -122,8 +128,21 @@ pub enum ServerAction {
     Probe,
 }
 
+/// Validation runs when a user adds a server and waits for the answer; it
+/// survives a worker's death and rides out a server that is briefly
+/// unreachable (retried with the queue's backoff). Probes come every minute
+/// anyway, so one attempt is enough for them.
+pub const VALIDATION_ATTEMPTS: u32 = 4;
+
 impl JobPayload for ServerJob {
     const QUEUE: Queue = Queue::Probe;
+
+    fn min_attempts(&self) -> u32 {
+        match self.action {
+            ServerAction::Validate => VALIDATION_ATTEMPTS,
+            ServerAction::Probe => 1,
+        }
+    }
 }
 
 /// Where a server's sealed credentials live: the row's id, table and column are

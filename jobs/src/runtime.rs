@@ -23,6 +23,7 @@ use sqlx::PgPool;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::{IntervalStream, ReceiverStream};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::batch::{BatchError, Batcher};
@@ -68,6 +69,18 @@ type Handler = Arc<
         + Sync,
 >;
 
+/// Told, once, that a job ended `failed` (its error given), so the resource it
+/// acted on can be left in a truthful state even when the job never ran to its
+/// end (its worker died at the attempt cap).
+type FailureHook = Arc<dyn Fn(serde_json::Value, String) -> BoxFuture<'static, ()> + Send + Sync>;
+
+/// What runs a queue's jobs, and what hears of their failures.
+#[derive(Clone)]
+struct QueueHandler {
+    run: Handler,
+    on_failure: Option<FailureHook>,
+}
+
 /// Timing of a worker in Redis. A worker that misses `missed_heartbeats` beats has
 /// its in-flight tasks handed to live workers. Idle workers are woken by Redis
 /// pub/sub on each push; `poll_fallback` covers a missed message (pub/sub is
@@ -109,6 +122,7 @@ pub struct WorkerRuntime {
     liveness: Liveness,
     grace: Duration,
     handlers: HashMap<Queue, Handler>,
+    failure_hooks: HashMap<Queue, FailureHook>,
 }
 
 impl WorkerRuntime {
@@ -120,6 +134,7 @@ impl WorkerRuntime {
             liveness: Liveness::default(),
             grace: Duration::from_secs(30),
             handlers: HashMap::new(),
+            failure_hooks: HashMap::new(),
         }
     }
 
@@ -155,6 +170,29 @@ impl WorkerRuntime {
         self
     }
 
+    /// Runs `hook` whenever a job of `P`'s queue ends failed: after its last
+    /// attempt's failure, a permanent failure, or its worker dying at the cap.
+    pub fn on_failure<P, F, Fut>(mut self, hook: F) -> Self
+    where
+        P: JobPayload,
+        F: Fn(P, String) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let hook = Arc::new(hook);
+        let erased: FailureHook = Arc::new(move |payload, error| {
+            let hook = hook.clone();
+            async move {
+                match serde_json::from_value::<P>(payload) {
+                    Ok(payload) => hook(payload, error).await,
+                    Err(e) => tracing::warn!(error = %e, "failure hook skipped: invalid payload"),
+                }
+            }
+            .boxed()
+        });
+        self.failure_hooks.insert(P::QUEUE, erased);
+        self
+    }
+
     /// Queues this build can serve, for the `--queues` default.
     pub fn served_queues(&self) -> Vec<Queue> {
         Queue::ALL
@@ -178,6 +216,7 @@ impl WorkerRuntime {
         let relay_task =
             tokio::spawn(Relay::new(self.pool.clone(), redis.clone()).run(shutdown.clone()));
 
+        let runs = TaskTracker::new();
         let mut wakers = HashMap::new();
         let mut monitor = Monitor::new()
             .shutdown_timeout(self.grace)
@@ -193,10 +232,13 @@ impl WorkerRuntime {
                 self.pool.clone(),
                 redis.clone(),
                 queue,
-                self.handlers[&queue].clone(),
+                QueueHandler {
+                    run: self.handlers[&queue].clone(),
+                    on_failure: self.failure_hooks.get(&queue).cloned(),
+                },
                 self.policies.clone(),
                 format!("{identity}/{queue}"),
-                concurrency,
+                runs.clone(),
             ));
             let liveness = self.liveness;
             let redis = redis.clone();
@@ -242,6 +284,12 @@ impl WorkerRuntime {
             })
             .await;
         let expected = shutdown.is_cancelled();
+        runs.close();
+        if tokio::time::timeout(self.grace, runs.wait()).await.is_err() {
+            tracing::warn!(
+                "jobs still running after the shutdown grace; they are re-issued once their timeout passes"
+            );
+        }
         shutdown.cancel();
         listener_task.abort();
         let _ = relay_task.await;
@@ -318,11 +366,12 @@ struct Dispatch {
     /// Publishes owned jobs' state changes to their owner (`events`).
     redis: ConnectionManager,
     queue: Queue,
-    handler: Handler,
+    handler: QueueHandler,
     policies: Policies,
     /// Claims and successes of concurrently running jobs share statements.
     claims: Batcher<DeliveryKey, Option<store::Claimed>>,
     successes: Batcher<DeliveryKey, ()>,
+    runs: TaskTracker,
 }
 
 impl Dispatch {
@@ -330,11 +379,12 @@ impl Dispatch {
         pool: PgPool,
         redis: ConnectionManager,
         queue: Queue,
-        handler: Handler,
+        handler: QueueHandler,
         policies: Policies,
         worker: String,
-        concurrency: usize,
+        runs: TaskTracker,
     ) -> Self {
+        let concurrency = policies.get(queue).concurrency;
         let claims = {
             let (pool, worker) = (pool.clone(), worker.clone());
             // Claims gate a job's start: they linger only under load, and briefly.
@@ -360,6 +410,7 @@ impl Dispatch {
             policies,
             claims,
             successes,
+            runs,
         }
     }
 }
@@ -371,16 +422,25 @@ async fn run_delivery(
     delivery: Delivery,
     dispatch: Data<Arc<Dispatch>>,
 ) -> Result<(), BoxDynError> {
-    dispatch.run(delivery).await.map_err(|e| {
+    Arc::clone(&dispatch).run(delivery).await.map_err(|e| {
         tracing::error!(error = %e, "could not record a job's progress; the delivery will be retried");
         Box::new(e) as BoxDynError
     })
 }
 
 impl Dispatch {
-    async fn run(&self, delivery: Delivery) -> Result<(), BatchError> {
+    /// Runs the delivery in a task of its own, tracked by `runs`: when the
+    /// apalis worker stops on its own (Redis gone), its futures are dropped, and
+    /// a job dropped between its side effect (a mail sent) and its Postgres
+    /// record would stay `running` and later run again. Detached, it finishes
+    /// and is recorded; the process waits for it before exiting.
+    async fn run(self: Arc<Self>, delivery: Delivery) -> Result<(), BatchError> {
         let span = tracing::info_span!("job", job.id = %delivery.job_id, job.kind = %self.queue);
-        self.run_in_span(delivery).instrument(span).await
+        let this = self.clone();
+        self.runs
+            .spawn(async move { this.run_in_span(delivery).await }.instrument(span))
+            .await
+            .map_err(|_| BatchError::Stopped)?
     }
 
     async fn run_in_span(&self, delivery: Delivery) -> Result<(), BatchError> {
@@ -402,7 +462,9 @@ impl Dispatch {
                 claimed.max_attempts
             );
             tracing::warn!(attempts = claimed.attempts, "job failed: {error}");
-            return Ok(store::mark_failed(&self.pool, &job_id, &delivery_id, &error).await?);
+            store::mark_failed(&self.pool, &job_id, &delivery_id, &error).await?;
+            self.failed(claimed.payload, error).await;
+            return Ok(());
         }
         let owner = claimed.owner_user_id;
         let kind = self.queue.name();
@@ -422,7 +484,12 @@ impl Dispatch {
             max_attempts: claimed.max_attempts as u32,
         };
         let started = Instant::now();
-        let run = AssertUnwindSafe((self.handler)(claimed.payload, ctx)).catch_unwind();
+        let payload = self
+            .handler
+            .on_failure
+            .is_some()
+            .then(|| claimed.payload.clone());
+        let run = AssertUnwindSafe((self.handler.run)(claimed.payload, ctx)).catch_unwind();
         let failure = match tokio::time::timeout(claimed.timeout, run).await {
             Ok(Ok(Ok(()))) => None,
             Ok(Ok(Err(failure))) => Some(failure),
@@ -467,8 +534,19 @@ impl Dispatch {
                 );
                 store::mark_failed(&self.pool, &job_id, &delivery_id, failure.reason()).await?;
                 tell("failed", Some(failure.reason().to_owned())).await;
+                if let Some(payload) = payload {
+                    self.failed(payload, failure.reason().to_owned()).await;
+                }
                 Ok(())
             }
+        }
+    }
+}
+
+impl Dispatch {
+    async fn failed(&self, payload: serde_json::Value, error: String) {
+        if let Some(hook) = &self.handler.on_failure {
+            hook(payload, error).await;
         }
     }
 }

@@ -138,12 +138,13 @@ pub struct JobRow {
 impl JobRow {
     pub fn new<P: JobPayload>(policies: &Policies, job: NewJob<P>) -> Result<Self, sqlx::Error> {
         let policy = policies.get(P::QUEUE);
+        let max_attempts = policy.max_attempts.max(job.payload.min_attempts());
         Ok(Self {
             id: Ulid::generate().to_string(),
             queue: P::QUEUE,
             payload: serde_json::to_value(&job.payload)
                 .map_err(|e| sqlx::Error::Encode(Box::new(e)))?,
-            max_attempts: policy.max_attempts as i32,
+            max_attempts: max_attempts as i32,
             timeout_ms: policy.timeout.as_millis() as i64,
             owner_user_id: job.owner_user_id,
             server_id: job.server_id,

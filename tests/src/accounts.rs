@@ -272,3 +272,13 @@ pub async fn audit_actions(db: &TestDb, user_id: Uuid) -> Vec<String> {
     .await
     .expect("audit rows")
 }
+
+/// The TOTP code for `base32` at now plus `offset_steps` 30-second steps.
+pub fn totp_code(base32: &str, offset_steps: i64) -> String {
+    let totp = totp_rs::Builder::new()
+        .with_secret(totp_rs::Secret::try_from_base32(base32).expect("a base32 secret"))
+        .build()
+        .expect("a TOTP");
+    let now = chrono::Utc::now().timestamp() + offset_steps * 30;
+    totp.generate(now as u64).to_string()
+}

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use berth_jobs::store::NewJob;
+use berth_jobs::{ServerAction, ServerJob};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -85,6 +87,33 @@ impl Fleet {
         })
         .await;
         get_as(app, &self.token, &path).await.1["data"].clone()
+    }
+
+    /// Runs a probe of `server` now (as the scheduler would) and waits for it.
+    pub async fn probe(&self, server: &str) -> Value {
+        let server: uuid::Uuid = server.parse().expect("a server id");
+        let owner: uuid::Uuid =
+            sqlx::query_scalar("SELECT owner_user_id FROM servers WHERE id = $1")
+                .bind(server)
+                .fetch_one(&self.stack.db.pool)
+                .await
+                .expect("the server exists");
+        let enqueued = self
+            .stack
+            .app
+            .state
+            .jobs
+            .enqueue(
+                NewJob::new(ServerJob {
+                    server_id: server,
+                    action: ServerAction::Probe,
+                })
+                .owner(owner)
+                .server(server),
+            )
+            .await
+            .expect("enqueue a probe");
+        self.job_done(&enqueued.id).await
     }
 
     pub async fn server(&self, id: &str) -> Value {

@@ -7,7 +7,8 @@
 //! Notifications go out the ways the user chose: an in-app row
 //! (`browserAlerts`), a mail through the `email` queue (`emailAlerts`), and a
 //! realtime event on the user's Redis channel (`realtimeAlerts`), published
-//! after the transaction that records them commits.
+//! after the transaction that records them commits. The user's preferences
+//! (`/profile/preferences`) can turn off offline/online and recovery notices.
 
 use berth_jobs::store::{self, NewJob};
 use berth_jobs::{EmailJob, EmailMessage, Policies};
@@ -26,17 +27,39 @@ pub struct Rules {
     pub email_alerts: bool,
     pub browser_alerts: bool,
     pub realtime_alerts: bool,
+    /// From the user's preferences: offline/online notices at all.
+    pub notify_server_status: bool,
+    /// From the user's preferences: notices that something cleared.
+    pub notify_recoveries: bool,
 }
 
-/// The user's rules; a user who never set them gets the schema's defaults.
+impl Rules {
+    /// Whether the user wants notices of `kind` (the preferences' choices);
+    /// alerts raised and host-key changes are always sent.
+    pub fn wants(&self, kind: &str) -> bool {
+        match kind {
+            "server_offline" => self.notify_server_status,
+            "server_online" => self.notify_server_status && self.notify_recoveries,
+            "alert_cleared" => self.notify_recoveries,
+            _ => true,
+        }
+    }
+}
+
+/// The user's rules and preferences; a user who never set them gets the
+/// schema's defaults.
 pub async fn rules_of(conn: &mut PgConnection, user_id: Uuid) -> Result<Rules, sqlx::Error> {
-    sqlx::query("INSERT INTO alert_rules (user_id) VALUES ($1) ON CONFLICT DO NOTHING")
-        .bind(user_id)
-        .execute(&mut *conn)
-        .await?;
+    sqlx::query(
+        "WITH rules AS (INSERT INTO alert_rules (user_id) VALUES ($1) ON CONFLICT DO NOTHING) \
+         INSERT INTO user_preferences (user_id) VALUES ($1) ON CONFLICT DO NOTHING",
+    )
+    .bind(user_id)
+    .execute(&mut *conn)
+    .await?;
     sqlx::query_as(
-        "SELECT cpu_threshold, ram_threshold, disk_threshold, swap_threshold, email_alerts, \
-         browser_alerts, realtime_alerts FROM alert_rules WHERE user_id = $1",
+        "SELECT r.cpu_threshold, r.ram_threshold, r.disk_threshold, r.swap_threshold, r.email_alerts, \
+         r.browser_alerts, r.realtime_alerts, p.notify_server_status, p.notify_recoveries \
+         FROM alert_rules r JOIN user_preferences p USING (user_id) WHERE r.user_id = $1",
     )
     .bind(user_id)
     .fetch_one(conn)
@@ -81,6 +104,9 @@ pub async fn deliver(
     rules: &Rules,
     notice: &Notice,
 ) -> Result<Option<serde_json::Value>, sqlx::Error> {
+    if !rules.wants(notice.kind) {
+        return Ok(None);
+    }
     let id = Uuid::new_v4();
     let created_at: Option<chrono::DateTime<chrono::Utc>> = if rules.browser_alerts {
         Some(

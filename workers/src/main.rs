@@ -81,9 +81,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
             async move { mailer.send(job, ctx).await }
         })
         .handle(diagnostic::run)
-        .handle(move |job, ctx| {
+        .handle({
             let servers = servers.clone();
-            async move { servers.run(job, ctx).await }
+            move |job, ctx| {
+                let servers = servers.clone();
+                async move { servers.run(job, ctx).await }
+            }
+        })
+        .on_failure(move |job, error| {
+            let servers = servers.clone();
+            async move { servers.failed(job, error).await }
         });
 
     let queues = if args.queues.trim().is_empty() {

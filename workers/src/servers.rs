@@ -5,9 +5,10 @@
 //! and records OS, architecture and whether docker and nginx are there. A
 //! changed host key is recorded as offered, the owner is notified, and the job
 //! fails without retrying; so do refused credentials. An unreachable server is
-//! a retryable failure, retried with backoff as far as the `probe` queue's
-//! attempt cap allows (1 by default: the owner validates again, and probes
-//! come every minute).
+//! a retryable failure: validation is retried with backoff (at least
+//! `VALIDATION_ATTEMPTS` attempts), a probe is not (probes come every minute).
+//! A successful validation also takes the first sample, so health is there as
+//! soon as the server is online.
 
 use std::time::Duration;
 
@@ -104,6 +105,25 @@ impl ServerJobs {
         match job.action {
             ServerAction::Validate => self.validate(job.server_id).await,
             ServerAction::Probe => self.probe(job.server_id).await,
+        }
+    }
+
+    /// A validation that ended failed without recording why (its worker died
+    /// at the attempt cap) must not leave the server `pending` for ever.
+    pub async fn failed(&self, job: ServerJob, error: String) {
+        if job.action != ServerAction::Validate {
+            return;
+        }
+        let updated = sqlx::query(
+            "UPDATE servers SET status = 'error', status_reason = $2, updated_at = now() \
+             WHERE id = $1 AND status = 'pending'",
+        )
+        .bind(job.server_id)
+        .bind(format!("validation failed: {error}"))
+        .execute(&self.pool)
+        .await;
+        if let Err(e) = updated {
+            tracing::warn!(error = %e, server = %job.server_id, "cannot record the failed validation");
         }
     }
 
@@ -225,7 +245,9 @@ impl ServerJobs {
                         data: serde_json::json!({ "serverId": row.id, "offered": offered }),
                     });
                 }
-                if probed {
+                // A changed host key has its own alert; the server answering
+                // with the wrong key is not also "offline".
+                if probed && offered.is_none() {
                     notices.extend(
                         alerts::evaluate(&mut tx, &server, &rules, None, Some(&reason)).await?,
                     );
@@ -261,10 +283,23 @@ impl ServerJobs {
         let facts = async {
             let conn = self.connect(&row).await?;
             let output = conn.exec(&ShellCommand::new(FACTS), FACTS_DEADLINE).await?;
-            Ok::<_, SshError>((conn.host_key().to_owned(), parse_facts(&output.stdout)))
+            let facts = parse_facts(&output.stdout);
+            // The first sample, on the same connection, so health is there at once.
+            let sample = match conn
+                .exec(&ShellCommand::new(probe::PROBE_COMMAND), PROBE_DEADLINE)
+                .await
+                .and_then(|out| probe::parse(&out.stdout).map_err(SshError::Protocol))
+            {
+                Ok(sample) => Some(sample),
+                Err(e) => {
+                    tracing::warn!(error = %e, server = %row.id, "validated, but the first probe failed");
+                    None
+                }
+            };
+            Ok::<_, SshError>((conn.host_key().to_owned(), facts, sample))
         }
         .await;
-        let (host_key, facts) = match facts {
+        let (host_key, facts, sample) = match facts {
             Ok(found) => found,
             Err(error) => {
                 if let Err(e) = self.record(&row, Err(&error), false).await {
@@ -285,7 +320,7 @@ impl ServerJobs {
         .execute(&self.pool)
         .await
         .map_err(|e| JobFailure::retryable(format!("cannot record the validation: {e}")))?;
-        self.record(&row, Ok(None), false)
+        self.record(&row, Ok(sample.as_ref()), sample.is_some())
             .await
             .map_err(|e| JobFailure::retryable(format!("cannot record the validation: {e}")))
     }

@@ -469,7 +469,7 @@ pub async fn login_second_factor(
             }
         };
         let mail = if reached {
-            Some(notify_second_factor_guessing(&mut tx, &state, &user).await?)
+            notify_second_factor_guessing(&mut tx, &state, &user).await?
         } else {
             None
         };
@@ -503,13 +503,13 @@ pub async fn login_second_factor(
     Ok((jar, Envelope::ok(answer)))
 }
 
-/// Tells the user, in the app and by mail, that someone who knows their
-/// password is guessing second-factor codes.
+/// Tells the user, in the app and (unless their preferences say not to) by
+/// mail, that someone who knows their password is guessing second-factor codes.
 async fn notify_second_factor_guessing(
     tx: &mut sqlx::PgConnection,
     state: &AppState,
     user: &UserRow,
-) -> Result<berth_jobs::store::Enqueued, ApiError> {
+) -> Result<Option<berth_jobs::store::Enqueued>, ApiError> {
     let title = "Repeated wrong sign-in codes".to_owned();
     let body = "Someone who knows your password entered many wrong two-factor codes. \
         Sign-in codes for your account are paused for a while. If this was not you, \
@@ -525,6 +525,14 @@ async fn notify_second_factor_guessing(
     .bind(&body)
     .execute(&mut *tx)
     .await?;
+    let mail: Option<bool> =
+        sqlx::query_scalar("SELECT email_security FROM user_preferences WHERE user_id = $1")
+            .bind(user.id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    if mail == Some(false) {
+        return Ok(None);
+    }
     let job = NewJob::new(EmailJob {
         to: user.email.clone(),
         message: EmailMessage::Notification {
@@ -534,7 +542,7 @@ async fn notify_second_factor_guessing(
         },
     })
     .owner(user.id);
-    Ok(store::enqueue(tx, state.jobs.policies(), job).await?)
+    Ok(Some(store::enqueue(tx, state.jobs.policies(), job).await?))
 }
 
 /// Mail a 6-digit sign-in code. Always answers success: whether an account

@@ -5,4 +5,6 @@ pub mod jobs;
 pub mod notifications;
 pub mod oauth;
 pub mod platform;
+pub mod preferences;
 pub mod servers;
+pub mod uploads;

@@ -3,22 +3,12 @@
 
 use berth_e2e::accounts::{
     Browser, NewUser, PASSWORD, Stack, access_token, audit_actions, create_user, get_as, login,
-    post, send_as,
+    post, send_as, totp_code,
 };
 use berth_jobs::store::{self, NewJob};
 use berth_jobs::{DiagnosticJob, EmailJob, EmailMessage};
 use reqwest::Method;
 use serde_json::{Value, json};
-use totp_rs::{Builder, Secret};
-
-fn totp_code(base32: &str, offset_steps: i64) -> String {
-    let totp = Builder::new()
-        .with_secret(Secret::try_from_base32(base32).unwrap())
-        .build()
-        .unwrap();
-    let now = chrono::Utc::now().timestamp() + offset_steps * 30;
-    totp.generate(now as u64).to_string()
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn totp_two_factor_with_replay_protection_and_single_use_recovery_codes() {

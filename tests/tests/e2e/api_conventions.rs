@@ -183,6 +183,7 @@ async fn openapi_documents_every_route() {
         "DELETE /api/v1/servers/{id}",
         "DELETE /api/v1/sessions/{id}",
         "DELETE /api/v1/tokens/{id}",
+        "DELETE /api/v1/uploads/{id}",
         "GET /api/v1/alerts/rules",
         "GET /api/v1/auth/csrf",
         "GET /api/v1/auth/me",
@@ -197,6 +198,7 @@ async fn openapi_documents_every_route() {
         "GET /api/v1/notifications",
         "GET /api/v1/openapi.json",
         "GET /api/v1/profile",
+        "GET /api/v1/profile/preferences",
         "GET /api/v1/servers",
         "GET /api/v1/servers/{id}",
         "GET /api/v1/servers/{id}/health",
@@ -205,6 +207,7 @@ async fn openapi_documents_every_route() {
         "GET /api/v1/stats/public",
         "GET /api/v1/status",
         "GET /api/v1/tokens",
+        "GET /api/v1/uploads/{id}",
         "GET /api/v1/ws",
         "GET /metrics",
         "PATCH /api/v1/notifications/{id}/read",
@@ -233,7 +236,9 @@ async fn openapi_documents_every_route() {
         "POST /api/v1/servers/{id}/validate",
         "POST /api/v1/sessions/revoke-others",
         "POST /api/v1/tokens",
+        "POST /api/v1/uploads",
         "PUT /api/v1/alerts/rules",
+        "PUT /api/v1/profile/preferences",
     ];
     assert_eq!(documented, expected);
 

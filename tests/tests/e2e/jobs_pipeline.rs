@@ -600,12 +600,30 @@ async fn a_worker_exits_non_zero_when_redis_goes_away() {
     let id = enqueue_diagnostic(&jobs, 0).await;
     wait_for(&db.pool, &id, JobState::Succeeded, Duration::from_secs(30)).await;
 
+    // A job running when Redis goes is finished and recorded before the
+    // process exits: its side effects happened, so it must not stay `running`
+    // (and be run again by the reconciler).
+    let midway = enqueue_diagnostic(&jobs, 8_000).await;
+    wait_for(
+        &db.pool,
+        &midway,
+        JobState::Running,
+        Duration::from_secs(30),
+    )
+    .await;
     redis.stop().await;
     let status = tokio::time::timeout(Duration::from_secs(60), worker.child.wait())
         .await
         .unwrap_or_else(|_| panic!("worker still alive with Redis gone:\n{}", worker.output()))
         .unwrap();
     assert!(!status.success(), "exit status {status:?}");
+    let record = job(&db.pool, &midway).await;
+    assert_eq!(
+        (record.state, record.attempts),
+        (JobState::Succeeded, 1),
+        "{}",
+        worker.output()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

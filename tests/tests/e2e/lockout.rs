@@ -3,10 +3,11 @@
 //! method's limits leave the others alone, and second-factor guessing is
 //! limited per account and reported to its owner.
 
-use berth_e2e::accounts::{NewUser, PASSWORD, Stack, access_token, create_user, send_as};
+use berth_e2e::accounts::{
+    NewUser, PASSWORD, Stack, access_token, create_user, send_as, totp_code,
+};
 use reqwest::Method;
 use serde_json::{Value, json};
-use totp_rs::{Builder, Secret};
 
 fn from(address: &str) -> reqwest::Client {
     reqwest::Client::builder()
@@ -16,9 +17,18 @@ fn from(address: &str) -> reqwest::Client {
 }
 
 async fn sign_in(stack: &Stack, client: &reqwest::Client, password: &str) -> reqwest::Response {
+    sign_in_as(stack, client, "victim@example.test", password).await
+}
+
+async fn sign_in_as(
+    stack: &Stack,
+    client: &reqwest::Client,
+    identifier: &str,
+    password: &str,
+) -> reqwest::Response {
     client
         .post(stack.app.url("/api/v1/auth/login"))
-        .json(&json!({"identifier": "victim@example.test", "password": password}))
+        .json(&json!({"identifier": identifier, "password": password}))
         .send()
         .await
         .unwrap()
@@ -115,26 +125,27 @@ async fn exhausting_reset_mails_leaves_sign_in_codes_working() {
     assert_eq!(res.status(), 200, "{:?}", res.text().await);
 }
 
-fn totp_code(base32: &str) -> String {
-    let totp = Builder::new()
-        .with_secret(Secret::try_from_base32(base32).unwrap())
-        .build()
-        .unwrap();
-    totp.generate(chrono::Utc::now().timestamp() as u64)
-        .to_string()
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn second_factor_guessing_is_limited_per_account_and_reported() {
-    let stack = Stack::start(&[
-        ("BERTH_RATE_LIMIT_LOGIN", "100/60"),
-        ("BERTH_RATE_LIMIT_CODE_ATTEMPTS", "100/60"),
-        ("BERTH_RATE_LIMIT_SECOND_FACTOR_FAILURES", "4/900"),
-    ])
-    .await;
+/// Turns on 2FA for a new user `email`, then answers wrong codes to fresh
+/// challenges from six addresses (`first_octet` onwards); answers the statuses,
+/// the security notices kept and the mails queued about them.
+async fn guess_second_factors(
+    stack: &Stack,
+    email: &str,
+    security_email: bool,
+    first_octet: u8,
+) -> (Vec<u16>, Vec<String>, i64) {
     let app = &stack.app;
-    let id = create_user(&stack.db, NewUser::verified("victim@example.test")).await;
-    let token = access_token(app, "victim@example.test").await;
+    let id = create_user(&stack.db, NewUser::verified(email)).await;
+    let token = access_token(app, email).await;
+    let (status, _) = send_as(
+        app,
+        &token,
+        Method::PUT,
+        "/api/v1/profile/preferences",
+        json!({"notifications": {"securityEmail": security_email}}),
+    )
+    .await;
+    assert_eq!(status, 200);
     let (_, body) = send_as(
         app,
         &token,
@@ -149,17 +160,15 @@ async fn second_factor_guessing_is_limited_per_account_and_reported() {
         &token,
         Method::POST,
         "/api/v1/auth/2fa/enable",
-        json!({"code": totp_code(&secret)}),
+        json!({"code": totp_code(&secret, 0)}),
     )
     .await;
     assert_eq!(status, 200);
 
-    // Fresh challenges from different addresses: the per-challenge and
-    // per-address limits never trip, the per-account one does.
     let mut statuses = Vec::new();
     for i in 0..6 {
-        let client = from(&format!("127.0.0.{}", 10 + i));
-        let challenge: Value = sign_in(&stack, &client, PASSWORD)
+        let client = from(&format!("127.0.0.{}", first_octet + i));
+        let challenge: Value = sign_in_as(stack, &client, email, PASSWORD)
             .await
             .json()
             .await
@@ -176,7 +185,6 @@ async fn second_factor_guessing_is_limited_per_account_and_reported() {
             .unwrap();
         statuses.push(res.status().as_u16());
     }
-    assert_eq!(statuses, [401, 401, 401, 401, 429, 429]);
     let notices: Vec<String> = sqlx::query_scalar(
         "SELECT title FROM notifications WHERE user_id = $1 AND kind = 'security'",
     )
@@ -184,14 +192,38 @@ async fn second_factor_guessing_is_limited_per_account_and_reported() {
     .fetch_all(&stack.db.pool)
     .await
     .unwrap();
-    assert_eq!(notices, ["Repeated wrong sign-in codes"]);
     let mails: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM jobs WHERE kind = 'email' AND payload::text LIKE '%Repeated wrong sign-in codes%'",
+        "SELECT count(*) FROM jobs WHERE kind = 'email' AND owner_user_id = $1 \
+         AND payload::text LIKE '%Repeated wrong sign-in codes%'",
     )
+    .bind(id)
     .fetch_one(&stack.db.pool)
     .await
     .unwrap();
+    (statuses, notices, mails)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn second_factor_guessing_is_limited_per_account_and_reported() {
+    let stack = Stack::start(&[
+        ("BERTH_RATE_LIMIT_LOGIN", "100/60"),
+        ("BERTH_RATE_LIMIT_CODE_ATTEMPTS", "100/60"),
+        ("BERTH_RATE_LIMIT_SECOND_FACTOR_FAILURES", "4/900"),
+    ])
+    .await;
+    // Fresh challenges from different addresses: the per-challenge and
+    // per-address limits never trip, the per-account one does.
+    let (statuses, notices, mails) =
+        guess_second_factors(&stack, "victim@example.test", true, 10).await;
+    assert_eq!(statuses, [401, 401, 401, 401, 429, 429]);
+    assert_eq!(notices, ["Repeated wrong sign-in codes"]);
     assert_eq!(mails, 1);
+    // A user who chose no security mail still gets the notice in the app.
+    let (statuses, notices, mails) =
+        guess_second_factors(&stack, "quiet@example.test", false, 30).await;
+    assert_eq!(statuses, [401, 401, 401, 401, 429, 429]);
+    assert_eq!(notices, ["Repeated wrong sign-in codes"]);
+    assert_eq!(mails, 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]

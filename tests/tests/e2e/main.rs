@@ -10,6 +10,7 @@ mod monitoring;
 mod oauth;
 mod operator;
 mod platform;
+mod preferences_uploads;
 mod scheduler;
 mod servers;
 mod ssh;

@@ -6,39 +6,10 @@ use std::time::Duration;
 use berth_e2e::accounts::{NewUser, access_token, create_user, get_as, send_as};
 use berth_e2e::fleet::Fleet;
 use berth_e2e::{BerthProcess, eventually};
-use berth_jobs::store::NewJob;
-use berth_jobs::{ServerAction, ServerJob};
 use futures::StreamExt;
 use reqwest::Method;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use uuid::Uuid;
-
-async fn probe(fleet: &Fleet, server: &str) -> Value {
-    let enqueued = fleet
-        .stack
-        .app
-        .state
-        .jobs
-        .enqueue(
-            NewJob::new(ServerJob {
-                server_id: server.parse().unwrap(),
-                action: ServerAction::Probe,
-            })
-            .owner(owner(fleet).await)
-            .server(server.parse().unwrap()),
-        )
-        .await
-        .unwrap();
-    fleet.job_done(&enqueued.id).await
-}
-
-async fn owner(fleet: &Fleet) -> Uuid {
-    sqlx::query_scalar("SELECT id FROM users WHERE email = 'ops@example.test'")
-        .fetch_one(&fleet.stack.db.pool)
-        .await
-        .unwrap()
-}
 
 async fn notifications(fleet: &Fleet) -> Vec<Value> {
     let (status, body) = get_as(
@@ -95,7 +66,7 @@ async fn probes_store_plausible_values_and_alerts_fire_once_and_clear_once() {
     )
     .await;
 
-    let job = probe(&fleet, &id).await;
+    let job = fleet.probe(&id).await;
     assert_eq!(job["state"], "succeeded", "{job}");
     let (status, health) = get_as(app, &fleet.token, &format!("/api/v1/servers/{id}/health")).await;
     assert_eq!(status, 200, "{health}");
@@ -122,12 +93,12 @@ async fn probes_store_plausible_values_and_alerts_fire_once_and_clear_once() {
     assert_eq!(alerts[0]["data"]["serverId"], id.as_str());
 
     // Still breached: no second notification.
-    probe(&fleet, &id).await;
+    fleet.probe(&id).await;
     assert_eq!(notifications(&fleet).await.len(), 1);
     // Cleared once.
     set_rules(&fleet, json!({"diskThreshold": 100})).await;
-    probe(&fleet, &id).await;
-    probe(&fleet, &id).await;
+    fleet.probe(&id).await;
+    fleet.probe(&id).await;
     let alerts = notifications(&fleet).await;
     assert_eq!(alerts.len(), 2, "{alerts:?}");
     assert_eq!(alerts[0]["kind"], "alert_cleared");
@@ -137,11 +108,12 @@ async fn probes_store_plausible_values_and_alerts_fire_once_and_clear_once() {
     smtp.wait_for("ops@example.test", "disk at", 0).await;
     smtp.wait_for("ops@example.test", "disk back to", 0).await;
 
-    // The series: four samples in the last hour; a long range is bucketed.
+    // The series: five samples in the last hour (validation's and four
+    // probes'); a long range is bucketed.
     let (status, series) =
         get_as(app, &fleet.token, &format!("/api/v1/servers/{id}/metrics")).await;
     assert_eq!(status, 200, "{series}");
-    assert_eq!(series["data"]["points"].as_array().unwrap().len(), 4);
+    assert_eq!(series["data"]["points"].as_array().unwrap().len(), 5);
     assert_eq!(series["data"]["bucketSeconds"], 0);
     let from = (chrono::Utc::now() - chrono::Duration::days(30)).to_rfc3339();
     let (_, long) = get_as(
@@ -176,11 +148,11 @@ async fn an_unreachable_server_goes_offline_once_and_comes_back_once() {
     let mut fleet = Fleet::start("probe", &[]).await;
     set_rules(&fleet, QUIET.clone()).await;
     let id = fleet.onboard(0).await;
-    probe(&fleet, &id).await;
+    fleet.probe(&id).await;
     assert!(notifications(&fleet).await.is_empty());
 
     fleet.sshd.stop().await;
-    let job = probe(&fleet, &id).await;
+    let job = fleet.probe(&id).await;
     assert_eq!(job["state"], "failed");
     assert!(
         job["error"].as_str().unwrap().starts_with("UNREACHABLE"),
@@ -194,16 +166,47 @@ async fn an_unreachable_server_goes_offline_once_and_comes_back_once() {
             .unwrap()
             .contains("UNREACHABLE")
     );
-    probe(&fleet, &id).await;
+    fleet.probe(&id).await;
     let alerts = notifications(&fleet).await;
     assert_eq!(alerts.len(), 1, "{alerts:?}");
     assert_eq!(alerts[0]["kind"], "server_offline");
 
     fleet.sshd.resume().await;
-    probe(&fleet, &id).await;
+    fleet.probe(&id).await;
     let alerts = notifications(&fleet).await;
     assert_eq!(alerts.len(), 2);
     assert_eq!(alerts[0]["kind"], "server_online");
+    assert_eq!(fleet.server(&id).await["status"], "online");
+
+    // Preferences: no recovery notices, then no status notices at all.
+    let set_choices = |choices: Value| {
+        send_as(
+            &fleet.stack.app,
+            &fleet.token,
+            Method::PUT,
+            "/api/v1/profile/preferences",
+            json!({ "notifications": choices }),
+        )
+    };
+    let (status, body) = set_choices(json!({"recoveries": false})).await;
+    assert_eq!(status, 200, "{body}");
+    fleet.sshd.stop().await;
+    fleet.probe(&id).await;
+    fleet.sshd.resume().await;
+    fleet.probe(&id).await;
+    let kinds: Vec<Value> = notifications(&fleet)
+        .await
+        .iter()
+        .map(|n| n["kind"].clone())
+        .collect();
+    assert_eq!(kinds, ["server_offline", "server_online", "server_offline"]);
+    let (status, _) = set_choices(json!({"serverStatus": false})).await;
+    assert_eq!(status, 200);
+    fleet.sshd.stop().await;
+    fleet.probe(&id).await;
+    fleet.sshd.resume().await;
+    fleet.probe(&id).await;
+    assert_eq!(notifications(&fleet).await.len(), 3);
     assert_eq!(fleet.server(&id).await["status"], "online");
 }
 
@@ -213,11 +216,11 @@ async fn notifications_are_listed_read_and_deleted_by_their_owner_only() {
     set_rules(&fleet, QUIET.clone()).await;
     let app = &fleet.stack.app;
     let id = fleet.onboard(0).await;
-    probe(&fleet, &id).await;
+    fleet.probe(&id).await;
     fleet.sshd.stop().await;
-    probe(&fleet, &id).await;
+    fleet.probe(&id).await;
     fleet.sshd.resume().await;
-    probe(&fleet, &id).await;
+    fleet.probe(&id).await;
     let all = notifications(&fleet).await;
     assert_eq!(all.len(), 2);
     let first = all[0]["id"].as_str().unwrap().to_owned();
@@ -310,7 +313,7 @@ async fn the_websocket_carries_the_users_events_and_nobody_elses() {
     set_rules(&fleet, QUIET.clone()).await;
     let app = &fleet.stack.app;
     let id = fleet.onboard(0).await;
-    probe(&fleet, &id).await;
+    fleet.probe(&id).await;
 
     // A second api process: events cross processes through Redis.
     let mut env = fleet.stack.env.clone();
@@ -351,7 +354,7 @@ async fn the_websocket_carries_the_users_events_and_nobody_elses() {
     assert!(tokio_tungstenite::connect_async(cross_site).await.is_err());
 
     fleet.sshd.stop().await;
-    probe(&fleet, &id).await;
+    fleet.probe(&id).await;
 
     let mut seen = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);

@@ -1,5 +1,6 @@
 use std::time::Duration;
 
+use berth_e2e::relay::TcpRelay;
 use berth_e2e::{TestApp, TestDb, TestRedis, base_env, eventually};
 use serde_json::{Value, json};
 
@@ -211,4 +212,51 @@ async fn migrate_subcommand_applies_migrations_to_an_empty_database() {
     .await
     .unwrap();
     assert_eq!(tables, 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_answer_503_while_postgres_is_away() {
+    let db = TestDb::new().await;
+    let redis = TestRedis::start().await;
+    // The api reaches Postgres through a relay the test can cut.
+    let url = url::Url::parse(&db.url).unwrap();
+    let postgres = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap())
+        .parse()
+        .unwrap();
+    let relay = TcpRelay::start(postgres, 0).await;
+    let mut through_relay = url.clone();
+    through_relay.set_port(Some(relay.port)).unwrap();
+    let mut env = base_env(&db, &redis);
+    env.insert("DATABASE_URL".into(), through_relay.to_string());
+    let app = TestApp::spawn(env).await;
+    let (status, _) = berth_e2e::accounts::post(
+        &app,
+        "/api/v1/contact",
+        json!({"name": "Ada", "email": "ada@example.test", "subject": "Hi", "message": "Hello there"}),
+    )
+    .await;
+    assert_eq!(status, 201);
+
+    relay.cut();
+    for (path, body) in [
+        (
+            "/api/v1/contact",
+            json!({"name": "Ada", "email": "ada@example.test", "subject": "Hi", "message": "Hello again"}),
+        ),
+        (
+            "/api/v1/auth/login",
+            json!({"identifier": "ada@example.test", "password": "correct horse battery staple"}),
+        ),
+    ] {
+        let (status, body) = berth_e2e::accounts::post(&app, path, body).await;
+        assert_eq!(status, 503, "{path}: {body}");
+        assert_eq!(body["error"]["code"], "SERVICE_UNAVAILABLE", "{body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("database is unavailable"),
+            "{body}"
+        );
+    }
 }

@@ -1,10 +1,14 @@
 //! SPEC §3.3: servers added through the api, validated by a real `berth-worker`
 //! over SSH against real sshd "servers" (`berth_e2e::ssh_servers`).
 
-use berth_e2e::BerthProcess;
+use std::net::SocketAddr;
+use std::time::Duration;
+
 use berth_e2e::accounts::{NewUser, access_token, create_user, get_as, send_as};
 use berth_e2e::fleet::Fleet;
+use berth_e2e::relay::TcpRelay;
 use berth_e2e::ssh_servers::{KEY_PASSPHRASE, PASSWORD, PASSWORD_USER};
+use berth_e2e::{BerthProcess, eventually};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -45,6 +49,15 @@ async fn onboarding_with_a_key_and_with_a_password() {
         "{server}"
     );
     assert!(server["validatedAt"].is_string());
+    // Validation took the first sample: health is there at once.
+    let (status, health) = get_as(
+        &w.stack.app,
+        &w.token,
+        &format!("/api/v1/servers/{id}/health"),
+    )
+    .await;
+    assert_eq!(status, 200, "{health}");
+    assert!(health["data"]["latest"]["cpuUsage"].is_number(), "{health}");
 
     // Never a secret in an answer; sealed in the database.
     let (_, list) = get_as(&w.stack.app, &w.token, "/api/v1/servers").await;
@@ -156,6 +169,16 @@ async fn a_changed_host_key_stops_the_server_until_the_owner_repins_it() {
             .unwrap();
     assert_eq!(notified.0, "host_key_mismatch");
     assert!(notified.1.contains(&offered));
+    // A probe meeting the same key: still that one alert, not also "offline".
+    let probe = w.probe(&id).await;
+    assert_eq!(probe["state"], "failed");
+    let kinds: Vec<String> =
+        sqlx::query_scalar("SELECT kind FROM notifications WHERE data->>'serverId' = $1")
+            .bind(&id)
+            .fetch_all(&w.stack.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(kinds, ["host_key_mismatch"]);
 
     // Only the offered key can be accepted.
     let path = format!("/api/v1/servers/{id}/host-key");
@@ -347,4 +370,107 @@ async fn credentials_survive_a_master_key_rotation() {
     let (_, body) = send_as(&w.stack.app, &w.token, Method::POST, &path, json!({})).await;
     let job = w.job_done(body["data"]["jobId"].as_str().unwrap()).await;
     assert_eq!(job["state"], "succeeded", "{job}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_validation_survives_its_worker_dying_and_a_failed_one_leaves_the_truth() {
+    let mut w = Fleet::start("probe", &[("BERTH_SSH_HANDSHAKE_TIMEOUT_MS", "20000")]).await;
+    let sshd: SocketAddr = format!("{}:{}", w.sshd.host(0), w.sshd.port)
+        .parse()
+        .unwrap();
+    let mut servers = Vec::new();
+    let mut relays = Vec::new();
+    for name in ["survives", "capped"] {
+        let relay = TcpRelay::start(sshd, 1).await;
+        let mut body = w.key_server(0);
+        body["name"] = json!(name);
+        body["host"] = json!("127.0.0.1");
+        body["port"] = json!(relay.port);
+        relays.push(relay);
+        let (status, created) = w.create(body).await;
+        assert_eq!(status, 202, "{created}");
+        servers.push((
+            created["data"]["server"]["id"].as_str().unwrap().to_owned(),
+            created["data"]["jobId"].as_str().unwrap().to_owned(),
+        ));
+    }
+    // Both validations hang in the handshake; their worker dies.
+    let pool = &w.stack.db.pool;
+    eventually(
+        Duration::from_secs(30),
+        "both validations running",
+        || async {
+            let running: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state = 'running'")
+                    .fetch_one(pool)
+                    .await
+                    .unwrap();
+            running == 2
+        },
+    )
+    .await;
+    w.worker.signal(nix::sys::signal::Signal::SIGKILL);
+    // One of them was on its last attempt.
+    sqlx::query("UPDATE jobs SET max_attempts = 1 WHERE id = $1")
+        .bind(&servers[1].1)
+        .execute(pool)
+        .await
+        .unwrap();
+    w.worker = BerthProcess::spawn("berth-worker", &["--queues", "probe"], &w.stack.env);
+
+    let survived = w.job_done(&servers[0].1).await;
+    assert_eq!(
+        (survived["state"].as_str(), survived["attempts"].as_u64()),
+        (Some("succeeded"), Some(2)),
+        "{survived}"
+    );
+    assert_eq!(w.server(&servers[0].0).await["status"], "online");
+
+    let capped = w.job_done(&servers[1].1).await;
+    assert_eq!(capped["state"], "failed", "{capped}");
+    let server = w.server(&servers[1].0).await;
+    assert_eq!(server["status"], "error", "never left pending: {server}");
+    assert!(
+        server["statusReason"]
+            .as_str()
+            .unwrap()
+            .contains("attempt cap"),
+        "{server}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_unreachable_at_onboarding_is_retried_with_backoff() {
+    let mut w = Fleet::start("probe", &[("BERTH_PROBE_BACKOFF_MS", "2000")]).await;
+    w.sshd.stop().await;
+    let (status, body) = w.create(key_server(&w, 0)).await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["data"]["server"]["id"].as_str().unwrap().to_owned();
+    let job_id = body["data"]["jobId"].as_str().unwrap().to_owned();
+    let path = format!("/api/v1/jobs/{job_id}");
+    eventually(
+        Duration::from_secs(30),
+        "the first attempt to fail",
+        || async {
+            let (_, job) = get_as(&w.stack.app, &w.token, &path).await;
+            job["data"]["attempts"] == 1 && job["data"]["state"] == "queued"
+        },
+    )
+    .await;
+    let (_, job) = get_as(&w.stack.app, &w.token, &path).await;
+    assert!(
+        job["data"]["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("UNREACHABLE"),
+        "{job}"
+    );
+    // Truthful meanwhile: offline with the reason, not pending.
+    assert_eq!(w.server(&id).await["status"], "offline");
+
+    w.sshd.resume().await;
+    let job = w.job_done(&job_id).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert!(job["attempts"].as_u64().unwrap() >= 2, "{job}");
+    assert_eq!(w.server(&id).await["status"], "online");
 }
