@@ -121,22 +121,26 @@ supervise() {
     now=$(stamp "$binary")
     if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
         if [ "$(cat "$stampfile" 2>/dev/null)" = "$now" ]; then
-            step "$name already running, unchanged (log: data/logs/$name.log)"
+            step "$name already running, unchanged (log: $BERTH_LOG_DIR/$name.log)"
             return 0
         fi
         step "$name: binary or .env changed, restarting"
         kill -TERM -- "-$(cat "$pidfile")" 2>/dev/null || true
         for _ in $(seq 100); do kill -0 "$(cat "$pidfile")" 2>/dev/null || break; sleep 0.1; done
     else
-        step "starting $name (log: data/logs/$name.log)"
+        step "starting $name (log: $BERTH_LOG_DIR/$name.log, rotated daily)"
     fi
     setsid bash -c 'while :; do "$@"; echo "$(date -Is) exited with $?; restarting in 2 s"; sleep 2; done' \
-        "$name" "$binary" "$@" >>"data/logs/$name.log" 2>&1 < /dev/null &
+        "$name" "$binary" "$@" >>"data/logs/$name.out" 2>&1 < /dev/null &
     echo $! > "$pidfile"
     echo "$now" > "$stampfile"
 }
 # Migrations ran above; replicas must not race on them at start.
 export BERTH_RUN_MIGRATIONS=false
+# Each process writes daily files there and keeps the newest
+# BERTH_LOG_KEEP_FILES; what runs before logging starts (a bad setting, a
+# crash, the restarts) goes to data/logs/<process>.out.
+export BERTH_LOG_DIR="${BERTH_LOG_DIR:-$PWD/data/logs}"
 supervise berth-api ./target/release/berth-api
 supervise berth-worker ./target/release/berth-worker
 supervise berth-scheduler ./target/release/berth-scheduler
@@ -148,11 +152,11 @@ for _ in $(seq 60); do
         echo "    API docs:  $BERTH_PUBLIC_URL/api/docs"
         say_admin
         echo "    mail:      no SMTP_URL set, so messages are .eml files in $BERTH_MAIL_DIR"
-        echo "    logs:      data/logs/berth-{api,worker,scheduler}.log"
+        echo "    logs:      $BERTH_LOG_DIR/berth-{api,worker,scheduler}.log (rotated daily, ${BERTH_LOG_KEEP_FILES:-7} days kept)"
         echo "    stop:      scripts/down.sh   (scripts/down.sh --purge also deletes data/ and .env)"
         exit 0
     fi
     sleep 1
 done
-echo "berth-api did not become ready; see data/logs/berth-api.log" >&2
+echo "berth-api did not become ready; see data/logs/berth-api.out and $BERTH_LOG_DIR/berth-api.log" >&2
 exit 1

@@ -76,7 +76,7 @@ async fn main() {
 
 async fn migrate() -> anyhow::Result<()> {
     let common = CommonConfig::from_env(&Env::process())?;
-    common.log_format.init_tracing();
+    common.logging.init("berth-api")?;
     let pool = sqlx::PgPool::connect(common.database_url.expose())
         .await
         .context("cannot connect to DATABASE_URL")?;
@@ -140,7 +140,7 @@ async fn admin(command: AdminCommand) -> anyhow::Result<()> {
 
 async fn reseal() -> anyhow::Result<()> {
     let config = ApiConfig::from_env(&Env::process())?;
-    config.common.log_format.init_tracing();
+    config.common.logging.init("berth-api")?;
     let pool = sqlx::PgPool::connect(config.common.database_url.expose())
         .await
         .context("cannot connect to DATABASE_URL")?;
@@ -165,7 +165,7 @@ async fn reseal() -> anyhow::Result<()> {
 async fn serve() -> anyhow::Result<()> {
     let env = Env::process();
     let config = ApiConfig::from_env(&env)?;
-    config.common.log_format.init_tracing();
+    config.common.logging.init("berth-api")?;
     let policies = Policies::from_env(&env)?;
     let addr = config.addr;
     let run_migrations = config.run_migrations;

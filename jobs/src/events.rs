@@ -30,6 +30,14 @@ pub async fn publish(redis: &ConnectionManager, user_id: Uuid, event: &serde_jso
     }
 }
 
+/// What a job acts on, so a client can tell which server's or deployment's
+/// view a job event updates.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JobTargets {
+    pub server_id: Option<Uuid>,
+    pub deployment_id: Option<Uuid>,
+}
+
 /// A job's new state, as the WebSocket carries it.
 pub fn job_event(
     job_id: &str,
@@ -37,9 +45,13 @@ pub fn job_event(
     state: &str,
     attempts: i32,
     error: Option<&str>,
+    targets: JobTargets,
 ) -> serde_json::Value {
     serde_json::json!({
         "type": "job",
-        "data": { "id": job_id, "kind": kind, "state": state, "attempts": attempts, "error": error },
+        "data": {
+            "id": job_id, "kind": kind, "state": state, "attempts": attempts, "error": error,
+            "serverId": targets.server_id, "deploymentId": targets.deployment_id,
+        },
     })
 }

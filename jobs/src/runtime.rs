@@ -469,8 +469,14 @@ impl Dispatch {
         let owner = claimed.owner_user_id;
         let kind = self.queue.name();
         let tell = |state: &'static str, error: Option<String>| {
-            let event =
-                crate::events::job_event(&job_id, kind, state, claimed.attempts, error.as_deref());
+            let event = crate::events::job_event(
+                &job_id,
+                kind,
+                state,
+                claimed.attempts,
+                error.as_deref(),
+                claimed.targets,
+            );
             async move {
                 if let Some(owner) = owner {
                     crate::events::publish(&self.redis, owner, &event).await;

@@ -400,6 +400,7 @@ pub struct Claimed {
     pub timeout: Duration,
     /// Told of the job's state changes (`events`).
     pub owner_user_id: Option<Uuid>,
+    pub targets: crate::events::JobTargets,
 }
 
 /// Marks the job running for this delivery and counts the attempt. Returns `None`
@@ -436,7 +437,7 @@ pub async fn claim_many(
          FROM (SELECT DISTINCT * FROM unnest($1::text[], $2::text[])) AS d(id, delivery_id) \
          WHERE j.id = d.id AND j.delivery_id = d.delivery_id AND j.state IN ('queued', 'running') \
          RETURNING j.id, j.delivery_id, j.kind, j.payload, j.attempts, j.max_attempts, j.timeout_ms, \
-             j.owner_user_id",
+             j.owner_user_id, j.server_id, j.deployment_id",
     )
     .bind(&job_ids)
     .bind(&delivery_ids)
@@ -455,6 +456,10 @@ pub async fn claim_many(
                 max_attempts: row.try_get("max_attempts")?,
                 timeout: Duration::from_millis(row.try_get::<i64, _>("timeout_ms")?.max(1) as u64),
                 owner_user_id: row.try_get("owner_user_id")?,
+                targets: crate::events::JobTargets {
+                    server_id: row.try_get("server_id")?,
+                    deployment_id: row.try_get("deployment_id")?,
+                },
             },
         );
     }

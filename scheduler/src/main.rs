@@ -18,7 +18,7 @@ async fn main() {
 async fn run() -> anyhow::Result<()> {
     let env = Env::process();
     let common = CommonConfig::from_env(&env)?;
-    common.log_format.init_tracing();
+    common.logging.init("berth-scheduler")?;
     let config = SchedulerConfig::from_env(&env)?;
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(4)

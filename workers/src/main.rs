@@ -35,7 +35,7 @@ async fn main() {
 async fn run(args: Args) -> anyhow::Result<()> {
     let env = Env::process();
     let common = CommonConfig::from_env(&env)?;
-    common.log_format.init_tracing();
+    common.logging.init("berth-worker")?;
     let mail = MailConfig::from_env(&env)?;
     let policies = Policies::from_env(&env)?;
     let defaults = Liveness::default();

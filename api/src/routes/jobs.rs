@@ -4,7 +4,7 @@
 use axum::extract::State;
 use berth_jobs::store::{self, JobFilter};
 use berth_jobs::{JobRecord, JobState, Queue};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::auth::{Credential, Principal, Scope};
 use crate::envelope::{Envelope, Page, PageQuery, Path, Query};
@@ -75,25 +75,43 @@ pub struct JobsQuery {
     limit: Option<i64>,
 }
 
+/// A page of jobs, and the kinds left out because the caller's token does not
+/// cover them (so an empty page is not mistaken for "no jobs").
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JobsPage {
+    #[serde(flatten)]
+    page: Page<JobRecord>,
+    /// Kinds this API token may not see, each with the scope it would need;
+    /// empty for a signed-in session.
+    hidden_kinds: Vec<HiddenKind>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HiddenKind {
+    kind: Queue,
+    needs_scope: String,
+}
+
 /// Jobs, newest first.
 #[utoipa::path(get, path = "/jobs", tag = "jobs", params(JobsQuery), responses(
-    (status = 200, description = "A page of jobs", body = Page<JobRecord>),
+    (status = 200, description = "A page of jobs", body = JobsPage),
     (status = 400, description = "Unknown kind or state", body = crate::error::ErrorEnvelope),
     (status = 403, description = "The token's scopes do not cover this kind of job", body = crate::error::ErrorEnvelope)))]
 pub async fn list_jobs(
     State(state): State<AppState>,
     principal: Principal,
     Query(query): Query<JobsQuery>,
-) -> Result<Envelope<Page<JobRecord>>, ApiError> {
+) -> Result<Envelope<JobsPage>, ApiError> {
     let page = PageQuery {
         page: query.page,
         limit: query.limit,
     }
     .validate()?;
-    let visible: Vec<Queue> = Queue::ALL
+    let (visible, hidden): (Vec<Queue>, Vec<Queue>) = Queue::ALL
         .into_iter()
-        .filter(|k| may_see_kind(&principal, *k))
-        .collect();
+        .partition(|k| may_see_kind(&principal, *k));
     let kinds = match query.kind {
         Some(kind) if !visible.contains(&kind) => {
             return Err(ApiError::Forbidden(format!(
@@ -111,5 +129,14 @@ pub async fn list_jobs(
         state: query.state,
     };
     let (items, total) = store::list(&state.pool, &filter, page.offset(), page.limit).await?;
-    Ok(Envelope::ok(Page::new(items, page, total)))
+    Ok(Envelope::ok(JobsPage {
+        page: Page::new(items, page, total),
+        hidden_kinds: hidden
+            .into_iter()
+            .map(|kind| HiddenKind {
+                kind,
+                needs_scope: scope_for(kind).name().to_owned(),
+            })
+            .collect(),
+    }))
 }

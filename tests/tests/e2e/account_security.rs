@@ -334,8 +334,25 @@ async fn api_tokens_do_only_what_their_scopes_allow() {
         (200, json!(0)),
         "{body}"
     );
+    // The empty page says what it left out, and why.
+    let hidden = body["data"]["hiddenKinds"].as_array().unwrap();
+    assert!(
+        hidden.contains(&json!({"kind": "email", "needsScope": "admin"})),
+        "{body}"
+    );
+    assert!(
+        !hidden.iter().any(|h| h["kind"] == "probe"),
+        "servers:write covers probes: {body}"
+    );
     let (status, body) = get_as(app, &session, &format!("/api/v1/jobs/{}", mail.id)).await;
     assert_eq!(status, 200, "{body}");
+    let (_, body) = get_as(app, &session, "/api/v1/jobs").await;
+    assert_eq!(
+        body["data"]["hiddenKinds"],
+        json!([]),
+        "a session sees every kind"
+    );
+    assert_eq!(body["data"]["total"], 1);
 
     // Used: last-used time recorded. Another user's token id: 404.
     let last_used: Option<chrono::DateTime<chrono::Utc>> =

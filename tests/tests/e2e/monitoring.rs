@@ -371,9 +371,11 @@ async fn the_websocket_carries_the_users_events_and_nobody_elses() {
     let notification = seen.iter().find(|e| e["type"] == "notification").unwrap();
     assert_eq!(notification["data"]["kind"], "server_offline");
     assert!(
-        seen.iter()
-            .any(|e| e["type"] == "job" && e["data"]["kind"] == "probe"),
-        "job state changes too: {seen:?}"
+        seen.iter().any(|e| e["type"] == "job"
+            && e["data"]["kind"] == "probe"
+            && e["data"]["serverId"] == id.as_str()
+            && e["data"]["deploymentId"].is_null()),
+        "job state changes too, naming their server: {seen:?}"
     );
     // The other user's socket got nothing.
     let nothing = tokio::time::timeout(Duration::from_secs(2), theirs.next()).await;

@@ -260,3 +260,53 @@ async fn requests_answer_503_while_postgres_is_away() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn log_files_rotate_and_keep_only_the_newest() {
+    let db = TestDb::new().await;
+    let redis = TestRedis::start().await;
+    let dir = berth_e2e::scratch_dir("logs");
+    for day in 1..=5 {
+        std::fs::write(
+            dir.join(format!("berth-worker.2020-01-0{day}.log")),
+            "old\n",
+        )
+        .unwrap();
+    }
+    std::fs::write(dir.join("berth-api.2020-01-01.log"), "another process\n").unwrap();
+    let mut env = base_env(&db, &redis);
+    env.insert("BERTH_LOG_DIR".into(), dir.display().to_string());
+    env.insert("BERTH_LOG_KEEP_FILES".into(), "3".into());
+    let _worker = berth_e2e::BerthProcess::spawn("berth-worker", &["--queues", "diagnostic"], &env);
+    let current = dir.join("berth-worker.log");
+    eventually(
+        Duration::from_secs(20),
+        "the worker to log to its file",
+        || async {
+            std::fs::read_to_string(&current)
+                .is_ok_and(|text| text.contains("berth-worker starting"))
+        },
+    )
+    .await;
+    assert!(
+        std::fs::symlink_metadata(&current)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    let mut kept: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name.starts_with("berth-worker.") && name != "berth-worker.log")
+        .collect();
+    kept.sort();
+    assert_eq!(kept.len(), 3, "{kept:?}");
+    let today = chrono::Utc::now()
+        .format("berth-worker.%Y-%m-%d.log")
+        .to_string();
+    assert!(kept.contains(&today), "{kept:?}");
+    assert!(
+        dir.join("berth-api.2020-01-01.log").exists(),
+        "another process's files stay"
+    );
+}
