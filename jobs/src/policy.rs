@@ -15,6 +15,11 @@ pub struct JobPolicy {
     pub backoff_max: Duration,
     pub timeout: Duration,
     pub concurrency: usize,
+    /// Jobs of this queue one user may have running at once, across all
+    /// workers: past it their next job waits, so one tenant's slow jobs (servers
+    /// that never answer) cannot hold every slot. Jobs without an owner are not
+    /// counted.
+    pub per_user_running: usize,
 }
 
 impl JobPolicy {
@@ -37,6 +42,7 @@ impl JobPolicy {
             backoff_max: Duration::from_secs(600),
             timeout: Duration::from_secs(timeout_secs),
             concurrency,
+            per_user_running: concurrency.div_ceil(2),
         }
     }
 
@@ -57,7 +63,9 @@ impl JobPolicy {
 
 /// Every queue's policy, read from the environment with per-queue overrides
 /// (`BERTH_EMAIL_MAX_ATTEMPTS`, `BERTH_EMAIL_BACKOFF_MS`, `BERTH_EMAIL_BACKOFF_MAX_MS`,
-/// `BERTH_EMAIL_TIMEOUT_SECS`, `BERTH_EMAIL_CONCURRENCY`, and the same for each queue).
+/// `BERTH_EMAIL_TIMEOUT_SECS`, `BERTH_EMAIL_CONCURRENCY`,
+/// `BERTH_EMAIL_PER_USER_RUNNING` (default: half the concurrency, rounded up),
+/// and the same for each queue).
 #[derive(Debug, Clone)]
 pub struct Policies(HashMap<Queue, JobPolicy>);
 
@@ -67,6 +75,7 @@ impl Policies {
         for queue in Queue::ALL {
             let d = JobPolicy::default_for(queue);
             let prefix = format!("BERTH_{}", queue.name().to_ascii_uppercase());
+            let concurrency = env.parsed(&format!("{prefix}_CONCURRENCY"), d.concurrency)?;
             let policy = JobPolicy {
                 max_attempts: env.parsed(&format!("{prefix}_MAX_ATTEMPTS"), d.max_attempts)?,
                 backoff_base: env.millis(&format!("{prefix}_BACKOFF_MS"), d.backoff_base)?,
@@ -74,12 +83,17 @@ impl Policies {
                 timeout: Duration::from_secs(
                     env.parsed(&format!("{prefix}_TIMEOUT_SECS"), d.timeout.as_secs())?,
                 ),
-                concurrency: env.parsed(&format!("{prefix}_CONCURRENCY"), d.concurrency)?,
+                concurrency,
+                per_user_running: env.parsed(
+                    &format!("{prefix}_PER_USER_RUNNING"),
+                    concurrency.div_ceil(2),
+                )?,
             };
             for (field, value) in [
                 ("MAX_ATTEMPTS", policy.max_attempts as u64),
                 ("TIMEOUT_SECS", policy.timeout.as_secs()),
                 ("CONCURRENCY", policy.concurrency as u64),
+                ("PER_USER_RUNNING", policy.per_user_running as u64),
             ] {
                 if value == 0 {
                     return Err(ConfigError::Malformed {

@@ -360,6 +360,9 @@ type DeliveryKey = (String, String);
 
 const CLAIM_LINGER: Duration = Duration::from_millis(1);
 const SUCCESS_LINGER: Duration = Duration::from_millis(2);
+/// A job over its owner's share is offered again this much later (plus the
+/// relay's sweep), by when one of the owner's running jobs may have ended.
+const FAIR_SHARE_DEFERRAL: Duration = Duration::from_secs(1);
 
 struct Dispatch {
     pool: PgPool,
@@ -384,13 +387,19 @@ impl Dispatch {
         worker: String,
         runs: TaskTracker,
     ) -> Self {
-        let concurrency = policies.get(queue).concurrency;
+        let policy = policies.get(queue);
+        let concurrency = policy.concurrency;
+        let fairness = store::Fairness {
+            kind: queue,
+            per_user_running: policy.per_user_running,
+            deferral: FAIR_SHARE_DEFERRAL,
+        };
         let claims = {
             let (pool, worker) = (pool.clone(), worker.clone());
             // Claims gate a job's start: they linger only under load, and briefly.
             Batcher::spawn(concurrency, CLAIM_LINGER, move |deliveries| {
                 let (pool, worker) = (pool.clone(), worker.clone());
-                async move { store::claim_many(&pool, &worker, deliveries).await }
+                async move { store::claim_many(&pool, &worker, fairness, deliveries).await }
             })
         };
         let successes = {
@@ -453,7 +462,7 @@ impl Dispatch {
             .call((job_id.clone(), delivery_id.clone()))
             .await?
         else {
-            tracing::debug!(delivery.id = %delivery_id, "stale delivery skipped");
+            tracing::debug!(delivery.id = %delivery_id, "stale delivery skipped, or put back past its owner's share");
             return Ok(());
         };
         if claimed.attempts > claimed.max_attempts {

@@ -407,7 +407,8 @@ pub struct Claimed {
 /// when the delivery is stale (the job finished, was cancelled, or was re-issued
 /// under a newer delivery id), so a duplicate Redis delivery never runs. A job left
 /// `running` by a crashed worker can be claimed again by the same delivery, which
-/// is how apalis hands orphaned tasks back.
+/// is how apalis hands orphaned tasks back. No per-user share applies here; the
+/// runtime claims through [`claim_many`] with its queue's [`Fairness`].
 pub async fn claim(
     pool: &PgPool,
     job_id: &str,
@@ -417,10 +418,28 @@ pub async fn claim(
     let mut claimed = claim_many(
         pool,
         worker,
+        Fairness::UNBOUNDED,
         vec![(job_id.to_owned(), delivery_id.to_owned())],
     )
     .await?;
     Ok(claimed.remove(0))
+}
+
+/// How many running jobs of one kind a single owner may hold, and how long a
+/// job over that share waits before it is offered again.
+#[derive(Debug, Clone, Copy)]
+pub struct Fairness {
+    pub kind: Queue,
+    pub per_user_running: usize,
+    pub deferral: Duration,
+}
+
+impl Fairness {
+    const UNBOUNDED: Fairness = Fairness {
+        kind: Queue::Diagnostic,
+        per_user_running: usize::MAX,
+        deferral: Duration::ZERO,
+    };
 }
 
 /// [`claim`] for many deliveries in one statement; one answer per delivery, in
@@ -428,20 +447,48 @@ pub async fn claim(
 pub async fn claim_many(
     pool: &PgPool,
     worker: &str,
+    fairness: Fairness,
     deliveries: Vec<(String, String)>,
 ) -> Result<Vec<Option<Claimed>>, sqlx::Error> {
     let (job_ids, delivery_ids): (Vec<String>, Vec<String>) = deliveries.iter().cloned().unzip();
+    let fresh: Vec<String> = deliveries
+        .iter()
+        .map(|_| Ulid::generate().to_string())
+        .collect();
+    // `over`: queued jobs whose owner already runs `per_user_running` jobs of
+    // this kind, counting those earlier in this batch. They are put back under
+    // a new delivery id, due a moment later, without using an attempt.
     let rows = sqlx::query(
-        "UPDATE jobs j SET state = 'running', attempts = j.attempts + 1, started_at = now(), \
+        "WITH d AS (SELECT DISTINCT ON (id, delivery_id) id, delivery_id, fresh \
+                    FROM unnest($1::text[], $2::text[], $4::text[]) AS d(id, delivery_id, fresh)), \
+         cand AS (SELECT j.id, d.fresh, j.owner_user_id, \
+                         row_number() OVER (PARTITION BY j.owner_user_id ORDER BY j.id) AS nth \
+                  FROM jobs j JOIN d ON j.id = d.id AND j.delivery_id = d.delivery_id \
+                  WHERE j.state = 'queued' AND j.owner_user_id IS NOT NULL), \
+         busy AS (SELECT owner_user_id, count(*) AS running FROM jobs \
+                  WHERE kind = $5 AND state = 'running' \
+                    AND owner_user_id IN (SELECT owner_user_id FROM cand) \
+                  GROUP BY owner_user_id), \
+         over AS (SELECT cand.id, cand.fresh FROM cand LEFT JOIN busy USING (owner_user_id) \
+                  WHERE COALESCE(busy.running, 0) + cand.nth > $6), \
+         deferred AS (UPDATE jobs j SET delivery_id = over.fresh, pushed_at = NULL, \
+                          run_after = now() + make_interval(secs => $7), updated_at = now() \
+                      FROM over WHERE j.id = over.id RETURNING j.id) \
+         UPDATE jobs j SET state = 'running', attempts = j.attempts + 1, started_at = now(), \
              worker = $3, pushed_at = COALESCE(j.pushed_at, now()), updated_at = now() \
-         FROM (SELECT DISTINCT * FROM unnest($1::text[], $2::text[])) AS d(id, delivery_id) \
+         FROM d \
          WHERE j.id = d.id AND j.delivery_id = d.delivery_id AND j.state IN ('queued', 'running') \
+           AND j.id NOT IN (SELECT id FROM deferred) \
          RETURNING j.id, j.delivery_id, j.kind, j.payload, j.attempts, j.max_attempts, j.timeout_ms, \
              j.owner_user_id, j.server_id, j.deployment_id",
     )
     .bind(&job_ids)
     .bind(&delivery_ids)
     .bind(worker)
+    .bind(&fresh)
+    .bind(fairness.kind.name())
+    .bind(i64::try_from(fairness.per_user_running).unwrap_or(i64::MAX))
+    .bind(fairness.deferral.as_secs_f64())
     .fetch_all(pool)
     .await?;
     let mut claimed = std::collections::HashMap::new();

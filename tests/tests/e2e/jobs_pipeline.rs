@@ -1,6 +1,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use berth_e2e::accounts::{NewUser, create_user};
 use berth_e2e::{
     BerthProcess, SmtpSink, TestApp, TestDb, TestRedis, base_env, eventually, free_port,
 };
@@ -12,6 +13,7 @@ use berth_jobs::{
 };
 use nix::sys::signal::Signal;
 use sqlx::PgPool;
+use uuid::Uuid;
 
 fn worker_env(db: &TestDb, redis: &TestRedis, extra: &[(&str, &str)]) -> HashMap<String, String> {
     let mut env = base_env(db, redis);
@@ -659,4 +661,89 @@ async fn nine_thousand_due_jobs_do_not_stop_a_worker() {
         worker.child.try_wait().unwrap().is_none(),
         "worker still running"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_owner_cannot_hold_every_slot_of_a_queue() {
+    let Pipeline {
+        db,
+        redis: _redis,
+        env,
+        jobs,
+    } = pipeline(&[("BERTH_DIAGNOSTIC_PER_USER_RUNNING", "2")]).await;
+    let busy = create_user(&db, NewUser::verified("busy@example.test")).await;
+    let other = create_user(&db, NewUser::verified("other@example.test")).await;
+    let mut busy_jobs = Vec::new();
+    for _ in 0..6 {
+        let job = NewJob::new(DiagnosticJob { sleep_ms: 1500 }).owner(busy);
+        busy_jobs.push(jobs.enqueue(job).await.unwrap().id);
+    }
+    let _worker = diagnostic_worker(&env);
+    let running_of = |owner: Uuid| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM jobs WHERE owner_user_id = $1 AND state = 'running'",
+            )
+            .bind(owner)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    eventually(
+        Duration::from_secs(20),
+        "the busy owner's jobs to start",
+        || async { running_of(busy).await > 0 },
+    )
+    .await;
+    // The busy owner holds two of the worker's eight slots; another owner's
+    // job starts at once.
+    let theirs = jobs
+        .enqueue(NewJob::new(DiagnosticJob { sleep_ms: 0 }).owner(other))
+        .await
+        .unwrap()
+        .id;
+    let mut most = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !busy_jobs.is_empty() {
+        most = most.max(running_of(busy).await);
+        let mut pending = Vec::new();
+        for id in busy_jobs {
+            if !job(&db.pool, &id).await.state.is_terminal() {
+                pending.push(id);
+            }
+        }
+        busy_jobs = pending;
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the busy owner's jobs never finished"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(most <= 2, "{most} of one owner's jobs ran at once");
+    assert_eq!(most, 2);
+    // The other owner did not queue behind all of the busy owner's jobs.
+    let quick = wait_for(
+        &db.pool,
+        &theirs,
+        JobState::Succeeded,
+        Duration::from_secs(10),
+    )
+    .await;
+    let last_busy_start: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT max(started_at) FROM jobs WHERE owner_user_id = $1")
+            .bind(busy)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert!(quick.started_at.unwrap() < last_busy_start);
+    let attempts: Vec<i32> = sqlx::query_scalar(
+        "SELECT attempts FROM jobs WHERE owner_user_id = $1 AND state = 'succeeded'",
+    )
+    .bind(busy)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(attempts, [1; 6], "waiting for a slot is not an attempt");
 }
