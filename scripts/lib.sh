@@ -49,6 +49,22 @@ berth_install_packages() {
     berth_apt "${missing[@]}"
 }
 
+# Schemathesis (PyPI), pinned, in a virtualenv of the project's own; prints
+# the path of its command. Installed once per machine (BERTH_TOOLS_DIR).
+BERTH_SCHEMATHESIS_VERSION=4.32.5
+berth_install_schemathesis() {
+    local venv="${BERTH_TOOLS_DIR:-$HOME/.cache/berth-tools}/schemathesis-$BERTH_SCHEMATHESIS_VERSION"
+    if [ ! -x "$venv/bin/schemathesis" ]; then
+        echo "installing schemathesis $BERTH_SCHEMATHESIS_VERSION into $venv" >&2
+        if ! python3 -m venv "$venv" >&2; then
+            berth_apt python3-venv >&2
+            python3 -m venv "$venv" >&2
+        fi
+        "$venv/bin/pip" install --quiet "schemathesis==$BERTH_SCHEMATHESIS_VERSION" >&2
+    fi
+    echo "$venv/bin/schemathesis"
+}
+
 berth_free_port() {
     /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }

@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 berth_install_packages
+BERTH_SCHEMATHESIS=$(berth_install_schemathesis)
+export BERTH_SCHEMATHESIS
 
 run_dir=$(mktemp -d /tmp/berth-test.XXXXXX)
 chmod 755 "$run_dir"

@@ -96,6 +96,29 @@ fn enveloped(schema: Value) -> Value {
     })
 }
 
+/// No string Berth accepts may hold a NUL (`middleware::refuse_nul`, the JSON
+/// extractor): every free-form string schema says so. Strings with a pattern or
+/// a format already exclude it.
+fn refuse_nul_in_strings(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            let is_string = match map.get("type") {
+                Some(Value::String(t)) => t == "string",
+                Some(Value::Array(types)) => types.iter().any(|t| t == "string"),
+                _ => false,
+            };
+            if is_string && !map.contains_key("pattern") && !map.contains_key("format") {
+                map.insert("pattern".into(), json!(r"^[^\u0000]*$"));
+            }
+            for child in map.values_mut() {
+                refuse_nul_in_strings(child);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(refuse_nul_in_strings),
+        _ => {}
+    }
+}
+
 /// The document clients receive: `doc` with what every route shares.
 pub fn finish(doc: &utoipa::openapi::OpenApi, public_url: &str) -> Value {
     let mut doc = serde_json::to_value(doc).expect("the OpenAPI document serializes");
@@ -112,6 +135,7 @@ pub fn finish(doc: &utoipa::openapi::OpenApi, public_url: &str) -> Value {
                 "description": "Browser session; unsafe methods also need X-CSRF-Token"}
         }),
     );
+    refuse_nul_in_strings(&mut doc);
     let Some(paths) = doc["paths"].as_object_mut() else {
         return doc;
     };
@@ -140,7 +164,8 @@ fn finish_operation(route: &str, method: &str, path: &str, operation: &mut Value
         if route != "GET /metrics" {
             operation["security"] = json!([]);
         } else {
-            operation["security"] = json!([{"bearer": []}]);
+            // The token is needed only when METRICS_TOKEN is set.
+            operation["security"] = json!([{"bearer": []}, {}]);
         }
     } else {
         operation["security"] = json!([{"bearer": []}, {"cookie": []}]);

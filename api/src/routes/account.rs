@@ -81,32 +81,59 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D:
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ProfileUpdate {
-    name: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, nullable = false, min_length = 1, max_length = 100, pattern = r"^[^\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F-\u009F]*$")]
+    name: Option<Option<String>>,
     /// 3 to 30 of `[a-zA-Z0-9_-]`; `null` removes it.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, pattern = r"^[a-zA-Z0-9_-]{3,30}$")]
     username: Option<Option<String>>,
     /// An http(s) URL; `null` removes it.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 2048, pattern = r"^https?://[A-Za-z0-9.-]{1,253}(:[0-9]{1,4})?(/[!-~]*)?$")]
     avatar_url: Option<Option<String>>,
 }
 
+/// `AVATAR_URL_PATTERN` checked by hand (the schema states the same), then
+/// parsed: an http(s) URL with an ASCII host name or address, an optional
+/// port and printable ASCII after it.
 fn avatar_field(value: &str, errors: &mut Vec<FieldError>) -> String {
-    let value = value.trim();
+    let shape_ok = || {
+        let rest = value
+            .strip_prefix("https://")
+            .or_else(|| value.strip_prefix("http://"))?;
+        let end = rest.find([':', '/']).unwrap_or(rest.len());
+        let (host, rest) = rest.split_at(end);
+        let host_ok = (1..=253).contains(&host.len())
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
+        let (port, path) = match rest.strip_prefix(':') {
+            Some(after) => {
+                let end = after.find('/').unwrap_or(after.len());
+                (Some(&after[..end]), &after[end..])
+            }
+            None => (None, rest),
+        };
+        let port_ok = port
+            .is_none_or(|p| (1..=4).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit()));
+        let path_ok = path.is_empty()
+            || (path.starts_with('/') && path.bytes().all(|b| (b'!'..=b'~').contains(&b)));
+        Some(host_ok && port_ok && path_ok)
+    };
     let ok = value.len() <= 2048
-        && url::Url::parse(value)
-            .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+        && shape_ok() == Some(true)
+        && url::Url::parse(value).is_ok_and(|u| u.host().is_some());
     if !ok {
         errors.push(FieldError::new(
             "avatarUrl",
-            "must be an http(s) URL of at most 2048 characters",
+            "must be an http(s) URL with an ASCII host, of at most 2048 characters",
         ));
     }
     value.to_owned()
 }
 
-/// Update name, username or avatar.
+/// Update name, username or avatar; fields left out keep their value.
 #[utoipa::path(patch, path = "/profile", tag = "account", request_body = ProfileUpdate, responses(
     (status = 200, description = "The updated profile", body = Profile),
     (status = 400, description = "Invalid fields", body = crate::error::ErrorEnvelope),
@@ -119,10 +146,13 @@ pub async fn update_profile(
 ) -> Result<Envelope<Profile>, ApiError> {
     principal.require_session()?;
     let mut errors = Vec::new();
-    let name = req
-        .name
-        .as_deref()
-        .map(|n| text_field("name", n, 100, &mut errors));
+    let name = req.name.as_ref().map(|n| match n {
+        Some(n) => text_field("name", n, 100, &mut errors),
+        None => {
+            errors.push(FieldError::new("name", "must not be null"));
+            String::new()
+        }
+    });
     let username = req.username.as_ref().map(|u| {
         u.as_deref()
             .map(|u| username_field("username", u, &mut errors))
@@ -131,13 +161,11 @@ pub async fn update_profile(
         .avatar_url
         .as_ref()
         .map(|a| a.as_deref().map(|a| avatar_field(a, &mut errors)));
-    if name.is_none() && username.is_none() && avatar.is_none() {
-        errors.push(FieldError::new(
-            "body",
-            "give at least one of name, username, avatarUrl",
-        ));
-    }
     validate::finish(errors)?;
+    if name.is_none() && username.is_none() && avatar.is_none() {
+        // Nothing to change (a PATCH of `{}`): the profile as it is.
+        return Ok(Envelope::ok(profile_of(&state, &principal.user).await?));
+    }
     let mut tx = state.pool.begin().await?;
     if let Some(Some(username)) = &username {
         let taken: bool = sqlx::query_scalar(
@@ -216,7 +244,10 @@ async fn confirm_password(
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PasswordChange {
+    #[schema(min_length = 1, max_length = 128)]
     current_password: String,
+    /// 8 to 128 characters, not among the most common passwords.
+    #[schema(min_length = 8, max_length = 128)]
     new_password: String,
 }
 
@@ -472,6 +503,8 @@ pub async fn totp_setup(
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TotpEnable {
+    /// The current 6-digit code from the authenticator app.
+    #[schema(pattern = "^[0-9]{6}$")]
     code: String,
 }
 
@@ -683,9 +716,16 @@ pub async fn list_tokens(
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NewToken {
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F-\u009F]*$"
+    )]
     name: String,
     /// At least one of `servers:read|write`, `deployments:read|write`,
-    /// `domains:read|write`, `admin` (administrators only).
+    /// `domains:read|write`, `notifications:read|write`, `admin`
+    /// (administrators only).
+    #[schema(value_type = Vec<crate::auth::Scope>, min_items = 1)]
     scopes: Vec<String>,
     /// Optional; in the future, at most a year away.
     expires_at: Option<DateTime<Utc>>,
@@ -704,7 +744,8 @@ pub struct CreatedToken {
 #[utoipa::path(post, path = "/tokens", tag = "account", request_body = NewToken, responses(
     (status = 201, description = "Created", body = CreatedToken),
     (status = 400, description = "Invalid fields", body = crate::error::ErrorEnvelope),
-    (status = 403, description = "A scope beyond the user's role, or called with an API token", body = crate::error::ErrorEnvelope)))]
+    (status = 403, description = "A scope beyond the user's role, or called with an API token", body = crate::error::ErrorEnvelope),
+    (status = 409, description = "The per-account number of tokens is reached", body = crate::error::ErrorEnvelope)))]
 pub async fn create_token(
     State(state): State<AppState>,
     principal: Principal,

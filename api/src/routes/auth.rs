@@ -109,6 +109,7 @@ pub async fn providers(State(state): State<AppState>) -> Envelope<Providers> {
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RegisterRequest {
+    #[schema(format = Email, max_length = 254)]
     email: String,
     /// 8 to 128 characters, not one of the 10,000 most common passwords.
     password: String,
@@ -213,6 +214,7 @@ pub async fn register(
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct VerifyEmailRequest {
+    #[schema(format = Email, max_length = 254)]
     email: String,
     otp: String,
 }
@@ -280,6 +282,7 @@ pub async fn verify_email(
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EmailRequest {
+    #[schema(format = Email, max_length = 254)]
     email: String,
 }
 
@@ -575,6 +578,7 @@ pub async fn email_code_send(
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EmailCodeRequest {
+    #[schema(format = Email, max_length = 254)]
     email: String,
     code: String,
 }
@@ -661,11 +665,11 @@ pub async fn refresh(
             Some(token) => (token, false),
             None => match jar.get(REFRESH_COOKIE) {
                 Some(c) => (c.value().to_owned(), true),
+                // No credential at all is "not signed in", not a malformed request.
                 None => {
-                    return Err(ApiError::validation(vec![FieldError::new(
-                        "refreshToken",
-                        "is required (in the body or the refresh_token cookie)",
-                    )]));
+                    return Err(ApiError::Unauthorized(
+                        "no refresh token: send {refreshToken} or the refresh_token cookie".into(),
+                    ));
                 }
             },
         };

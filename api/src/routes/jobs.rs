@@ -71,7 +71,9 @@ pub struct JobsQuery {
     kind: Option<Queue>,
     /// queued, running, succeeded, failed or cancelled.
     state: Option<JobState>,
+    #[param(minimum = 1)]
     page: Option<i64>,
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<i64>,
 }
 

@@ -54,9 +54,13 @@ pub async fn get_rules(
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RulesUpdate {
+    #[schema(minimum = 1, maximum = 100)]
     cpu_threshold: Option<f32>,
+    #[schema(minimum = 1, maximum = 100)]
     ram_threshold: Option<f32>,
+    #[schema(minimum = 1, maximum = 100)]
     disk_threshold: Option<f32>,
+    #[schema(minimum = 1, maximum = 100)]
     swap_threshold: Option<f32>,
     email_alerts: Option<bool>,
     browser_alerts: Option<bool>,
@@ -142,7 +146,9 @@ const NOTIFICATION_COLUMNS: &str = "id, kind, title, body, data, read_at, create
 #[into_params(parameter_in = Query)]
 #[serde(rename_all = "camelCase")]
 pub struct NotificationsQuery {
+    #[param(minimum = 1)]
     page: Option<i64>,
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<i64>,
     /// Only unread ones.
     #[serde(default)]

@@ -126,12 +126,13 @@ fn state_cookie(state: &AppState, value: String, max_age_secs: i64) -> Cookie<'s
 #[into_params(parameter_in = Query)]
 pub struct StartQuery {
     /// `link` to attach the provider to the signed-in account; else sign in.
+    #[param(pattern = r"^[^\u0000]*$")]
     mode: Option<String>,
 }
 
 /// Redirect to the provider's consent page.
 #[utoipa::path(get, path = "/auth/oauth/{provider}", tag = "auth",
-    params(("provider" = String, Path, description = "github or google"), StartQuery), responses(
+    params(("provider" = String, Path, description = "github or google", pattern = "^(github|google)$"), StartQuery), responses(
     (status = 303, description = "To the provider"),
     (status = 401, description = "mode=link without a signed-in session", body = crate::error::ErrorEnvelope),
     (status = 404, description = "Unknown or unconfigured provider", body = crate::error::ErrorEnvelope)))]
@@ -185,8 +186,11 @@ pub async fn start(
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct CallbackQuery {
+    #[param(pattern = r"^[^\u0000]*$")]
     code: Option<String>,
+    #[param(pattern = r"^[^\u0000]*$")]
     state: Option<String>,
+    #[param(pattern = r"^[^\u0000]*$")]
     error: Option<String>,
 }
 
@@ -225,7 +229,7 @@ impl From<sqlx::Error> for Failure {
 /// app: `/` signed in, `/settings?linked=…` after linking, `/login/2fa?challengeId=…`
 /// when 2FA is on, or `/login?error=…`.
 #[utoipa::path(get, path = "/auth/oauth/{provider}/callback", tag = "auth",
-    params(("provider" = String, Path, description = "github or google"), CallbackQuery), responses(
+    params(("provider" = String, Path, description = "github or google", pattern = "^(github|google)$"), CallbackQuery), responses(
     (status = 303, description = "Back to the app, signed in or with an error")))]
 pub async fn callback(
     State(state): State<AppState>,

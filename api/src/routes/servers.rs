@@ -71,14 +71,23 @@ async fn owned(
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServerRequest {
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F-\u009F]*$"
+    )]
     name: Option<String>,
     /// An IP address or DNS name.
+    #[schema(min_length = 1, max_length = 253)]
     host: Option<String>,
     /// 1–65535 (default 22).
+    #[schema(minimum = 1, maximum = 65535)]
     port: Option<i64>,
     /// `[a-z_][a-z0-9_-]*`, at most 32.
+    #[schema(pattern = "^[a-z_][a-z0-9_-]{0,31}$")]
     username: Option<String>,
     /// `password` or `key`.
+    #[schema(pattern = "^(password|key)$")]
     auth_type: Option<String>,
     password: Option<String>,
     /// PEM or OpenSSH private key.

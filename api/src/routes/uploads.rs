@@ -20,6 +20,16 @@ use crate::envelope::{Envelope, Path};
 use crate::error::{ApiError, FieldError};
 use crate::state::AppState;
 
+/// The form `POST /uploads` takes (documentation only: the body is read as a
+/// stream by [`read_file_part`]).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct UploadForm {
+    /// A PNG, JPEG, GIF or WebP image.
+    #[schema(value_type = String, format = Binary)]
+    file: Vec<u8>,
+}
+
 /// Multipart framing (boundaries, part headers) around the image itself.
 pub const MULTIPART_OVERHEAD_BYTES: usize = 16 * 1024;
 
@@ -127,7 +137,7 @@ fn too_large(max_bytes: usize) -> ApiError {
 /// Upload an avatar image (multipart form, field `file`): PNG, JPEG, GIF or
 /// WebP, within the size and pixel limits.
 #[utoipa::path(post, path = "/uploads", tag = "account",
-    request_body(content_type = "multipart/form-data", description = "A form with the image in the field `file`"),
+    request_body(content = UploadForm, content_type = "multipart/form-data", description = "A form with the image in the field `file`"),
     responses(
         (status = 201, description = "Stored", body = Upload),
         (status = 400, description = "Not a PNG, JPEG, GIF or WebP image, or too many pixels", body = crate::error::ErrorEnvelope),

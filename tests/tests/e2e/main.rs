@@ -3,6 +3,7 @@
 mod account_security;
 mod accounts;
 mod api_conventions;
+mod contract;
 mod http_hardening;
 mod jobs_pipeline;
 mod lockout;
