@@ -383,3 +383,37 @@ async fn the_contact_form_is_rate_limited_per_address() {
         .unwrap();
     assert_eq!(stored, 4, "refused messages are not stored");
 }
+
+/// Every public route the document says can answer 429 sends the
+/// `X-RateLimit-*` headers on an ordinary answer too, so a client can pace
+/// itself before it is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn documented_rate_limits_send_their_headers() {
+    let (app, _db, _redis) = app().await;
+    let doc: Value = app.get("/api/v1/openapi.json").await.json().await.unwrap();
+    let mut checked = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            let public = operation["security"] == json!([]);
+            if operation["responses"].get("429").is_none() || !public {
+                continue;
+            }
+            let url = app.url(path);
+            let res = match method.as_str() {
+                "get" => app.client.get(url).send().await.unwrap(),
+                "post" => app.client.post(url).json(&json!({})).send().await.unwrap(),
+                other => panic!("a limited {other} route: extend this test"),
+            };
+            assert!(
+                res.headers().contains_key("x-ratelimit-limit")
+                    && res.headers().contains_key("x-ratelimit-remaining")
+                    && res.headers().contains_key("x-ratelimit-reset"),
+                "{method} {path} answered {} without rate-limit headers",
+                res.status()
+            );
+            checked.push(format!("{method} {path}"));
+        }
+    }
+    // The public limited routes: contact, csrf and the sign-in family.
+    assert!(checked.len() >= 11, "{checked:?}");
+}
