@@ -83,14 +83,17 @@ fn account_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(account::get_profile, account::update_profile))
         .routes(routes!(account::change_password))
-        .routes(routes!(account::list_sessions))
-        .routes(routes!(account::revoke_session))
-        .routes(routes!(account::revoke_other_sessions))
-        .routes(routes!(account::totp_setup))
-        .routes(routes!(account::totp_enable))
-        .routes(routes!(account::totp_disable))
-        .routes(routes!(account::list_tokens, account::create_token))
-        .routes(routes!(account::revoke_token))
+        .routes(routes!(routes::sessions::list_sessions))
+        .routes(routes!(routes::sessions::revoke_session))
+        .routes(routes!(routes::sessions::revoke_other_sessions))
+        .routes(routes!(routes::two_factor::totp_setup))
+        .routes(routes!(routes::two_factor::totp_enable))
+        .routes(routes!(routes::two_factor::totp_disable))
+        .routes(routes!(
+            routes::tokens::list_tokens,
+            routes::tokens::create_token
+        ))
+        .routes(routes!(routes::tokens::revoke_token))
         .routes(routes!(account::account_delete_code))
         .routes(routes!(account::delete_account))
         .routes(routes!(
@@ -131,7 +134,7 @@ fn auth_routes(state: &AppState) -> OpenApiRouter<AppState> {
             state,
             "register",
             limits.register,
-            OpenApiRouter::new().routes(routes!(auth::register)),
+            OpenApiRouter::new().routes(routes!(routes::registration::register)),
         ))
         .merge(limited(
             state,
@@ -147,11 +150,11 @@ fn auth_routes(state: &AppState) -> OpenApiRouter<AppState> {
             "auth_codes",
             limits.code_attempts,
             OpenApiRouter::new()
-                .routes(routes!(auth::verify_email))
-                .routes(routes!(auth::resend_otp))
+                .routes(routes!(routes::registration::verify_email))
+                .routes(routes!(routes::registration::resend_otp))
                 .routes(routes!(auth::email_code_send))
-                .routes(routes!(auth::forgot_password))
-                .routes(routes!(auth::reset_password)),
+                .routes(routes!(routes::password_reset::forgot_password))
+                .routes(routes!(routes::password_reset::reset_password)),
         ))
 }
 

@@ -500,7 +500,17 @@ async fn profile_updates_and_account_deletion() {
     assert_eq!(body["data"]["linkedProviders"], json!([]));
 
     let patch = |body: Value| send_as(app, &token, Method::PATCH, "/api/v1/profile", body);
-    assert_eq!(patch(json!({})).await.0, 400);
+    // Nothing to change: the profile as it is.
+    let (status, unchanged) = patch(json!({})).await;
+    assert_eq!(
+        (status, &unchanged["data"]["email"]),
+        (200, &json!("zoe@example.test"))
+    );
+    assert_eq!(
+        patch(json!({"name": null})).await.0,
+        400,
+        "a name cannot be removed"
+    );
     assert_eq!(patch(json!({"username": "TAKEN"})).await.0, 409);
     assert_eq!(
         patch(json!({"avatarUrl": "javascript:alert(1)"})).await.0,

@@ -439,7 +439,7 @@ async fn refresh_rotates_and_a_reused_token_revokes_the_whole_session() {
         .send()
         .await
         .unwrap();
-    assert_eq!(res.status(), 400);
+    assert_eq!(res.status(), 401, "no refresh token is not signed in");
 }
 
 #[tokio::test(flavor = "multi_thread")]
