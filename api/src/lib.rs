@@ -74,8 +74,8 @@ fn server_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(servers::get, servers::update, servers::delete))
         .routes(routes!(servers::validate_again))
         .routes(routes!(servers::repin))
-        .routes(routes!(servers::health))
-        .routes(routes!(servers::metrics))
+        .routes(routes!(routes::server_metrics::health))
+        .routes(routes!(routes::server_metrics::metrics))
 }
 
 fn account_routes() -> OpenApiRouter<AppState> {

@@ -8,6 +8,7 @@ pub mod password_reset;
 pub mod platform;
 pub mod preferences;
 pub mod registration;
+pub mod server_metrics;
 pub mod servers;
 pub mod sessions;
 pub mod tokens;
