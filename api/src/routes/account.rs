@@ -86,13 +86,13 @@ pub struct ProfileUpdate {
     username: Option<Option<String>>,
     /// An http(s) URL; `null` removes it.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>, max_length = 2048, pattern = r"^https?://[A-Za-z0-9.-]{1,253}(:[0-9]{1,4})?(/[!-~]*)?$")]
+    #[schema(value_type = Option<String>, max_length = 2048, pattern = r"^https?://[A-Za-z0-9.-]{1,253}(:(0|[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?(/[!-~]*)?$")]
     avatar_url: Option<Option<String>>,
 }
 
-/// `AVATAR_URL_PATTERN` checked by hand (the schema states the same), then
-/// parsed: an http(s) URL with an ASCII host name or address, an optional
-/// port and printable ASCII after it.
+/// The pattern documented on `ProfileUpdate::avatar_url`, checked by hand so
+/// the schema and the check agree, then parsed: an http(s) URL with an ASCII
+/// host name or address, an optional port and printable ASCII after it.
 fn avatar_field(value: &str, errors: &mut Vec<FieldError>) -> String {
     let shape_ok = || {
         let rest = value
@@ -111,8 +111,13 @@ fn avatar_field(value: &str, errors: &mut Vec<FieldError>) -> String {
             }
             None => (None, rest),
         };
-        let port_ok = port
-            .is_none_or(|p| (1..=4).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit()));
+        // 0 to 65535 without leading zeros, as the pattern spells it.
+        let port_ok = port.is_none_or(|p| {
+            (1..=5).contains(&p.len())
+                && p.bytes().all(|b| b.is_ascii_digit())
+                && (p == "0" || !p.starts_with('0'))
+                && p.parse::<u32>().is_ok_and(|n| n <= 65535)
+        });
         let path_ok = path.is_empty()
             || (path.starts_with('/') && path.bytes().all(|b| (b'!'..=b'~').contains(&b)));
         Some(host_ok && port_ok && path_ok)
@@ -426,4 +431,39 @@ pub async fn delete_account(
         sessions::clear_cookies(&state, jar),
         Envelope::ok(Deleted { deleted: true }),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::avatar_field;
+
+    fn accepted(url: &str) -> bool {
+        let mut errors = Vec::new();
+        avatar_field(url, &mut errors);
+        errors.is_empty()
+    }
+
+    #[test]
+    fn avatar_urls_follow_the_documented_pattern() {
+        for good in [
+            "https://cdn.example.com/a.png",
+            "http://127.0.0.1:54321/api/v1/uploads/x",
+            "http://a:0",
+            "http://a:65535/",
+        ] {
+            assert!(accepted(good), "{good} refused");
+        }
+        for bad in [
+            "javascript:alert(1)",
+            "http://a:65536",
+            "http://a:08",
+            " http://a",
+            "http://ex ample.com",
+            "http://\u{e9}xample.com",
+            "http://a/\u{e9}",
+            "ftp://a",
+        ] {
+            assert!(!accepted(bad), "{bad} accepted");
+        }
+    }
 }
