@@ -2,7 +2,8 @@
 //! is timed first and the sign-in rate is read against what the cores allow at
 //! that cost. Then an authenticated `GET /auth/me` (JWT check plus the session
 //! lookup every request makes), beside `GET /health/live` through the same
-//! server as the ceiling of the HTTP stack.
+//! server as the ceiling of the HTTP stack, and beside a bare axum + sqlx
+//! server doing the same lookup (`bare_me`) as the honest bound.
 
 use futures::StreamExt;
 use std::sync::Arc;
@@ -19,6 +20,8 @@ use crate::Setup;
 const EMAIL: &str = "bench@example.test";
 const PASSWORD: &str = "correct horse battery staple";
 const MASTER_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+const JWT_SECRET: &str = "bench-secret-bench-secret-bench-secret";
+const DB_CONNECTIONS: &str = "20";
 
 pub async fn accounts(setup: &Setup) -> anyhow::Result<()> {
     let cores = std::thread::available_parallelism()?.get();
@@ -86,13 +89,21 @@ pub async fn accounts(setup: &Setup) -> anyhow::Result<()> {
         .to_owned();
     let me_clients = 32;
     let url = format!("{base}/api/v1/auth/me");
-    let me = load(&client, me_clients, seconds, move |c| {
-        c.get(&url).bearer_auth(&token)
+    let me = load(&client, me_clients, seconds, {
+        let token = token.clone();
+        move |c| c.get(&url).bearer_auth(&token)
     })
     .await?;
     let url = format!("{base}/api/v1/health/live");
     let live = load(&client, me_clients, seconds, move |c| c.get(&url)).await?;
     api.kill().await?;
+    let (mut bare, bare_base) = spawn_bare(setup, &token).await?;
+    let url = format!("{bare_base}/me");
+    let bare_me = load(&client, me_clients, seconds, move |c| {
+        c.get(&url).bearer_auth(&token)
+    })
+    .await?;
+    bare.kill().await?;
 
     println!("4. Accounts (release berth-api, {cores} cores, client in the same machine)");
     println!(
@@ -126,7 +137,48 @@ pub async fn accounts(setup: &Setup) -> anyhow::Result<()> {
         live.p99_ms,
         100.0 * me.rate / live.rate
     );
+    println!(
+        "   bare axum + sqlx, same JWT check and session query, {me_clients} clients: {:.0} req/s, \
+         p50 {:.2} ms, p99 {:.2} ms, {} errors -> /auth/me at {:.0} % of it (target >= 80 %)",
+        bare_me.rate,
+        bare_me.p50_ms,
+        bare_me.p99_ms,
+        bare_me.errors,
+        100.0 * me.rate / bare_me.rate
+    );
     Ok(())
+}
+
+/// The bare bound (`bare_me`), started from this binary, with berth-api's
+/// secret and pool size; ready once it answers `token`.
+async fn spawn_bare(setup: &Setup, token: &str) -> anyhow::Result<(Child, String)> {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.local_addr()?.port()
+    };
+    let base = format!("http://127.0.0.1:{port}");
+    let child = Command::new(std::env::current_exe()?)
+        .arg("bare-me-server")
+        .env("DATABASE_URL", &setup.database_url)
+        .env("BENCH_BARE_ADDR", format!("127.0.0.1:{port}"))
+        .env("JWT_SECRET", JWT_SECRET)
+        .env("BERTH_DB_MAX_CONNECTIONS", DB_CONNECTIONS)
+        .kill_on_drop(true)
+        .spawn()?;
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let answer = client
+            .get(format!("{base}/me"))
+            .bearer_auth(token)
+            .send()
+            .await;
+        if answer.is_ok_and(|r| r.status().is_success()) {
+            return Ok((child, base));
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the bare server did not answer");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// VmRSS of `pid`, in MB.
@@ -152,9 +204,9 @@ async fn spawn_api(setup: &Setup) -> anyhow::Result<(Child, String)> {
         .env("DATABASE_URL", &setup.database_url)
         .env("REDIS_URL", &setup.redis_url)
         .env("BERTH_API_ADDR", format!("127.0.0.1:{port}"))
-        .env("JWT_SECRET", "bench-secret-bench-secret-bench-secret")
+        .env("JWT_SECRET", JWT_SECRET)
         .env("BERTH_MASTER_KEY", MASTER_KEY)
-        .env("BERTH_DB_MAX_CONNECTIONS", "20")
+        .env("BERTH_DB_MAX_CONNECTIONS", DB_CONNECTIONS)
         .env("BERTH_RATE_LIMIT_LOGIN", "1000000/60")
         .env("BERTH_RATE_LIMIT_LOGIN_FAILURES", "1000000/60")
         .env("RUST_LOG", "warn")
