@@ -96,7 +96,7 @@ fn enveloped(schema: Value) -> Value {
     })
 }
 
-/// No string Berth accepts may hold a NUL (`middleware::refuse_nul`, the JSON
+/// No string Berth accepts may hold a NUL (`middleware::request_context`, the JSON
 /// extractor): every free-form string schema says so. Strings with a pattern or
 /// a format already exclude it.
 fn refuse_nul_in_strings(value: &mut Value) {

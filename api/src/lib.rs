@@ -204,20 +204,17 @@ pub fn router(state: AppState) -> Router {
     with_http_layers(router, state)
 }
 
-/// What every route is wrapped in: the fallback 404, content-type and NUL
-/// checks, body limit, cross-site refusal, request timeout, panic catching,
-/// and outermost the request context (id, log line, metrics, headers).
+/// What every route is wrapped in: the fallback 404, the content-type check,
+/// body limit, request timeout, panic catching, and outermost the request
+/// context (id, log line, metrics, headers, cross-site and NUL refusals).
 /// Public so tests can wrap a route of their own (one that panics) the same way.
 pub fn with_http_layers(router: Router<AppState>, state: AppState) -> Router {
     let max_body = state.config.max_json_body_bytes;
     let request_timeout = state.config.http.request_timeout;
     router
         .fallback(|| async { ApiError::NotFound("no route matches this path".into()) })
-        .route_layer(axum::middleware::from_fn(middleware::require_json_body))
-        .route_layer(axum::middleware::from_fn(middleware::record_route))
+        .route_layer(axum::middleware::from_fn(middleware::after_routing))
         .layer(DefaultBodyLimit::max(max_body))
-        .layer(axum::middleware::from_fn(middleware::refuse_cross_site))
-        .layer(axum::middleware::from_fn(middleware::refuse_nul))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
             request_timeout,

@@ -57,13 +57,19 @@ impl Metrics {
 
     /// `route` is a route template or `unmatched`; methods outside the
     /// standard set fold into `OTHER`, so no client can mint label values.
-    pub fn observe_request(&self, route: &str, method: &str, status: u16, seconds: f64) {
+    pub fn observe_request(
+        &self,
+        route: &str,
+        method: &str,
+        status: axum::http::StatusCode,
+        seconds: f64,
+    ) {
         let method = match method {
             "GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS" => method,
             _ => "OTHER",
         };
         self.http_requests
-            .with_label_values(&[route, method, &status.to_string()])
+            .with_label_values(&[route, method, status.as_str()])
             .inc();
         self.http_duration
             .with_label_values(&[route, method])

@@ -2,7 +2,7 @@
 //! HTTP metrics by route template, and the error envelope for errors made outside
 //! handlers (axum's method-not-allowed, body limits).
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use axum::body::Body;
@@ -31,20 +31,20 @@ const SECURITY_HEADERS: &[(&str, &str)] = &[
     ("cross-origin-opener-policy", "same-origin"),
 ];
 
-/// Filled by [`record_route`] once routing has matched, read by [`request_context`].
+/// Filled by [`after_routing`] once routing has matched, read by
+/// [`request_context`]; set once, so no lock.
 #[derive(Clone, Default)]
-struct RouteSlot(Arc<Mutex<Option<String>>>);
+struct RouteSlot(Arc<OnceLock<MatchedPath>>);
 
 /// A caller's own request id is kept when it is short and plain, so ids can be
 /// followed across systems; anything else is replaced (it ends up in our logs).
-fn accepted_request_id(value: &HeaderValue) -> Option<String> {
-    let id = value.to_str().ok()?;
-    let plain = !id.is_empty()
+fn accepted_request_id(value: &HeaderValue) -> bool {
+    let id = value.as_bytes();
+    !id.is_empty()
         && id.len() <= 64
         && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
-    plain.then(|| id.to_owned())
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
 }
 
 pub async fn request_context(
@@ -53,12 +53,15 @@ pub async fn request_context(
     next: Next,
 ) -> Response {
     let started = Instant::now();
-    let request_id = req
-        .headers()
-        .get(REQUEST_ID_HEADER)
-        .and_then(accepted_request_id)
-        .unwrap_or_else(|| Uuid::new_v4().to_string());
-    let header_value = HeaderValue::from_str(&request_id).expect("request ids are visible ASCII");
+    let header_value = match req.headers().get(REQUEST_ID_HEADER) {
+        Some(given) if accepted_request_id(given) => given.clone(),
+        _ => {
+            let mut id = Uuid::encode_buffer();
+            HeaderValue::from_str(Uuid::new_v4().hyphenated().encode_lower(&mut id))
+                .expect("a UUID is visible ASCII")
+        }
+    };
+    let request_id = header_value.to_str().expect("checked visible ASCII");
     req.headers_mut()
         .insert(REQUEST_ID_HEADER, header_value.clone());
     let slot = RouteSlot::default();
@@ -66,15 +69,16 @@ pub async fn request_context(
     let method = req.method().clone();
 
     let span = tracing::info_span!("request", request_id = %request_id, method = %method, route = tracing::field::Empty);
-    let mut response = next.run(req).instrument(span.clone()).await;
+    // Refusals that need no route are made here, still inside the request's
+    // context (id, log line, metrics, headers), without another layer.
+    let refused = cross_site(&req).or_else(|| nul_in_target(&req));
+    let mut response = match refused {
+        Some(refused) => refused,
+        None => next.run(req).instrument(span.clone()).await,
+    };
 
-    let route = slot
-        .0
-        .lock()
-        .ok()
-        .and_then(|r| r.clone())
-        .unwrap_or_else(|| "unmatched".to_owned());
-    span.record("route", route.as_str());
+    let route = slot.0.get().map_or("unmatched", MatchedPath::as_str);
+    span.record("route", route);
 
     let is_json = response
         .headers()
@@ -101,12 +105,9 @@ pub async fn request_context(
     }
 
     let elapsed = started.elapsed();
-    state.metrics.observe_request(
-        &route,
-        method.as_str(),
-        status.as_u16(),
-        elapsed.as_secs_f64(),
-    );
+    state
+        .metrics
+        .observe_request(route, method.as_str(), status, elapsed.as_secs_f64());
     span.in_scope(|| {
         tracing::info!(
             status = status.as_u16(),
@@ -117,14 +118,17 @@ pub async fn request_context(
     response
 }
 
-/// Runs after routing, where the matched route template is known.
-pub async fn record_route(req: Request<Body>, next: Next) -> Response {
+/// Runs after routing, where the matched route template is known: records
+/// it for [`request_context`], then refuses a body of the wrong type.
+pub async fn after_routing(req: Request<Body>, next: Next) -> Response {
     if let (Some(path), Some(slot)) = (
         req.extensions().get::<MatchedPath>(),
         req.extensions().get::<RouteSlot>(),
-    ) && let Ok(mut route) = slot.0.lock()
-    {
-        *route = Some(path.as_str().to_owned());
+    ) {
+        let _ = slot.0.set(path.clone());
+    }
+    if let Some(refused) = wrong_body_type(&req) {
+        return refused;
     }
     next.run(req).await
 }
@@ -132,7 +136,7 @@ pub async fn record_route(req: Request<Body>, next: Next) -> Response {
 /// Browsers say where a request comes from (`Sec-Fetch-Site`). An unsafe
 /// request from another site is refused before any handler runs, unless it
 /// carries its own `Authorization` (programs, which cookies do not speak for).
-pub async fn refuse_cross_site(req: Request<Body>, next: Next) -> Response {
+fn cross_site(req: &Request<Body>) -> Option<Response> {
     let cross_site = req
         .headers()
         .get("sec-fetch-site")
@@ -141,31 +145,31 @@ pub async fn refuse_cross_site(req: Request<Body>, next: Next) -> Response {
         && crate::auth::is_unsafe(req.method())
         && !req.headers().contains_key(header::AUTHORIZATION)
     {
-        return error_response(
+        return Some(error_response(
             axum::http::StatusCode::FORBIDDEN,
             "cross-site requests are refused".into(),
             Vec::new(),
-        );
+        ));
     }
-    next.run(req).await
+    None
 }
 
 /// Postgres text cannot hold NUL, and no path or query of ours needs one: a
 /// `%00` anywhere in the target is refused before it can reach a query.
-pub async fn refuse_nul(req: Request<Body>, next: Next) -> Response {
+fn nul_in_target(req: &Request<Body>) -> Option<Response> {
     let target = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("");
     if target
         .as_bytes()
         .windows(3)
         .any(|w| w.eq_ignore_ascii_case(b"%00"))
     {
-        return error_response(
+        return Some(error_response(
             axum::http::StatusCode::BAD_REQUEST,
             "the path and query must not contain NUL characters".into(),
             Vec::new(),
-        );
+        ));
     }
-    next.run(req).await
+    None
 }
 
 /// Routes that take multipart bodies (uploads); every other body is JSON.
@@ -174,7 +178,7 @@ const MULTIPART_ROUTES: &[&str] = &["/api/v1/uploads"];
 /// A body in another format than the route's is refused before the handler
 /// runs: a cross-site `<form>` (text/plain, urlencoded, multipart) must not
 /// reach a route that acts before it reads its body, such as `/auth/refresh`.
-pub async fn require_json_body(req: Request<Body>, next: Next) -> Response {
+fn wrong_body_type(req: &Request<Body>) -> Option<Response> {
     if crate::auth::is_unsafe(req.method())
         && let Some(content_type) = req.headers().get(header::CONTENT_TYPE)
     {
@@ -201,17 +205,17 @@ pub async fn require_json_body(req: Request<Body>, next: Next) -> Response {
             } else {
                 "application/json"
             };
-            return error_response(
+            return Some(error_response(
                 axum::http::StatusCode::BAD_REQUEST,
                 format!("expected a body with Content-Type: {expected}"),
                 vec![crate::error::FieldError::new(
                     "Content-Type",
                     format!("must be {expected}"),
                 )],
-            );
+            ));
         }
     }
-    next.run(req).await
+    None
 }
 
 /// A handler that panics answers 500 in the envelope (with the request id,

@@ -30,7 +30,7 @@ pub struct Setup {
     worker_bin: PathBuf,
     pub clients: usize,
     pub seconds: u64,
-    rounds: usize,
+    pub rounds: usize,
     jobs: usize,
     /// Phase 2 runs at each of these (`BENCH_CONCURRENCY=16,32`), both sides alike.
     concurrency: Vec<usize>,
@@ -119,12 +119,12 @@ pub async fn reset(setup: &Setup) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
+pub fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(|a, b| a.total_cmp(b));
     values[values.len() / 2]
 }
 
-fn rounds_text(values: &[f64]) -> String {
+pub fn rounds_text(values: &[f64]) -> String {
     values
         .iter()
         .map(|v| format!("{v:.0}"))

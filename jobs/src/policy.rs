@@ -1,4 +1,5 @@
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use berth_config::{ConfigError, Env};
@@ -66,8 +67,10 @@ impl JobPolicy {
 /// `BERTH_EMAIL_TIMEOUT_SECS`, `BERTH_EMAIL_CONCURRENCY`,
 /// `BERTH_EMAIL_PER_USER_RUNNING` (default: half the concurrency, rounded up),
 /// and the same for each queue).
+/// Shared, not copied: the api's state (which holds one) is cloned for every
+/// request.
 #[derive(Debug, Clone)]
-pub struct Policies(HashMap<Queue, JobPolicy>);
+pub struct Policies(Arc<HashMap<Queue, JobPolicy>>);
 
 impl Policies {
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
@@ -104,16 +107,16 @@ impl Policies {
             }
             map.insert(queue, policy);
         }
-        Ok(Self(map))
+        Ok(Self(Arc::new(map)))
     }
 
     pub fn defaults() -> Self {
-        Self(
+        Self(Arc::new(
             Queue::ALL
                 .into_iter()
                 .map(|q| (q, JobPolicy::default_for(q)))
                 .collect(),
-        )
+        ))
     }
 
     pub fn get(&self, queue: Queue) -> JobPolicy {

@@ -114,10 +114,11 @@ pub enum Credential {
     ApiToken { token_id: Uuid, scopes: Vec<Scope> },
 }
 
-/// An authenticated caller.
+/// An authenticated caller. Cheap to clone: it is kept in the request's
+/// extensions for every extractor that asks for it.
 #[derive(Debug, Clone)]
 pub struct Principal {
-    pub user: UserRow,
+    pub user: std::sync::Arc<UserRow>,
     pub credential: Credential,
 }
 
@@ -381,7 +382,7 @@ async fn session(state: &AppState, parts: &mut Parts, token: &str) -> Result<Pri
             .await?;
     }
     Ok(Principal {
-        user,
+        user: user.into(),
         credential: Credential::Session {
             session_id: claims.sid,
         },
@@ -428,7 +429,7 @@ async fn api_token(state: &AppState, token: &str) -> Result<Principal, ApiError>
             .await?;
     }
     Ok(Principal {
-        user: row.user,
+        user: row.user.into(),
         credential: Credential::ApiToken {
             token_id: row.token_id,
             scopes: row

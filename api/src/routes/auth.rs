@@ -570,7 +570,7 @@ pub struct Me {
     (status = 401, description = "Not signed in", body = crate::error::ErrorEnvelope)))]
 pub async fn me(principal: Principal) -> Envelope<Me> {
     Envelope::ok(Me {
-        user: (&principal.user).into(),
+        user: principal.user.as_ref().into(),
         role: principal.role(),
         permissions: principal.permissions(),
         credential: match principal.credential {
