@@ -207,6 +207,46 @@ pub async fn probes(setup: &Setup) -> anyhow::Result<()> {
         100.0 * ssh_elapsed / elapsed,
         100.0 * cpu / ssh_cpu
     );
+    flood(&sshd).await
+}
+
+/// A server that answers a command with 400 MB: what `berth-ssh` (the
+/// worker's SSH layer, here in this process) keeps of it, and this process's
+/// peak memory before and after.
+async fn flood(sshd: &TestSshd) -> anyhow::Result<()> {
+    use berth_ssh::{AddressPolicy, Auth, Limits, ShellCommand, Target};
+    let target = Target {
+        host: sshd.host(0),
+        port: sshd.port,
+        username: "root".into(),
+        auth: Auth::Key {
+            private_key: berth_config::SecretString::from(sshd.key.clone()),
+            passphrase: None,
+        },
+        pinned_host_key: None,
+    };
+    let limits = Limits::default();
+    let conn = berth_ssh::connect(&target, &AddressPolicy::default(), limits).await?;
+    let before = peak_rss_kib(std::process::id())?;
+    let started = Instant::now();
+    let out = conn
+        .exec(
+            &ShellCommand::new("head -c 419430400 /dev/zero | tr '\\0' x; echo"),
+            Duration::from_secs(600),
+        )
+        .await?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let after = peak_rss_kib(std::process::id())?;
+    println!(
+        "   a server flooding 400 MB of output: {:.1} s, {} bytes kept (cap {} per stream, marked {}); \
+         peak RSS of the process {:.1} MiB before, {:.1} MiB after (bound: the cap, not the flood)",
+        elapsed,
+        out.stdout.len(),
+        limits.max_output_bytes,
+        out.stdout.contains(berth_ssh::TRUNCATED_MARKER),
+        before as f64 / 1024.0,
+        after as f64 / 1024.0
+    );
     Ok(())
 }
 
