@@ -350,20 +350,34 @@ pub async fn session_is_live(
     .await
 }
 
+/// Every authenticated request runs one of these: built once, not per request.
+static SESSION_USER_QUERY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "SELECT s.last_used_at AS session_last_used_at, {} FROM sessions s JOIN users u ON u.id = s.user_id \
+         WHERE s.id = $1 AND s.user_id = $2 AND {LIVE_SESSION}",
+        *USER_COLUMNS_OF_U
+    )
+});
+static TOKEN_USER_QUERY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "SELECT t.id AS token_id, t.scopes AS token_scopes, t.last_used_at AS token_last_used_at, {} \
+         FROM api_tokens t JOIN users u ON u.id = t.user_id \
+         WHERE t.token_hash = $1 AND (t.expires_at IS NULL OR t.expires_at > now()) \
+           AND u.status = 'active'",
+        *USER_COLUMNS_OF_U
+    )
+});
+
 async fn session(state: &AppState, parts: &mut Parts, token: &str) -> Result<Principal, ApiError> {
     let claims = state
         .jwt
         .verify(token)
         .ok_or_else(ApiError::unauthenticated)?;
-    let row: Option<SessionUser> = sqlx::query_as(&format!(
-        "SELECT s.last_used_at AS session_last_used_at, {} FROM sessions s JOIN users u ON u.id = s.user_id \
-         WHERE s.id = $1 AND s.user_id = $2 AND {LIVE_SESSION}",
-        *USER_COLUMNS_OF_U
-    ))
-    .bind(claims.sid)
-    .bind(claims.sub)
-    .fetch_optional(&state.pool)
-    .await?;
+    let row: Option<SessionUser> = sqlx::query_as(&SESSION_USER_QUERY)
+        .bind(claims.sid)
+        .bind(claims.sub)
+        .fetch_optional(&state.pool)
+        .await?;
     let Some(SessionUser {
         session_last_used_at: last_used_at,
         user,
@@ -406,16 +420,10 @@ struct TokenUser {
 }
 
 async fn api_token(state: &AppState, token: &str) -> Result<Principal, ApiError> {
-    let row: Option<TokenUser> = sqlx::query_as(&format!(
-        "SELECT t.id AS token_id, t.scopes AS token_scopes, t.last_used_at AS token_last_used_at, {} \
-         FROM api_tokens t JOIN users u ON u.id = t.user_id \
-         WHERE t.token_hash = $1 AND (t.expires_at IS NULL OR t.expires_at > now()) \
-           AND u.status = 'active'",
-        *USER_COLUMNS_OF_U
-    ))
-    .bind(tokens::token_hash(token))
-    .fetch_optional(&state.pool)
-    .await?;
+    let row: Option<TokenUser> = sqlx::query_as(&TOKEN_USER_QUERY)
+        .bind(tokens::token_hash(token))
+        .fetch_optional(&state.pool)
+        .await?;
     let Some(row) = row else {
         return Err(ApiError::unauthenticated());
     };
