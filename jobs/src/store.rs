@@ -680,26 +680,28 @@ pub async fn prune(pool: &PgPool, retention: Duration) -> Result<u64, sqlx::Erro
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Reconciled {
     pub requeued: u64,
-    pub failed: u64,
 }
 
-/// Finds jobs no worker will ever finish and moves them on:
+/// Finds jobs no worker will ever finish and re-issues them:
 /// - `running` longer than their timeout plus `grace`: the worker died and its Redis
-///   task was lost; re-issued, or failed when the attempt cap is reached;
+///   task was lost;
 /// - `queued`, pushed to Redis but untouched for `lost_after`: the delivery was
-///   lost (e.g. Redis restarted without persistence); re-issued.
+///   lost (e.g. Redis restarted without persistence).
 ///
 /// Re-issuing gives a new delivery id, so a late original delivery is refused by
-/// [`claim`] and the job still runs once per attempt.
+/// [`claim`] and the job still runs once per attempt. A job already at its cap
+/// is re-issued too and fails at its next claim, in a worker, the one place a
+/// job fails: so its queue's failure hook hears of it (a server whose
+/// validation died there is not left `pending`).
 pub async fn reconcile(
     pool: &PgPool,
     grace: Duration,
     lost_after: Duration,
 ) -> Result<Reconciled, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let stuck: Vec<(String, String, bool)> = sqlx::query_as(
+    let stuck: Vec<String> = sqlx::query_scalar(
         r#"
-        SELECT id, state, attempts >= max_attempts FROM jobs
+        SELECT id FROM jobs
         WHERE (state = 'running'
                AND started_at < now() - make_interval(secs => timeout_ms / 1000.0 + $1))
            OR (state = 'queued' AND pushed_at IS NOT NULL
@@ -713,28 +715,16 @@ pub async fn reconcile(
     .fetch_all(&mut *tx)
     .await?;
     let mut outcome = Reconciled::default();
-    for (id, state, capped) in stuck {
-        if state == "running" && capped {
-            sqlx::query(
-                "UPDATE jobs SET state = 'failed', finished_at = now(), updated_at = now(), \
-                 last_error = 'the worker running this job stopped responding and the attempt cap is reached' \
-                 WHERE id = $1",
-            )
-            .bind(&id)
-            .execute(&mut *tx)
-            .await?;
-            outcome.failed += 1;
-        } else {
-            sqlx::query(
-                "UPDATE jobs SET state = 'queued', delivery_id = $2, pushed_at = NULL, worker = NULL, \
-                     updated_at = now() WHERE id = $1",
-            )
-            .bind(&id)
-            .bind(Ulid::generate().to_string())
-            .execute(&mut *tx)
-            .await?;
-            outcome.requeued += 1;
-        }
+    for id in stuck {
+        sqlx::query(
+            "UPDATE jobs SET state = 'queued', delivery_id = $2, pushed_at = NULL, worker = NULL, \
+                 updated_at = now() WHERE id = $1",
+        )
+        .bind(&id)
+        .bind(Ulid::generate().to_string())
+        .execute(&mut *tx)
+        .await?;
+        outcome.requeued += 1;
     }
     tx.commit().await?;
     Ok(outcome)

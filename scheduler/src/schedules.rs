@@ -239,12 +239,8 @@ impl Scheduler {
                     self.config.queued_lost_after,
                 )
                 .await?;
-                if outcome.requeued + outcome.failed > 0 {
-                    tracing::warn!(
-                        requeued = outcome.requeued,
-                        failed = outcome.failed,
-                        "reconciled lost jobs"
-                    );
+                if outcome.requeued > 0 {
+                    tracing::warn!(requeued = outcome.requeued, "re-issued lost jobs");
                 }
             }
         }
