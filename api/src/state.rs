@@ -14,9 +14,21 @@ use crate::metrics::Metrics;
 use crate::realtime::Hub;
 use berth_secrets::Keyring;
 
-/// Built once at start-up and shared by every request.
+/// Built once at start-up and shared by every request. One `Arc`: axum clones
+/// the state several times per request (each stateful layer and handler).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// What [`AppState`] shares.
+pub struct Shared {
     pub pool: PgPool,
     pub redis: ConnectionManager,
     pub config: Arc<ApiConfig>,
@@ -62,7 +74,7 @@ impl AppState {
             .user_agent("Berth")
             .build()
             .context("cannot build the HTTP client")?;
-        Ok(Self {
+        Ok(Self(Arc::new(Shared {
             jobs: JobClient::new(pool.clone(), redis.clone(), policies),
             jwt: Arc::new(JwtKeys::new(
                 &config.jwt_secret,
@@ -79,6 +91,6 @@ impl AppState {
             redis,
             config: Arc::new(config),
             metrics: Arc::new(Metrics::new()),
-        })
+        })))
     }
 }
