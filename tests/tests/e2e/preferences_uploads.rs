@@ -246,3 +246,41 @@ async fn uploads_are_sniffed_bounded_served_safely_and_deleted_by_their_uploader
     let (status, body) = upload(&stack, &token, png(16, 16, 100), "c.png", "image/png").await;
     assert_eq!(status, 201, "room again: {body}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn uploads_take_bodies_past_the_json_limit_up_to_their_own() {
+    // Defaults: 1 MiB for JSON bodies, 2 MiB for an image.
+    let stack = Stack::start(&[]).await;
+    create_user(&stack.db, NewUser::verified("big@example.test")).await;
+    let token = access_token(&stack.app, "big@example.test").await;
+    let (status, body) = upload(
+        &stack,
+        &token,
+        png(100, 100, 1536 * 1024),
+        "big.png",
+        "image/png",
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["data"]["size"], 1536 * 1024);
+    let (status, body) = upload(
+        &stack,
+        &token,
+        png(100, 100, 3 * 1024 * 1024),
+        "huge.png",
+        "image/png",
+    )
+    .await;
+    assert_eq!(status, 413, "{body}");
+    assert_eq!(body["error"]["code"], "PAYLOAD_TOO_LARGE");
+    // JSON elsewhere keeps its own limit.
+    let (status, _) = send_as(
+        &stack.app,
+        &token,
+        Method::PATCH,
+        "/api/v1/profile",
+        json!({"name": "x".repeat(1536 * 1024)}),
+    )
+    .await;
+    assert_eq!(status, 413);
+}
