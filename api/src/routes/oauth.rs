@@ -126,7 +126,6 @@ fn state_cookie(state: &AppState, value: String, max_age_secs: i64) -> Cookie<'s
 #[into_params(parameter_in = Query)]
 pub struct StartQuery {
     /// `link` to attach the provider to the signed-in account; else sign in.
-    #[param(pattern = r"^[^\u0000]*$")]
     mode: Option<String>,
 }
 
@@ -186,11 +185,8 @@ pub async fn start(
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct CallbackQuery {
-    #[param(pattern = r"^[^\u0000]*$")]
     code: Option<String>,
-    #[param(pattern = r"^[^\u0000]*$")]
     state: Option<String>,
-    #[param(pattern = r"^[^\u0000]*$")]
     error: Option<String>,
 }
 
