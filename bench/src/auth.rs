@@ -173,10 +173,7 @@ pub async fn accounts(setup: &Setup) -> anyhow::Result<()> {
 /// The bare bound (`bare_me`), started from this binary, with berth-api's
 /// secret and pool size; ready once it answers `token`.
 async fn spawn_bare(setup: &Setup, token: &str) -> anyhow::Result<(Child, String)> {
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-        listener.local_addr()?.port()
-    };
+    let port = berth_e2e::free_port();
     let base = format!("http://127.0.0.1:{port}");
     let child = Command::new(std::env::current_exe()?)
         .arg("bare-me-server")
@@ -214,10 +211,7 @@ fn rss_mb(pid: u32) -> anyhow::Result<f64> {
 }
 
 async fn spawn_api(setup: &Setup) -> anyhow::Result<(Child, String)> {
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-        listener.local_addr()?.port()
-    };
+    let port = berth_e2e::free_port();
     let base = format!("http://127.0.0.1:{port}");
     let bin = std::env::var("BENCH_API_BIN")
         .context("BENCH_API_BIN is not set (run scripts/bench.sh)")?;
