@@ -116,6 +116,29 @@ impl Fleet {
         self.job_done(&enqueued.id).await
     }
 
+    /// Changes the user's alert rules (a partial `PUT /alerts/rules`).
+    pub async fn set_alert_rules(&self, rules: Value) {
+        let (status, body) = send_as(
+            &self.stack.app,
+            &self.token,
+            Method::PUT,
+            "/api/v1/alerts/rules",
+            rules,
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
+
+    /// Only offline/online and host-key notices, no mail: thresholds of 100
+    /// never fire, whatever the test machine's own load, disk or swap.
+    pub async fn quiet_alerts(&self) {
+        self.set_alert_rules(
+            json!({"emailAlerts": false, "cpuThreshold": 100, "ramThreshold": 100,
+                                    "diskThreshold": 100, "swapThreshold": 100}),
+        )
+        .await;
+    }
+
     pub async fn server(&self, id: &str) -> Value {
         get_as(
             &self.stack.app,

@@ -22,28 +22,10 @@ async fn notifications(fleet: &Fleet) -> Vec<Value> {
     body["data"]["items"].as_array().unwrap().clone()
 }
 
-/// Only offline/online notices: thresholds of 100 never fire, no mail.
-static QUIET: std::sync::LazyLock<Value> = std::sync::LazyLock::new(
-    || json!({"emailAlerts": false, "cpuThreshold": 100, "ramThreshold": 100, "diskThreshold": 100, "swapThreshold": 100}),
-);
-
-async fn set_rules(fleet: &Fleet, rules: Value) {
-    let (status, body) = send_as(
-        &fleet.stack.app,
-        &fleet.token,
-        Method::PUT,
-        "/api/v1/alerts/rules",
-        rules,
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn probes_store_plausible_values_and_alerts_fire_once_and_clear_once() {
     let fleet = Fleet::start("probe,email", &[]).await;
     let app = &fleet.stack.app;
-    let id = fleet.onboard(0).await;
 
     // Defaults until changed; bad thresholds refused.
     let (_, rules) = get_as(app, &fleet.token, "/api/v1/alerts/rules").await;
@@ -60,11 +42,13 @@ async fn probes_store_plausible_values_and_alerts_fire_once_and_clear_once() {
     assert_eq!(status, 400);
     // Any disk is more than 1 % full: the disk alert must fire; CPU, memory
     // and swap are kept quiet (a busy test machine could raise them).
-    set_rules(
-        &fleet,
-        json!({"diskThreshold": 1, "cpuThreshold": 100, "ramThreshold": 100, "swapThreshold": 100}),
-    )
-    .await;
+    // Set before onboarding: the validation takes the first sample.
+    fleet
+        .set_alert_rules(
+            json!({"diskThreshold": 1, "cpuThreshold": 100, "ramThreshold": 100, "swapThreshold": 100}),
+        )
+        .await;
+    let id = fleet.onboard(0).await;
 
     let job = fleet.probe(&id).await;
     assert_eq!(job["state"], "succeeded", "{job}");
@@ -96,7 +80,7 @@ async fn probes_store_plausible_values_and_alerts_fire_once_and_clear_once() {
     fleet.probe(&id).await;
     assert_eq!(notifications(&fleet).await.len(), 1);
     // Cleared once.
-    set_rules(&fleet, json!({"diskThreshold": 100})).await;
+    fleet.set_alert_rules(json!({"diskThreshold": 100})).await;
     fleet.probe(&id).await;
     fleet.probe(&id).await;
     let alerts = notifications(&fleet).await;
@@ -146,7 +130,7 @@ fn urlencode(value: &str) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unreachable_server_goes_offline_once_and_comes_back_once() {
     let mut fleet = Fleet::start("probe", &[]).await;
-    set_rules(&fleet, QUIET.clone()).await;
+    fleet.quiet_alerts().await;
     let id = fleet.onboard(0).await;
     fleet.probe(&id).await;
     assert!(notifications(&fleet).await.is_empty());
@@ -213,7 +197,7 @@ async fn an_unreachable_server_goes_offline_once_and_comes_back_once() {
 #[tokio::test(flavor = "multi_thread")]
 async fn notifications_are_listed_read_and_deleted_by_their_owner_only() {
     let mut fleet = Fleet::start("probe", &[]).await;
-    set_rules(&fleet, QUIET.clone()).await;
+    fleet.quiet_alerts().await;
     let app = &fleet.stack.app;
     let id = fleet.onboard(0).await;
     fleet.probe(&id).await;
@@ -310,7 +294,7 @@ async fn connect_ws(
 #[tokio::test(flavor = "multi_thread")]
 async fn the_websocket_carries_the_users_events_and_nobody_elses() {
     let mut fleet = Fleet::start("probe", &[]).await;
-    set_rules(&fleet, QUIET.clone()).await;
+    fleet.quiet_alerts().await;
     let app = &fleet.stack.app;
     let id = fleet.onboard(0).await;
     fleet.probe(&id).await;
@@ -389,7 +373,7 @@ async fn the_websocket_carries_the_users_events_and_nobody_elses() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_scheduler_probes_every_server_without_piling_up() {
     let fleet = Fleet::start("probe", &[]).await;
-    set_rules(&fleet, QUIET.clone()).await;
+    fleet.quiet_alerts().await;
     let ids = [fleet.onboard(0).await, fleet.onboard(1).await];
     let mut env = fleet.stack.env.clone();
     env.insert("BERTH_SCHEDULE_PROBE".into(), "* * * * * *".into());
