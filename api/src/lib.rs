@@ -199,32 +199,39 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/api/docs/redoc.standalone.js",
             axum::routing::get(api_docs::script),
-        )
-        .layer(Extension(doc));
-    with_http_layers(router, state)
+        );
+    // The document reaches its handler as an extension, added once outside.
+    with_http_layers(router, state).layer(Extension(doc))
 }
 
 /// What every route is wrapped in: the fallback 404, the content-type check,
 /// body limit, request timeout, panic catching, and outermost the request
 /// context (id, log line, metrics, headers, cross-site and NUL refusals).
 /// Public so tests can wrap a route of their own (one that panics) the same way.
+///
+/// Only the content-type check is a route layer (it needs the matched route);
+/// the rest wrap the router once, as one service, instead of being applied to
+/// every route, where each layer costs a boxed clone per request.
 pub fn with_http_layers(router: Router<AppState>, state: AppState) -> Router {
     let max_body = state.config.max_json_body_bytes;
     let request_timeout = state.config.http.request_timeout;
-    router
+    let routes = router
         .fallback(|| async { ApiError::NotFound("no route matches this path".into()) })
         .route_layer(axum::middleware::from_fn(middleware::after_routing))
-        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state.clone());
+    let wrapped = tower::ServiceBuilder::new()
+        .layer(axum::middleware::from_fn_with_state(
+            state,
+            middleware::request_context,
+        ))
+        .layer(CatchPanicLayer::custom(middleware::panic_response))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
             request_timeout,
         ))
-        .layer(CatchPanicLayer::custom(middleware::panic_response))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            middleware::request_context,
-        ))
-        .with_state(state)
+        .layer(DefaultBodyLimit::max(max_body))
+        .service(routes);
+    Router::new().fallback_service(wrapped)
 }
 
 /// Serves until `shutdown` is cancelled, then drains in-flight requests. Also runs

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderName, HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::Response;
 use tracing::Instrument;
@@ -16,19 +16,29 @@ use uuid::Uuid;
 use crate::error::error_response;
 use crate::state::AppState;
 
-pub const REQUEST_ID_HEADER: &str = "x-request-id";
+// Header names as values, not text: a `&str` name is parsed on every use.
+pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
 
 /// On every answer unless a route set its own (the API docs page sets a CSP
 /// that lets its script run).
-const SECURITY_HEADERS: &[(&str, &str)] = &[
-    ("x-content-type-options", "nosniff"),
-    ("x-frame-options", "DENY"),
-    ("referrer-policy", "no-referrer"),
+const SECURITY_HEADERS: [(HeaderName, HeaderValue); 5] = [
     (
-        "content-security-policy",
-        "default-src 'none'; frame-ancestors 'none'",
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
     ),
-    ("cross-origin-opener-policy", "same-origin"),
+    (header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")),
+    (
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    ),
+    (
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
+    ),
+    (
+        HeaderName::from_static("cross-origin-opener-policy"),
+        HeaderValue::from_static("same-origin"),
+    ),
 ];
 
 /// Filled by [`after_routing`] once routing has matched, read by
@@ -87,14 +97,22 @@ pub async fn request_context(
         .is_some_and(|v| v.starts_with("application/json"));
     let status = response.status();
     if status.as_u16() >= 400 && !is_json {
+        // The envelope replaces the body; the other headers (a 405's `Allow`)
+        // stay.
         let message = status.canonical_reason().unwrap_or("error").to_lowercase();
+        let kept = std::mem::take(response.headers_mut());
         response = error_response(status, message, Vec::new());
+        for (name, value) in &kept {
+            if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+                response.headers_mut().append(name, value.clone());
+            }
+        }
     }
     let headers = response.headers_mut();
     headers.insert(REQUEST_ID_HEADER, header_value);
     for (name, value) in SECURITY_HEADERS {
-        if !headers.contains_key(*name) {
-            headers.insert(*name, HeaderValue::from_static(value));
+        if let header::Entry::Vacant(slot) = headers.entry(name) {
+            slot.insert(value);
         }
     }
     if state.config.public_url.starts_with("https://") {

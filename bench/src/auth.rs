@@ -75,7 +75,10 @@ pub async fn accounts(setup: &Setup) -> anyhow::Result<()> {
     let seconds = setup.seconds;
 
     let (url, body) = (format!("{base}/api/v1/auth/login"), login.clone());
-    let logins = load(&client, clients, seconds, move |c| c.post(&url).json(&body)).await?;
+    let logins = load(&client, clients, seconds, None, move |c| {
+        c.post(&url).json(&body)
+    })
+    .await?;
     let signed_in: Value = client
         .post(format!("{base}/api/v1/auth/login"))
         .json(&login)
@@ -97,33 +100,46 @@ pub async fn accounts(setup: &Setup) -> anyhow::Result<()> {
     // the machine's noise (autovacuum, the other processes) falls on both.
     let (mut bare, bare_base) = spawn_bare(setup, &token).await?;
     let (mut me_rates, mut bare_rates) = (Vec::new(), Vec::new());
+    let (mut me_cpu, mut bare_cpu) = (Vec::new(), Vec::new());
     let mut me = None;
     let mut bare_me = None;
-    for _ in 0..setup.rounds.max(1) {
+    // At least five pairs: one noisy pair cannot move the median.
+    for _ in 0..setup.rounds.max(5) {
         let url = format!("{base}/api/v1/auth/me");
         let token_me = token.clone();
-        let round = load(&client, me_clients, seconds, move |c| {
+        let round = load(&client, me_clients, seconds, api.id(), move |c| {
             c.get(&url).bearer_auth(&token_me)
         })
         .await?;
         me_rates.push(round.rate);
+        me_cpu.extend(round.cpu_us_per_answer);
         me = Some(round);
         let url = format!("{bare_base}/me");
         let token_bare = token.clone();
-        let round = load(&client, me_clients, seconds, move |c| {
+        let round = load(&client, me_clients, seconds, bare.id(), move |c| {
             c.get(&url).bearer_auth(&token_bare)
         })
         .await?;
         bare_rates.push(round.rate);
+        bare_cpu.extend(round.cpu_us_per_answer);
         bare_me = Some(round);
     }
     let (me, bare_me) = (me.expect("a round"), bare_me.expect("a round"));
     let url = format!("{base}/api/v1/health/live");
-    let live = load(&client, me_clients, seconds, move |c| c.get(&url)).await?;
+    let live = load(&client, me_clients, seconds, None, move |c| c.get(&url)).await?;
     api.kill().await?;
     bare.kill().await?;
     let me_rate = crate::median(me_rates.clone());
     let bare_rate = crate::median(bare_rates.clone());
+    // The machine's noise moves both servers' rates together over seconds:
+    // each round of berth-api is compared with the bare round right after it.
+    let paired = crate::median(
+        me_rates
+            .iter()
+            .zip(&bare_rates)
+            .map(|(me, bare)| me / bare)
+            .collect(),
+    );
 
     println!("4. Accounts (release berth-api, {cores} cores, client in the same machine)");
     println!(
@@ -154,13 +170,18 @@ pub async fn accounts(setup: &Setup) -> anyhow::Result<()> {
     );
     println!(
         "   bare axum + sqlx, same JWT check and session query, {me_clients} clients, rounds {}: \
-         median {bare_rate:.0} req/s (last round p50 {:.2} ms, p99 {:.2} ms, {} errors) \
-         -> /auth/me at {:.0} % of it (target >= 80 %)",
+         median {bare_rate:.0} req/s (last round p50 {:.2} ms, p99 {:.2} ms, {} errors)",
         crate::rounds_text(&bare_rates),
         bare_me.p50_ms,
         bare_me.p99_ms,
         bare_me.errors,
-        100.0 * me_rate / bare_rate
+    );
+    println!(
+        "   -> /auth/me at {:.0} % of the bare bound (median of the rounds' pairs; target >= 80 %); \
+         CPU per answer {:.0} us vs bare {:.0} us (medians)",
+        100.0 * paired,
+        crate::median(me_cpu),
+        crate::median(bare_cpu),
     );
     println!(
         "   GET /health/live (no auth, no database), {me_clients} clients: {:.0} req/s, \
@@ -242,16 +263,35 @@ async fn spawn_api(setup: &Setup) -> anyhow::Result<(Child, String)> {
 
 struct LoadResult {
     rate: f64,
+    /// The server process's CPU time (user + system) per counted answer.
+    cpu_us_per_answer: Option<f64>,
     p50_ms: f64,
     p99_ms: f64,
     errors: usize,
 }
 
+/// CPU time (user + system) `pid` has used so far, in microseconds.
+fn cpu_us(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .context("no command name")?
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+    // Linux reports these in USER_HZ, 100 on every architecture Berth runs on.
+    Ok(ticks * 10_000.0)
+}
+
 /// `clients` loops sending `request` for `seconds`; successful answers count.
+/// With `server`, the CPU time that process spent while counting is measured.
 async fn load<F>(
     client: &reqwest::Client,
     clients: usize,
     seconds: u64,
+    server: Option<u32>,
     request: F,
 ) -> anyhow::Result<LoadResult>
 where
@@ -290,10 +330,15 @@ where
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     counting.store(true, Ordering::Relaxed);
+    let cpu_before = server.map(cpu_us).transpose()?;
     let started = Instant::now();
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     counting.store(false, Ordering::Relaxed);
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu_spent = match (server, cpu_before) {
+        (Some(pid), Some(before)) => Some(cpu_us(pid)? - before),
+        _ => None,
+    };
     stop.store(true, Ordering::Relaxed);
     let mut latencies = Vec::new();
     let mut errors = 0;
@@ -311,6 +356,7 @@ where
     };
     Ok(LoadResult {
         rate: latencies.len() as f64 / elapsed,
+        cpu_us_per_answer: cpu_spent.map(|us| us / latencies.len().max(1) as f64),
         p50_ms: pct(0.5),
         p99_ms: pct(0.99),
         errors,

@@ -265,7 +265,6 @@ impl FromRequestParts<AppState> for Principal {
         if let Some(principal) = parts.extensions.get::<Principal>() {
             return Ok(principal.clone());
         }
-        let jar = CookieJar::from_headers(&parts.headers);
         let principal = if let Some(token) = bearer(&parts.headers).map(str::to_owned) {
             let token = token.as_str();
             if token.starts_with(API_TOKEN_PREFIX) {
@@ -273,15 +272,18 @@ impl FromRequestParts<AppState> for Principal {
             } else {
                 session(state, parts, token).await?
             }
-        } else if let Some(cookie) = jar.get(ACCESS_COOKIE) {
+        } else {
+            // Cookies are parsed only for callers without a bearer token.
+            let jar = CookieJar::from_headers(&parts.headers);
+            let Some(cookie) = jar.get(ACCESS_COOKIE) else {
+                return Err(ApiError::unauthenticated());
+            };
             let principal = session(state, parts, cookie.value()).await?;
             if is_unsafe(&parts.method) {
                 let session_id = principal.session_id().expect("a session credential");
                 check_csrf(state, &parts.headers, &jar, session_id)?;
             }
             principal
-        } else {
-            return Err(ApiError::unauthenticated());
         };
         parts.extensions.insert(principal.clone());
         Ok(principal)

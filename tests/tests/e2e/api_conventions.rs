@@ -38,6 +38,9 @@ async fn unknown_routes_and_methods_answer_in_the_envelope() {
         .await
         .unwrap();
     assert_eq!(res.status(), 405);
+    // RFC 9110: a 405 says which methods the route has, envelope or not.
+    assert_eq!(res.headers()["allow"], "GET,HEAD");
+    assert_eq!(res.headers()["content-type"], "application/json");
     assert_error(&res.json().await.unwrap(), "NOT_FOUND");
 
     // A caller's plain request id is kept; an unsafe one is replaced.
