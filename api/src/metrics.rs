@@ -154,19 +154,20 @@ fn job_families(stats: &[store::JobStat]) -> Vec<MetricFamily> {
         }
     }
     let mut finished: BTreeMap<(String, String), Finished> = BTreeMap::new();
-    for queue in Queue::ALL {
+    for kind in berth_jobs::kinds::CATALOG {
         for state in JobState::ALL.into_iter().filter(|s| s.is_terminal()) {
             finished.insert(
-                (queue.name().to_owned(), state.name().to_owned()),
+                (kind.name.to_owned(), state.name().to_owned()),
                 Finished::default(),
             );
         }
     }
     for stat in stats {
-        let key = (stat.kind.clone(), stat.state.clone());
         if stat.bucket < 0 {
-            *depth.entry(key).or_default() += stat.jobs;
+            let queue = stat.queue.clone().unwrap_or_default();
+            *depth.entry((queue, stat.state.clone())).or_default() += stat.jobs;
         } else {
+            let key = (stat.kind.clone(), stat.state.clone());
             let entry = finished.entry(key).or_default();
             *entry.per_bucket.entry(stat.bucket).or_default() += stat.jobs as u64;
             entry.sum += stat.duration_seconds_sum;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use berth_e2e::ssh_servers::TestSshd;
 use berth_jobs::store::NewJob;
-use berth_jobs::{JobClient, Policies, ServerAction, ServerJob, server_secret_binding};
+use berth_jobs::{JobClient, Policies, ServerProbe, server_secret_binding};
 use tokio::process::Command;
 use tokio::sync::Semaphore;
 use uuid::Uuid;
@@ -102,10 +102,7 @@ pub async fn probes(setup: &Setup) -> anyhow::Result<()> {
         let started = Instant::now();
         let enqueued = futures::future::join_all(servers.iter().map(|id| {
             jobs.enqueue(
-                NewJob::new(ServerJob {
-                    server_id: *id,
-                    action: ServerAction::Probe,
-                })
+                NewJob::new(ServerProbe { server_id: *id })
                 .owner(user)
                 .server(*id),
             )

@@ -8,7 +8,7 @@ pub mod batch;
 pub mod client;
 pub mod events;
 pub mod housekeeping;
-pub mod payload;
+pub mod kinds;
 pub mod policy;
 pub mod queue;
 pub mod redis_conn;
@@ -17,9 +17,9 @@ pub mod runtime;
 pub mod store;
 
 pub use client::JobClient;
-pub use payload::{
-    CodePurpose, DiagnosticJob, EmailJob, EmailMessage, JobPayload, Sealed, ServerAction,
-    ServerJob, server_secret_binding,
+pub use kinds::{
+    CodePurpose, DiagnosticJob, EmailJob, EmailMessage, JobPayload, Kind, Sealed, ServerProbe,
+    ServerValidate, server_secret_binding,
 };
 pub use policy::{JobPolicy, Policies};
 pub use queue::Queue;

@@ -3,8 +3,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-/// One queue per job kind (SPEC §1), so workers scale per queue. A job's kind is
-/// its queue's name.
+/// Where jobs wait for a worker (SPEC §1), so workers scale per queue. A queue
+/// carries one or more job kinds (`probe`: `server.validate`, `server.probe`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Queue {

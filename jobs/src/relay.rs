@@ -107,7 +107,7 @@ impl Relay {
     async fn relay_batch(&mut self) -> anyhow::Result<usize> {
         let mut tx = self.pool.begin().await?;
         let rows: Vec<(String, String, String)> = sqlx::query_as(
-            "SELECT delivery_id, id, kind FROM jobs \
+            "SELECT delivery_id, id, queue FROM jobs \
              WHERE state = 'queued' AND pushed_at IS NULL AND run_after <= now() \
                AND (attempts > 0 OR updated_at < now() - make_interval(secs => $2)) \
              ORDER BY run_after LIMIT $1 FOR UPDATE SKIP LOCKED",

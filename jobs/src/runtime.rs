@@ -30,13 +30,17 @@ use crate::batch::{BatchError, Batcher};
 use crate::relay::{Delivery, Relay};
 use crate::{JobPayload, Policies, Queue, store};
 
-/// How a handler says its job did not succeed.
+/// How a handler says its job did not succeed, or not yet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JobFailure {
     /// Worth another attempt (network errors, a busy remote host).
     Retryable(String),
     /// Will fail the same way again (bad input); the job fails now.
     Permanent(String),
+    /// Not a failure: "not now, try again after this long" (a server busy
+    /// with other work). The attempt is given back and the job waits, its
+    /// reason shown as `waitingFor`.
+    Later { after: Duration, reason: String },
 }
 
 impl JobFailure {
@@ -48,9 +52,16 @@ impl JobFailure {
         Self::Permanent(reason.to_string())
     }
 
+    pub fn later(after: Duration, reason: impl std::fmt::Display) -> Self {
+        Self::Later {
+            after,
+            reason: reason.to_string(),
+        }
+    }
+
     fn reason(&self) -> &str {
         match self {
-            Self::Retryable(r) | Self::Permanent(r) => r,
+            Self::Retryable(r) | Self::Permanent(r) | Self::Later { reason: r, .. } => r,
         }
     }
 }
@@ -63,22 +74,124 @@ pub struct JobContext {
     pub max_attempts: u32,
 }
 
-type Handler = Arc<
+/// How a worker runs one kind of job. One handler per kind; its docs (or its
+/// payload's) say why running it twice is safe.
+pub trait JobHandler: Send + Sync + 'static {
+    type Job: JobPayload;
+
+    fn run(
+        &self,
+        job: Self::Job,
+        ctx: JobContext,
+    ) -> impl Future<Output = Result<(), JobFailure>> + Send;
+
+    /// Told, once, that a job of this kind ended `failed` (its error given):
+    /// after its last attempt's failure, a permanent failure, or its worker
+    /// dying at the attempt cap, so the resource it acted on can be left in a
+    /// truthful state even when the job never ran to its end.
+    fn failed(&self, job: Self::Job, error: String) -> impl Future<Output = ()> + Send {
+        let _ = (job, error);
+        async {}
+    }
+}
+
+type RunFn = Arc<
     dyn Fn(serde_json::Value, JobContext) -> BoxFuture<'static, Result<(), JobFailure>>
         + Send
         + Sync,
 >;
+type FailedFn = Arc<dyn Fn(serde_json::Value, String) -> BoxFuture<'static, ()> + Send + Sync>;
 
-/// Told, once, that a job ended `failed` (its error given), so the resource it
-/// acted on can be left in a truthful state even when the job never ran to its
-/// end (its worker died at the attempt cap).
-type FailureHook = Arc<dyn Fn(serde_json::Value, String) -> BoxFuture<'static, ()> + Send + Sync>;
-
-/// What runs a queue's jobs, and what hears of their failures.
+/// A registered handler with its payload type erased.
 #[derive(Clone)]
-struct QueueHandler {
-    run: Handler,
-    on_failure: Option<FailureHook>,
+struct KindHandler {
+    queue: Queue,
+    run: RunFn,
+    failed: FailedFn,
+}
+
+/// A kind registered twice: a start-up error, never a silent replacement.
+#[derive(Debug, thiserror::Error)]
+#[error("two handlers are registered for job kind {0}")]
+pub struct DuplicateKind(pub &'static str);
+
+/// The handlers a worker build has, by kind.
+#[derive(Clone, Default)]
+pub struct Registry {
+    kinds: HashMap<&'static str, KindHandler>,
+}
+
+impl Registry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn with<H: JobHandler>(mut self, handler: H) -> Result<Self, DuplicateKind> {
+        let kind = <H::Job as JobPayload>::KIND;
+        if self.kinds.contains_key(kind) {
+            return Err(DuplicateKind(kind));
+        }
+        let handler = Arc::new(handler);
+        let runs = handler.clone();
+        let run: RunFn = Arc::new(move |payload, ctx| {
+            let handler = runs.clone();
+            async move {
+                let job: H::Job = serde_json::from_value(payload)
+                    .map_err(|e| JobFailure::permanent(format!("invalid payload: {e}")))?;
+                handler.run(job, ctx).await
+            }
+            .boxed()
+        });
+        let failed: FailedFn = Arc::new(move |payload, error| {
+            let handler = handler.clone();
+            async move {
+                match serde_json::from_value::<H::Job>(payload) {
+                    Ok(job) => handler.failed(job, error).await,
+                    Err(e) => tracing::warn!(error = %e, "failure hook skipped: invalid payload"),
+                }
+            }
+            .boxed()
+        });
+        self.kinds.insert(
+            kind,
+            KindHandler {
+                queue: <H::Job as JobPayload>::QUEUE,
+                run,
+                failed,
+            },
+        );
+        Ok(self)
+    }
+
+    /// Queues with at least one handler.
+    pub fn queues(&self) -> Vec<Queue> {
+        Queue::ALL
+            .into_iter()
+            .filter(|q| self.kinds.values().any(|h| h.queue == *q))
+            .collect()
+    }
+
+    /// Every kind of the catalog on `queue` needs a handler here, or a job of
+    /// it would be claimed and fail for want of one.
+    fn check_serves(&self, queue: Queue) -> anyhow::Result<()> {
+        for kind in crate::kinds::CATALOG.iter().filter(|k| k.queue == queue) {
+            if !self.kinds.contains_key(kind.name) {
+                anyhow::bail!(
+                    "queue {queue} carries job kind {} which has no handler in this build of berth-worker",
+                    kind.name
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn of_queue(&self, queue: Queue) -> HashMap<&'static str, KindHandler> {
+        self.kinds
+            .iter()
+            .filter(|(_, h)| h.queue == queue)
+            .map(|(k, h)| (*k, h.clone()))
+            .collect()
+    }
 }
 
 /// Timing of a worker in Redis. A worker that misses `missed_heartbeats` beats has
@@ -121,20 +234,18 @@ pub struct WorkerRuntime {
     policies: Policies,
     liveness: Liveness,
     grace: Duration,
-    handlers: HashMap<Queue, Handler>,
-    failure_hooks: HashMap<Queue, FailureHook>,
+    registry: Registry,
 }
 
 impl WorkerRuntime {
-    pub fn new(pool: PgPool, redis_url: String, policies: Policies) -> Self {
+    pub fn new(pool: PgPool, redis_url: String, policies: Policies, registry: Registry) -> Self {
         Self {
             pool,
             redis_url,
             policies,
             liveness: Liveness::default(),
             grace: Duration::from_secs(30),
-            handlers: HashMap::new(),
-            failure_hooks: HashMap::new(),
+            registry,
         }
     }
 
@@ -150,65 +261,20 @@ impl WorkerRuntime {
         self
     }
 
-    pub fn handle<P, F, Fut>(mut self, handler: F) -> Self
-    where
-        P: JobPayload,
-        F: Fn(P, JobContext) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<(), JobFailure>> + Send + 'static,
-    {
-        let handler = Arc::new(handler);
-        let erased: Handler = Arc::new(move |payload, ctx| {
-            let handler = handler.clone();
-            async move {
-                let payload: P = serde_json::from_value(payload)
-                    .map_err(|e| JobFailure::permanent(format!("invalid payload: {e}")))?;
-                handler(payload, ctx).await
-            }
-            .boxed()
-        });
-        self.handlers.insert(P::QUEUE, erased);
-        self
-    }
-
-    /// Runs `hook` whenever a job of `P`'s queue ends failed: after its last
-    /// attempt's failure, a permanent failure, or its worker dying at the cap.
-    pub fn on_failure<P, F, Fut>(mut self, hook: F) -> Self
-    where
-        P: JobPayload,
-        F: Fn(P, String) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = ()> + Send + 'static,
-    {
-        let hook = Arc::new(hook);
-        let erased: FailureHook = Arc::new(move |payload, error| {
-            let hook = hook.clone();
-            async move {
-                match serde_json::from_value::<P>(payload) {
-                    Ok(payload) => hook(payload, error).await,
-                    Err(e) => tracing::warn!(error = %e, "failure hook skipped: invalid payload"),
-                }
-            }
-            .boxed()
-        });
-        self.failure_hooks.insert(P::QUEUE, erased);
-        self
-    }
-
     /// Queues this build can serve, for the `--queues` default.
     pub fn served_queues(&self) -> Vec<Queue> {
-        Queue::ALL
-            .into_iter()
-            .filter(|q| self.handlers.contains_key(q))
-            .collect()
+        self.registry.queues()
     }
 
     /// Runs until `shutdown` is cancelled. Returns an error if any queue's worker
     /// stops on its own (e.g. a Redis error), so the process exits non-zero and its
     /// supervisor restarts it instead of leaving a live process that runs nothing.
     pub async fn run(self, queues: &[Queue], shutdown: CancellationToken) -> anyhow::Result<()> {
-        for queue in queues {
-            if !self.handlers.contains_key(queue) {
+        for &queue in queues {
+            if self.registry.of_queue(queue).is_empty() {
                 anyhow::bail!("queue {queue} has no handler in this build of berth-worker");
             }
+            self.registry.check_serves(queue)?;
         }
         let redis = crate::redis_conn::connect(&self.redis_url).await?;
         let identity = process_identity();
@@ -232,10 +298,7 @@ impl WorkerRuntime {
                 self.pool.clone(),
                 redis.clone(),
                 queue,
-                QueueHandler {
-                    run: self.handlers[&queue].clone(),
-                    on_failure: self.failure_hooks.get(&queue).cloned(),
-                },
+                self.registry.of_queue(queue),
                 self.policies.clone(),
                 format!("{identity}/{queue}"),
                 runs.clone(),
@@ -369,7 +432,7 @@ struct Dispatch {
     /// Publishes owned jobs' state changes to their owner (`events`).
     redis: ConnectionManager,
     queue: Queue,
-    handler: QueueHandler,
+    handlers: HashMap<&'static str, KindHandler>,
     policies: Policies,
     /// Claims and successes of concurrently running jobs share statements.
     claims: Batcher<DeliveryKey, Option<store::Claimed>>,
@@ -382,7 +445,7 @@ impl Dispatch {
         pool: PgPool,
         redis: ConnectionManager,
         queue: Queue,
-        handler: QueueHandler,
+        handlers: HashMap<&'static str, KindHandler>,
         policies: Policies,
         worker: String,
         runs: TaskTracker,
@@ -390,7 +453,7 @@ impl Dispatch {
         let policy = policies.get(queue);
         let concurrency = policy.concurrency;
         let fairness = store::Fairness {
-            kind: queue,
+            queue,
             per_user_running: policy.per_user_running,
             deferral: FAIR_SHARE_DEFERRAL,
         };
@@ -415,7 +478,7 @@ impl Dispatch {
             pool,
             redis,
             queue,
-            handler,
+            handlers,
             policies,
             claims,
             successes,
@@ -444,7 +507,7 @@ impl Dispatch {
     /// record would stay `running` and later run again. Detached, it finishes
     /// and is recorded; the process waits for it before exiting.
     async fn run(self: Arc<Self>, delivery: Delivery) -> Result<(), BatchError> {
-        let span = tracing::info_span!("job", job.id = %delivery.job_id, job.kind = %self.queue);
+        let span = tracing::info_span!("job", job.id = %delivery.job_id, job.queue = %self.queue, job.kind = tracing::field::Empty);
         let this = self.clone();
         self.runs
             .spawn(async move { this.run_in_span(delivery).await }.instrument(span))
@@ -465,6 +528,16 @@ impl Dispatch {
             tracing::debug!(delivery.id = %delivery_id, "stale delivery skipped, or put back past its owner's share");
             return Ok(());
         };
+        tracing::Span::current().record("job.kind", claimed.kind.as_str());
+        let Some(handler) = self.handlers.get(claimed.kind.as_str()) else {
+            let error = format!(
+                "no handler for job kind {} on queue {} in this worker",
+                claimed.kind, self.queue
+            );
+            tracing::error!("job failed: {error}");
+            store::mark_failed(&self.pool, &job_id, &delivery_id, &error).await?;
+            return Ok(());
+        };
         if claimed.attempts > claimed.max_attempts {
             let error = format!(
                 "attempt cap of {} reached: earlier attempts ended with their worker dying",
@@ -472,11 +545,11 @@ impl Dispatch {
             );
             tracing::warn!(attempts = claimed.attempts, "job failed: {error}");
             store::mark_failed(&self.pool, &job_id, &delivery_id, &error).await?;
-            self.failed(claimed.payload, error).await;
+            (handler.failed)(claimed.payload, error).await;
             return Ok(());
         }
         let owner = claimed.owner_user_id;
-        let kind = self.queue.name();
+        let kind = claimed.kind.as_str();
         let tell = |state: &'static str, error: Option<String>| {
             let event = crate::events::job_event(
                 &job_id,
@@ -499,12 +572,7 @@ impl Dispatch {
             max_attempts: claimed.max_attempts as u32,
         };
         let started = Instant::now();
-        let payload = self
-            .handler
-            .on_failure
-            .is_some()
-            .then(|| claimed.payload.clone());
-        let run = AssertUnwindSafe((self.handler.run)(claimed.payload, ctx)).catch_unwind();
+        let run = AssertUnwindSafe((handler.run)(claimed.payload.clone(), ctx)).catch_unwind();
         let failure = match tokio::time::timeout(claimed.timeout, run).await {
             Ok(Ok(Ok(()))) => None,
             Ok(Ok(Err(failure))) => Some(failure),
@@ -523,6 +591,17 @@ impl Dispatch {
                 tracing::info!(attempt = claimed.attempts, duration_ms, "job succeeded");
                 self.successes.call((job_id.clone(), delivery_id)).await?;
                 tell("succeeded", None).await;
+                Ok(())
+            }
+            Some(JobFailure::Later { after, reason }) => {
+                tracing::info!(
+                    attempt = claimed.attempts,
+                    duration_ms,
+                    retry_in_ms = after.as_millis() as u64,
+                    "job deferred: {reason}"
+                );
+                store::defer(&self.pool, &job_id, &delivery_id, &reason, after).await?;
+                tell("queued", None).await;
                 Ok(())
             }
             Some(JobFailure::Retryable(reason)) if claimed.attempts < claimed.max_attempts => {
@@ -549,19 +628,9 @@ impl Dispatch {
                 );
                 store::mark_failed(&self.pool, &job_id, &delivery_id, failure.reason()).await?;
                 tell("failed", Some(failure.reason().to_owned())).await;
-                if let Some(payload) = payload {
-                    self.failed(payload, failure.reason().to_owned()).await;
-                }
+                (handler.failed)(claimed.payload, failure.reason().to_owned()).await;
                 Ok(())
             }
-        }
-    }
-}
-
-impl Dispatch {
-    async fn failed(&self, payload: serde_json::Value, error: String) {
-        if let Some(hook) = &self.handler.on_failure {
-            hook(payload, error).await;
         }
     }
 }

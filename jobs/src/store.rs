@@ -125,6 +125,7 @@ impl Enqueued {
 #[derive(Debug, Clone)]
 pub struct JobRow {
     id: String,
+    kind: &'static str,
     queue: Queue,
     payload: serde_json::Value,
     max_attempts: i32,
@@ -141,6 +142,7 @@ impl JobRow {
         let max_attempts = policy.max_attempts.max(job.payload.min_attempts());
         Ok(Self {
             id: Ulid::generate().to_string(),
+            kind: P::KIND,
             queue: P::QUEUE,
             payload: serde_json::to_value(&job.payload)
                 .map_err(|e| sqlx::Error::Encode(Box::new(e)))?,
@@ -186,10 +188,12 @@ pub async fn insert(
         Vec::with_capacity(rows.len()),
         Vec::with_capacity(rows.len()),
         Vec::with_capacity(rows.len()),
+        Vec::with_capacity(rows.len()),
     );
     for row in &rows {
         columns.0.push(row.id.clone());
-        columns.1.push(row.queue.name());
+        columns.1.push(row.kind);
+        columns.9.push(row.queue.name());
         columns.2.push(row.payload.clone());
         columns.3.push(row.max_attempts);
         columns.4.push(row.timeout_ms);
@@ -199,12 +203,12 @@ pub async fn insert(
         columns.8.push(row.dedupe_key.clone());
     }
     let inserted: Vec<String> = sqlx::query_scalar(
-        "INSERT INTO jobs (id, kind, payload, delivery_id, max_attempts, timeout_ms, \
+        "INSERT INTO jobs (id, kind, queue, payload, delivery_id, max_attempts, timeout_ms, \
                            owner_user_id, server_id, deployment_id, dedupe_key) \
-         SELECT id, kind, payload, id, max_attempts, timeout_ms, owner_user_id, server_id, deployment_id, dedupe_key \
+         SELECT id, kind, queue, payload, id, max_attempts, timeout_ms, owner_user_id, server_id, deployment_id, dedupe_key \
          FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::int[], $5::bigint[], \
-                     $6::uuid[], $7::uuid[], $8::uuid[], $9::text[]) \
-              AS r(id, kind, payload, max_attempts, timeout_ms, owner_user_id, server_id, deployment_id, dedupe_key) \
+                     $6::uuid[], $7::uuid[], $8::uuid[], $9::text[], $10::text[]) \
+              AS r(id, kind, payload, max_attempts, timeout_ms, owner_user_id, server_id, deployment_id, dedupe_key, queue) \
          ON CONFLICT (dedupe_key) WHERE dedupe_key IS NOT NULL AND state IN ('queued', 'running') \
          DO NOTHING RETURNING id",
     )
@@ -217,6 +221,7 @@ pub async fn insert(
     .bind(&columns.6)
     .bind(&columns.7)
     .bind(&columns.8)
+    .bind(&columns.9)
     .fetch_all(&mut *conn)
     .await?;
     let inserted: std::collections::HashSet<String> = inserted.into_iter().collect();
@@ -280,11 +285,16 @@ where
 #[serde(rename_all = "camelCase")]
 pub struct JobRecord {
     pub id: String,
-    pub kind: Queue,
+    /// What the job does, e.g. `server.validate`.
+    pub kind: String,
+    /// Which workers run it, e.g. `probe`.
+    pub queue: Queue,
     pub state: JobState,
     pub attempts: i32,
     pub max_attempts: i32,
     pub error: Option<String>,
+    /// Why a queued job is not running yet, when it waits for something.
+    pub waiting_for: Option<String>,
     pub worker: Option<String>,
     pub owner_user_id: Option<Uuid>,
     pub server_id: Option<Uuid>,
@@ -296,23 +306,25 @@ pub struct JobRecord {
     pub updated_at: DateTime<Utc>,
 }
 
-const RECORD_COLUMNS: &str = "id, kind, state, attempts, max_attempts, last_error, worker, \
+const RECORD_COLUMNS: &str = "id, kind, queue, state, attempts, max_attempts, last_error, waiting_for, worker, \
     owner_user_id, server_id, deployment_id, created_at, run_after, started_at, finished_at, updated_at";
 
 fn record_from_row(row: &sqlx::postgres::PgRow) -> Result<JobRecord, sqlx::Error> {
-    let kind: String = row.try_get("kind")?;
+    let queue: String = row.try_get("queue")?;
     let state: String = row.try_get("state")?;
     let decode = |column: &str, value: &str| sqlx::Error::ColumnDecode {
         index: column.to_owned(),
         source: format!("unexpected value {value:?}").into(),
     };
     Ok(JobRecord {
-        kind: kind.parse().map_err(|_| decode("kind", &kind))?,
+        kind: row.try_get("kind")?,
+        queue: queue.parse().map_err(|_| decode("queue", &queue))?,
         state: JobState::parse(&state).ok_or_else(|| decode("state", &state))?,
         id: row.try_get("id")?,
         attempts: row.try_get("attempts")?,
         max_attempts: row.try_get("max_attempts")?,
         error: row.try_get("last_error")?,
+        waiting_for: row.try_get("waiting_for")?,
         worker: row.try_get("worker")?,
         owner_user_id: row.try_get("owner_user_id")?,
         server_id: row.try_get("server_id")?,
@@ -333,12 +345,13 @@ pub async fn get(pool: &PgPool, id: &str) -> Result<Option<JobRecord>, sqlx::Err
     row.as_ref().map(record_from_row).transpose()
 }
 
-/// Filters of `GET /jobs`; `owner` is set for everyone but admins, `kinds` to
-/// what the caller may see.
+/// Filters of `GET /jobs`; `owner` is set for everyone but admins, `queues`
+/// to what the caller may see.
 #[derive(Debug, Clone, Default)]
 pub struct JobFilter {
     pub owner_user_id: Option<Uuid>,
-    pub kinds: Option<Vec<Queue>>,
+    pub queues: Option<Vec<Queue>>,
+    pub kind: Option<String>,
     pub state: Option<JobState>,
 }
 
@@ -350,26 +363,29 @@ pub async fn list(
     limit: i64,
 ) -> Result<(Vec<JobRecord>, i64), sqlx::Error> {
     let condition = "($1::uuid IS NULL OR owner_user_id = $1) \
-        AND ($2::text[] IS NULL OR kind = ANY($2)) AND ($3::text IS NULL OR state = $3)";
-    let kinds: Option<Vec<&str>> = filter
-        .kinds
+        AND ($2::text[] IS NULL OR queue = ANY($2)) AND ($3::text IS NULL OR state = $3) \
+        AND ($4::text IS NULL OR kind = $4)";
+    let queues: Option<Vec<&str>> = filter
+        .queues
         .as_ref()
         .map(|k| k.iter().map(|q| q.name()).collect());
     let rows = sqlx::query(&format!(
         "SELECT {RECORD_COLUMNS} FROM jobs WHERE {condition} ORDER BY id DESC \
-         OFFSET $4 LIMIT $5"
+         OFFSET $5 LIMIT $6"
     ))
     .bind(filter.owner_user_id)
-    .bind(&kinds)
+    .bind(&queues)
     .bind(filter.state.map(JobState::name))
+    .bind(&filter.kind)
     .bind(offset)
     .bind(limit)
     .fetch_all(pool)
     .await?;
     let total: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM jobs WHERE {condition}"))
         .bind(filter.owner_user_id)
-        .bind(&kinds)
+        .bind(&queues)
         .bind(filter.state.map(JobState::name))
+        .bind(&filter.kind)
         .fetch_one(pool)
         .await?;
     let records = rows.iter().map(record_from_row).collect::<Result<_, _>>()?;
@@ -429,14 +445,14 @@ pub async fn claim(
 /// job over that share waits before it is offered again.
 #[derive(Debug, Clone, Copy)]
 pub struct Fairness {
-    pub kind: Queue,
+    pub queue: Queue,
     pub per_user_running: usize,
     pub deferral: Duration,
 }
 
 impl Fairness {
     const UNBOUNDED: Fairness = Fairness {
-        kind: Queue::Diagnostic,
+        queue: Queue::Diagnostic,
         per_user_running: usize::MAX,
         deferral: Duration::ZERO,
     };
@@ -466,7 +482,7 @@ pub async fn claim_many(
                   FROM jobs j JOIN d ON j.id = d.id AND j.delivery_id = d.delivery_id \
                   WHERE j.state = 'queued' AND j.owner_user_id IS NOT NULL), \
          busy AS (SELECT owner_user_id, count(*) AS running FROM jobs \
-                  WHERE kind = $5 AND state = 'running' \
+                  WHERE queue = $5 AND state = 'running' \
                     AND owner_user_id IN (SELECT owner_user_id FROM cand) \
                   GROUP BY owner_user_id), \
          over AS (SELECT cand.id, cand.fresh FROM cand LEFT JOIN busy USING (owner_user_id) \
@@ -474,7 +490,7 @@ pub async fn claim_many(
          deferred AS (UPDATE jobs j SET delivery_id = over.fresh, pushed_at = NULL, \
                           run_after = now() + make_interval(secs => $7), updated_at = now() \
                       FROM over WHERE j.id = over.id RETURNING j.id) \
-         UPDATE jobs j SET state = 'running', attempts = j.attempts + 1, started_at = now(), \
+         UPDATE jobs j SET state = 'running', attempts = j.attempts + 1, started_at = now(), waiting_for = NULL, \
              worker = $3, pushed_at = COALESCE(j.pushed_at, now()), updated_at = now() \
          FROM d \
          WHERE j.id = d.id AND j.delivery_id = d.delivery_id AND j.state IN ('queued', 'running') \
@@ -486,7 +502,7 @@ pub async fn claim_many(
     .bind(&delivery_ids)
     .bind(worker)
     .bind(&fresh)
-    .bind(fairness.kind.name())
+    .bind(fairness.queue.name())
     .bind(i64::try_from(fairness.per_user_running).unwrap_or(i64::MAX))
     .bind(fairness.deferral.as_secs_f64())
     .fetch_all(pool)
@@ -583,12 +599,39 @@ pub async fn schedule_retry(
     Ok(())
 }
 
+/// Gives the attempt back and offers the job again after `after`: the handler
+/// said "not now" (a busy server, a held slot), which is not a failure.
+pub async fn defer(
+    pool: &PgPool,
+    job_id: &str,
+    delivery_id: &str,
+    reason: &str,
+    after: Duration,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE jobs SET state = 'queued', attempts = attempts - 1, waiting_for = $3, \
+             delivery_id = $4, pushed_at = NULL, run_after = now() + make_interval(secs => $5), \
+             worker = NULL, updated_at = now() \
+         WHERE id = $1 AND delivery_id = $2 AND state = 'running'",
+    )
+    .bind(job_id)
+    .bind(delivery_id)
+    .bind(reason)
+    .bind(Ulid::generate().to_string())
+    .bind(after.as_secs_f64())
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 /// One row of the job aggregates behind `/metrics`: jobs of a kind in a state, and
 /// for finished ones their duration bucket (index into [`DURATION_BUCKETS`] as
 /// Postgres' `width_bucket` counts: 0 below the first bound); -1 for unfinished.
 #[derive(Debug, Clone)]
 pub struct JobStat {
     pub kind: String,
+    /// `None` for the totals pruning folded in (kept per kind only).
+    pub queue: Option<String>,
     pub state: String,
     pub bucket: i32,
     pub jobs: i64,
@@ -600,18 +643,18 @@ pub struct JobStat {
 pub async fn stats(pool: &PgPool) -> Result<Vec<JobStat>, sqlx::Error> {
     let rows = sqlx::query(
         r#"
-        SELECT kind, state, bucket, SUM(n)::bigint AS jobs, SUM(s)::float8 AS duration_sum FROM (
-            SELECT kind, state,
+        SELECT kind, queue, state, bucket, SUM(n)::bigint AS jobs, SUM(s)::float8 AS duration_sum FROM (
+            SELECT kind, queue, state,
                    CASE WHEN finished_at IS NULL THEN -1
                         ELSE width_bucket(COALESCE(EXTRACT(EPOCH FROM finished_at - started_at)::float8, 0), $1::float8[])
                    END AS bucket,
                    count(*) AS n,
                    COALESCE(SUM(EXTRACT(EPOCH FROM finished_at - started_at)::float8), 0) AS s
-            FROM jobs GROUP BY 1, 2, 3
+            FROM jobs GROUP BY 1, 2, 3, 4
             UNION ALL
-            SELECT kind, outcome, bucket, finished, duration_seconds_sum FROM job_outcome_totals
+            SELECT kind, NULL, outcome, bucket, finished, duration_seconds_sum FROM job_outcome_totals
         ) AS all_jobs
-        GROUP BY 1, 2, 3
+        GROUP BY 1, 2, 3, 4
         "#,
     )
     .bind(&DURATION_BUCKETS[..])
@@ -621,6 +664,7 @@ pub async fn stats(pool: &PgPool) -> Result<Vec<JobStat>, sqlx::Error> {
         .map(|row| {
             Ok(JobStat {
                 kind: row.try_get("kind")?,
+                queue: row.try_get("queue")?,
                 state: row.try_get("state")?,
                 bucket: row.try_get("bucket")?,
                 jobs: row.try_get("jobs")?,

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use berth_jobs::store::NewJob;
-use berth_jobs::{JobClient, ServerAction, ServerJob};
+use berth_jobs::{JobClient, ServerProbe};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -17,10 +17,7 @@ pub async fn enqueue_probes(pool: &PgPool, jobs: &JobClient) -> anyhow::Result<u
     // Enqueued concurrently: JobClient batches them into few statements.
     let enqueued = futures::future::join_all(servers.iter().map(|(server, owner)| {
         jobs.enqueue(
-            NewJob::new(ServerJob {
-                server_id: *server,
-                action: ServerAction::Probe,
-            })
+            NewJob::new(ServerProbe { server_id: *server })
             .owner(*owner)
             .server(*server)
             .dedupe_key(format!("probe:{server}")),

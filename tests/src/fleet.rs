@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use berth_jobs::store::NewJob;
-use berth_jobs::{ServerAction, ServerJob};
+use berth_jobs::ServerProbe;
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -104,10 +104,7 @@ impl Fleet {
             .state
             .jobs
             .enqueue(
-                NewJob::new(ServerJob {
-                    server_id: server,
-                    action: ServerAction::Probe,
-                })
+                NewJob::new(ServerProbe { server_id: server })
                 .owner(owner)
                 .server(server),
             )

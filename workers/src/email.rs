@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use berth_config::{MailConfig, MailTransport};
-use berth_jobs::runtime::{JobContext, JobFailure};
+use berth_jobs::runtime::{JobContext, JobFailure, JobHandler};
 use berth_jobs::{CodePurpose, EmailJob, EmailMessage};
 use berth_secrets::Keyring;
 use lettre::message::{Mailbox, MultiPart};
@@ -197,7 +197,7 @@ impl Mailer {
 
     /// Runs one email job. Bad addresses and templates fail at once; delivery
     /// errors are retried with backoff.
-    pub async fn send(&self, job: EmailJob, _ctx: JobContext) -> Result<(), JobFailure> {
+    pub async fn send(&self, job: EmailJob) -> Result<(), JobFailure> {
         let to: Mailbox = job
             .to
             .parse()
@@ -318,5 +318,16 @@ mod tests {
         );
         let err = mailer().render("eve@example.test", &message).unwrap_err();
         assert!(matches!(err, RenderError::Sealed(_)), "{err}");
+    }
+}
+
+/// `email.send`.
+pub struct SendEmail(pub Arc<Mailer>);
+
+impl JobHandler for SendEmail {
+    type Job = EmailJob;
+
+    async fn run(&self, job: EmailJob, _ctx: JobContext) -> Result<(), JobFailure> {
+        self.0.send(job).await
     }
 }

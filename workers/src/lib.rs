@@ -1,7 +1,12 @@
-//! Job handlers run by `berth-worker`, one module per job kind.
+//! Job handlers run by `berth-worker`: one file per job kind (`email.send`
+//! in `email`, `diagnostic.sleep` in `diagnostic`, `server.validate`,
+//! `server.probe`), registered in [`registry`].
 
 pub mod alerts;
 pub mod diagnostic;
 pub mod email;
 pub mod probe;
+pub mod registry;
+pub mod server_probe;
+pub mod server_validate;
 pub mod servers;

@@ -8,7 +8,7 @@ use berth_jobs::runtime::{Liveness, WorkerRuntime};
 use berth_jobs::{Policies, Queue};
 use berth_secrets::Keyring;
 use berth_workers::servers::ServerJobs;
-use berth_workers::{diagnostic, email::Mailer};
+use berth_workers::email::Mailer;
 use clap::Parser;
 use sqlx::postgres::PgConnectOptions;
 use tokio_util::sync::CancellationToken;
@@ -73,25 +73,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Keyring::from_config(&mail.master_key, &mail.previous_master_keys),
         &ssh,
     ));
-    let runtime = WorkerRuntime::new(pool, common.redis_url.expose().to_owned(), policies)
-        .liveness(liveness)
-        .shutdown_grace(grace)
-        .handle(move |job, ctx| {
-            let mailer = mailer.clone();
-            async move { mailer.send(job, ctx).await }
-        })
-        .handle(diagnostic::run)
-        .handle({
-            let servers = servers.clone();
-            move |job, ctx| {
-                let servers = servers.clone();
-                async move { servers.run(job, ctx).await }
-            }
-        })
-        .on_failure(move |job, error| {
-            let servers = servers.clone();
-            async move { servers.failed(job, error).await }
-        });
+    let registry = berth_workers::registry::registry(mailer, servers)?;
+    let runtime = WorkerRuntime::new(
+        pool,
+        common.redis_url.expose().to_owned(),
+        policies,
+        registry,
+    )
+    .liveness(liveness)
+    .shutdown_grace(grace);
 
     let queues = if args.queues.trim().is_empty() {
         runtime.served_queues()

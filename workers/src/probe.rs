@@ -2,6 +2,9 @@
 //! CPU use needs two `/proc/stat` samples; they are half a second apart.
 
 /// Fixed text: one round trip collects everything.
+/// How long one probe command may take on the server.
+pub const PROBE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(20);
+
 pub const PROBE_COMMAND: &str = "echo \"stat1 $(head -n 1 /proc/stat)\"; sleep 0.5; \
     echo \"stat2 $(head -n 1 /proc/stat)\"; \
     grep -E '^(MemTotal|MemAvailable|SwapTotal|SwapFree):' /proc/meminfo | sed 's/^/mem /'; \

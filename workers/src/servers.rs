@@ -1,4 +1,5 @@
-//! `probe` queue: work on users' servers over SSH (`berth-ssh`).
+//! What `server.validate` and `server.probe` share: loading a server,
+//! opening its credentials, connecting, and recording what was found.
 //!
 //! Validation connects with the stored credentials (opened from their sealed
 //! form, bound to the server's row), pins the host key on the first success,
@@ -10,30 +11,20 @@
 //! A successful validation also takes the first sample, so health is there as
 //! soon as the server is online.
 
-use std::time::Duration;
-
 use berth_config::{SecretString, SshConfig};
-use berth_jobs::runtime::{JobContext, JobFailure};
-use berth_jobs::{Policies, ServerAction, ServerJob, server_secret_binding};
+use berth_jobs::runtime::JobFailure;
+use berth_jobs::{Policies, server_secret_binding};
 use berth_secrets::Keyring;
-use berth_ssh::{AddressPolicy, Auth, Connection, Limits, ShellCommand, SshError, Target};
+use berth_ssh::{AddressPolicy, Auth, Connection, Limits, SshError, Target};
 use redis::aio::ConnectionManager;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::alerts::{self, Notice, ServerRef};
-use crate::probe::{self, Sample};
-
-/// Fixed text: what validation asks a server.
-const FACTS: &str = "if [ -r /etc/os-release ]; then . /etc/os-release; fi; \
-    echo \"os=${PRETTY_NAME:-$(uname -s)}\"; echo \"arch=$(uname -m)\"; \
-    if command -v docker >/dev/null 2>&1; then echo \"docker=$(docker --version 2>/dev/null | head -n 1)\"; fi; \
-    if command -v nginx >/dev/null 2>&1; then echo \"nginx=$(nginx -v 2>&1 | head -n 1)\"; fi";
-const FACTS_DEADLINE: Duration = Duration::from_secs(30);
-const PROBE_DEADLINE: Duration = Duration::from_secs(20);
+use crate::probe::Sample;
 
 pub struct ServerJobs {
-    pool: PgPool,
+    pub(crate) pool: PgPool,
     redis: ConnectionManager,
     policies: Policies,
     keys: Keyring,
@@ -42,8 +33,8 @@ pub struct ServerJobs {
 }
 
 #[derive(sqlx::FromRow)]
-struct ServerRow {
-    id: Uuid,
+pub(crate) struct ServerRow {
+    pub(crate) id: Uuid,
     owner_user_id: Uuid,
     name: String,
     host: String,
@@ -52,35 +43,7 @@ struct ServerRow {
     auth_type: String,
     secret: String,
     passphrase: Option<String>,
-    host_key: Option<String>,
-}
-
-/// What validation learned.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Facts {
-    pub os: Option<String>,
-    pub arch: Option<String>,
-    pub docker: Option<String>,
-    pub nginx: Option<String>,
-}
-
-pub fn parse_facts(output: &str) -> Facts {
-    let mut facts = Facts::default();
-    for line in output.lines() {
-        let Some((key, value)) = line.split_once('=') else {
-            continue;
-        };
-        let value =
-            Some(value.trim().chars().take(200).collect::<String>()).filter(|v| !v.is_empty());
-        match key {
-            "os" => facts.os = value,
-            "arch" => facts.arch = value,
-            "docker" => facts.docker = value,
-            "nginx" => facts.nginx = value,
-            _ => {}
-        }
-    }
-    facts
+    pub(crate) host_key: Option<String>,
 }
 
 impl ServerJobs {
@@ -101,33 +64,7 @@ impl ServerJobs {
         }
     }
 
-    pub async fn run(&self, job: ServerJob, _ctx: JobContext) -> Result<(), JobFailure> {
-        match job.action {
-            ServerAction::Validate => self.validate(job.server_id).await,
-            ServerAction::Probe => self.probe(job.server_id).await,
-        }
-    }
-
-    /// A validation that ended failed without recording why (its worker died
-    /// at the attempt cap) must not leave the server `pending` for ever.
-    pub async fn failed(&self, job: ServerJob, error: String) {
-        if job.action != ServerAction::Validate {
-            return;
-        }
-        let updated = sqlx::query(
-            "UPDATE servers SET status = 'error', status_reason = $2, updated_at = now() \
-             WHERE id = $1 AND status = 'pending'",
-        )
-        .bind(job.server_id)
-        .bind(format!("validation failed: {error}"))
-        .execute(&self.pool)
-        .await;
-        if let Err(e) = updated {
-            tracing::warn!(error = %e, server = %job.server_id, "cannot record the failed validation");
-        }
-    }
-
-    async fn load(&self, id: Uuid) -> Result<Option<ServerRow>, JobFailure> {
+    pub(crate) async fn load(&self, id: Uuid) -> Result<Option<ServerRow>, JobFailure> {
         sqlx::query_as(
             "SELECT id, owner_user_id, name, host, port, username, auth_type, secret, passphrase, host_key \
              FROM servers WHERE id = $1",
@@ -173,7 +110,7 @@ impl ServerJobs {
         })
     }
 
-    async fn connect(&self, row: &ServerRow) -> Result<Connection, SshError> {
+    pub(crate) async fn connect(&self, row: &ServerRow) -> Result<Connection, SshError> {
         let target = self.target(row)?;
         berth_ssh::connect(&target, &self.policy, self.limits).await
     }
@@ -181,7 +118,7 @@ impl ServerJobs {
     /// Records a server's state, evaluates alerts (with `sample` from a probe,
     /// `None` when it could not be read) and delivers what they raise, in one
     /// transaction; realtime events go out after commit.
-    async fn record(
+    pub(crate) async fn record(
         &self,
         row: &ServerRow,
         outcome: Result<Option<&Sample>, &SshError>,
@@ -266,88 +203,13 @@ impl ServerJobs {
         Ok(())
     }
 
-    fn failure(error: &SshError) -> JobFailure {
+    pub(crate) fn failure(error: &SshError) -> JobFailure {
         let reason = format!("{}: {error}", error.code());
         if error.is_transient() {
             JobFailure::retryable(reason)
         } else {
             JobFailure::permanent(reason)
         }
-    }
-
-    async fn validate(&self, id: Uuid) -> Result<(), JobFailure> {
-        let Some(row) = self.load(id).await? else {
-            // Deleted since: nothing to validate.
-            return Ok(());
-        };
-        let facts = async {
-            let conn = self.connect(&row).await?;
-            let output = conn.exec(&ShellCommand::new(FACTS), FACTS_DEADLINE).await?;
-            let facts = parse_facts(&output.stdout);
-            // The first sample, on the same connection, so health is there at once.
-            let sample = match conn
-                .exec(&ShellCommand::new(probe::PROBE_COMMAND), PROBE_DEADLINE)
-                .await
-                .and_then(|out| probe::parse(&out.stdout).map_err(SshError::Protocol))
-            {
-                Ok(sample) => Some(sample),
-                Err(e) => {
-                    tracing::warn!(error = %e, server = %row.id, "validated, but the first probe failed");
-                    None
-                }
-            };
-            Ok::<_, SshError>((conn.host_key().to_owned(), facts, sample))
-        }
-        .await;
-        let (host_key, facts, sample) = match facts {
-            Ok(found) => found,
-            Err(error) => {
-                if let Err(e) = self.record(&row, Err(&error), false).await {
-                    tracing::warn!(error = %e, server = %row.id, "cannot record the server's state");
-                }
-                return Err(Self::failure(&error));
-            }
-        };
-        sqlx::query(
-            "UPDATE servers SET host_key = COALESCE(host_key, $2), os = $3, arch = $4,                docker_version = $5, nginx_version = $6, validated_at = now() WHERE id = $1",
-        )
-        .bind(id)
-        .bind(&host_key)
-        .bind(&facts.os)
-        .bind(&facts.arch)
-        .bind(&facts.docker)
-        .bind(&facts.nginx)
-        .execute(&self.pool)
-        .await
-        .map_err(|e| JobFailure::retryable(format!("cannot record the validation: {e}")))?;
-        self.record(&row, Ok(sample.as_ref()), sample.is_some())
-            .await
-            .map_err(|e| JobFailure::retryable(format!("cannot record the validation: {e}")))
-    }
-
-    /// Probes a validated server (one SSH round trip). Servers never validated
-    /// are skipped: their host key is not pinned yet.
-    async fn probe(&self, id: Uuid) -> Result<(), JobFailure> {
-        let Some(row) = self.load(id).await? else {
-            return Ok(());
-        };
-        if row.host_key.is_none() {
-            return Ok(());
-        }
-        let sample = async {
-            let conn = self.connect(&row).await?;
-            let output = conn
-                .exec(&ShellCommand::new(probe::PROBE_COMMAND), PROBE_DEADLINE)
-                .await?;
-            probe::parse(&output.stdout).map_err(SshError::Protocol)
-        }
-        .await;
-        let recorded = match &sample {
-            Ok(sample) => self.record(&row, Ok(Some(sample)), true).await,
-            Err(error) => self.record(&row, Err(error), true).await,
-        };
-        recorded.map_err(|e| JobFailure::retryable(format!("cannot record the probe: {e}")))?;
-        sample.map(|_| ()).map_err(|e| Self::failure(&e))
     }
 }
 
@@ -373,23 +235,4 @@ async fn insert_sample(
     .execute(conn)
     .await?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn facts() {
-        let facts = parse_facts(
-            "os=Debian GNU/Linux 12 (bookworm)\narch=x86_64\ndocker=Docker version 28.2.2, build e6534b4\nnoise\n",
-        );
-        assert_eq!(facts.os.as_deref(), Some("Debian GNU/Linux 12 (bookworm)"));
-        assert_eq!(facts.arch.as_deref(), Some("x86_64"));
-        assert_eq!(
-            facts.docker.as_deref(),
-            Some("Docker version 28.2.2, build e6534b4")
-        );
-        assert_eq!(facts.nginx, None);
-    }
 }

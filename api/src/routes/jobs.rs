@@ -8,14 +8,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::{Credential, Principal, Scope};
 use crate::envelope::{Envelope, Page, PageQuery, Path, Query};
-use crate::error::ApiError;
+use crate::error::{ApiError, FieldError};
 use crate::state::AppState;
 
-/// The scope a token needs to see jobs of `kind`. Kinds without one (mail,
+/// The scope a token needs to see jobs of `queue`. Queues without one (mail,
 /// backups, diagnostics) concern the account or the platform: only a
 /// signed-in session or the `admin` scope sees them.
-fn scope_for(kind: Queue) -> Scope {
-    match kind {
+fn scope_for(queue: Queue) -> Scope {
+    match queue {
         Queue::Deploy | Queue::Rollback => Scope::DeploymentsRead,
         Queue::Ssl => Scope::DomainsRead,
         Queue::Probe | Queue::Alerts => Scope::ServersRead,
@@ -23,11 +23,18 @@ fn scope_for(kind: Queue) -> Scope {
     }
 }
 
-fn may_see_kind(principal: &Principal, kind: Queue) -> bool {
+fn may_see_queue(principal: &Principal, queue: Queue) -> bool {
     match principal.credential {
         Credential::Session { .. } => true,
-        Credential::ApiToken { .. } => principal.allows(scope_for(kind)),
+        Credential::ApiToken { .. } => principal.allows(scope_for(queue)),
     }
+}
+
+fn needs_scope(queue: Queue, what: &str) -> ApiError {
+    ApiError::Forbidden(format!(
+        "this token needs the {} scope to see {what} jobs",
+        scope_for(queue).name()
+    ))
 }
 
 /// Everyone's jobs for administrators (with the `admin` scope on a token).
@@ -54,12 +61,8 @@ pub async fn get_job(
     if !sees_all_owners(&principal) && job.owner_user_id != Some(principal.user_id()) {
         return Err(not_found());
     }
-    if !may_see_kind(&principal, job.kind) {
-        return Err(ApiError::Forbidden(format!(
-            "this token needs the {} scope to see {} jobs",
-            scope_for(job.kind).name(),
-            job.kind.name()
-        )));
+    if !may_see_queue(&principal, job.queue) {
+        return Err(needs_scope(job.queue, &job.kind));
     }
     Ok(Envelope::ok(job))
 }
@@ -67,8 +70,11 @@ pub async fn get_job(
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct JobsQuery {
-    /// Queue name: deploy, rollback, ssl, probe, backup, email, alerts, diagnostic.
-    kind: Option<Queue>,
+    /// A job kind, e.g. `server.validate`, `server.probe`, `email.send`.
+    #[param(max_length = 64)]
+    kind: Option<String>,
+    /// A queue: deploy, rollback, ssl, probe, backup, email, alerts, diagnostic.
+    queue: Option<Queue>,
     /// queued, running, succeeded, failed or cancelled.
     state: Option<JobState>,
     #[param(minimum = 1)]
@@ -92,14 +98,15 @@ pub struct JobsPage {
 #[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HiddenKind {
-    kind: Queue,
+    kind: &'static str,
+    queue: Queue,
     needs_scope: String,
 }
 
 /// Jobs, newest first.
 #[utoipa::path(get, path = "/jobs", tag = "jobs", params(JobsQuery), responses(
     (status = 200, description = "A page of jobs", body = JobsPage),
-    (status = 400, description = "Unknown kind or state", body = crate::error::ErrorEnvelope),
+    (status = 400, description = "Unknown kind, queue or state", body = crate::error::ErrorEnvelope),
     (status = 403, description = "The token's scopes do not cover this kind of job", body = crate::error::ErrorEnvelope)))]
 pub async fn list_jobs(
     State(state): State<AppState>,
@@ -113,31 +120,42 @@ pub async fn list_jobs(
     .validate()?;
     let (visible, hidden): (Vec<Queue>, Vec<Queue>) = Queue::ALL
         .into_iter()
-        .partition(|k| may_see_kind(&principal, *k));
-    let kinds = match query.kind {
-        Some(kind) if !visible.contains(&kind) => {
-            return Err(ApiError::Forbidden(format!(
-                "this token needs the {} scope to see {} jobs",
-                scope_for(kind).name(),
-                kind.name()
-            )));
+        .partition(|q| may_see_queue(&principal, *q));
+    let kind = match query.kind.as_deref() {
+        Some(name) => Some(berth_jobs::kinds::find(name).ok_or_else(|| {
+            let known: Vec<&str> = berth_jobs::kinds::CATALOG.iter().map(|k| k.name).collect();
+            ApiError::validation(vec![FieldError::new(
+                "kind",
+                format!("unknown job kind; known: {}", known.join(", ")),
+            )])
+        })?),
+        None => None,
+    };
+    for queue in kind.map(|k| k.queue).into_iter().chain(query.queue) {
+        if !visible.contains(&queue) {
+            return Err(needs_scope(queue, query.kind.as_deref().unwrap_or(queue.name())));
         }
-        Some(kind) => vec![kind],
+    }
+    let queues = match query.queue {
+        Some(queue) => vec![queue],
         None => visible,
     };
     let filter = JobFilter {
         owner_user_id: (!sees_all_owners(&principal)).then(|| principal.user_id()),
-        kinds: Some(kinds),
+        queues: Some(queues),
+        kind: kind.map(|k| k.name.to_owned()),
         state: query.state,
     };
     let (items, total) = store::list(&state.pool, &filter, page.offset(), page.limit).await?;
     Ok(Envelope::ok(JobsPage {
         page: Page::new(items, page, total),
-        hidden_kinds: hidden
-            .into_iter()
-            .map(|kind| HiddenKind {
-                kind,
-                needs_scope: scope_for(kind).name().to_owned(),
+        hidden_kinds: berth_jobs::kinds::CATALOG
+            .iter()
+            .filter(|k| hidden.contains(&k.queue))
+            .map(|k| HiddenKind {
+                kind: k.name,
+                queue: k.queue,
+                needs_scope: scope_for(k.queue).name().to_owned(),
             })
             .collect(),
     }))

@@ -4,7 +4,7 @@
 
 use axum::extract::State;
 use berth_jobs::store::{self, NewJob};
-use berth_jobs::{Enqueued, ServerAction, ServerJob, server_secret_binding};
+use berth_jobs::{Enqueued, ServerValidate, server_secret_binding};
 use berth_ssh::command::{check_host, check_username};
 use berth_ssh::keys::inspect_private_key;
 use chrono::{DateTime, Utc};
@@ -240,10 +240,7 @@ async fn enqueue_validation(
     principal: &Principal,
     id: Uuid,
 ) -> Result<Enqueued, ApiError> {
-    let job = NewJob::new(ServerJob {
-        server_id: id,
-        action: ServerAction::Validate,
-    })
+    let job = NewJob::new(ServerValidate { server_id: id })
     .owner(principal.user_id())
     .server(id)
     .dedupe_key(format!("validate:{id}"));

@@ -326,7 +326,9 @@ async fn api_tokens_do_only_what_their_scopes_allow() {
     .unwrap();
     let (status, _) = get_as(app, &token, &format!("/api/v1/jobs/{}", mail.id)).await;
     assert_eq!(status, 403, "an email job needs the admin scope");
-    let (status, _) = get_as(app, &token, "/api/v1/jobs?kind=email").await;
+    let (status, _) = get_as(app, &token, "/api/v1/jobs?kind=email.send").await;
+    assert_eq!(status, 403);
+    let (status, _) = get_as(app, &token, "/api/v1/jobs?queue=email").await;
     assert_eq!(status, 403);
     let (status, body) = get_as(app, &token, "/api/v1/jobs").await;
     assert_eq!(
@@ -337,11 +339,11 @@ async fn api_tokens_do_only_what_their_scopes_allow() {
     // The empty page says what it left out, and why.
     let hidden = body["data"]["hiddenKinds"].as_array().unwrap();
     assert!(
-        hidden.contains(&json!({"kind": "email", "needsScope": "admin"})),
+        hidden.contains(&json!({"kind": "email.send", "queue": "email", "needsScope": "admin"})),
         "{body}"
     );
     assert!(
-        !hidden.iter().any(|h| h["kind"] == "probe"),
+        !hidden.iter().any(|h| h["queue"] == "probe"),
         "servers:write covers probes: {body}"
     );
     let (status, body) = get_as(app, &session, &format!("/api/v1/jobs/{}", mail.id)).await;
@@ -435,7 +437,8 @@ async fn jobs_are_visible_to_their_owner_and_admins_only() {
 
     let (status, body) = get_as(app, &own, &format!("/api/v1/jobs/{}", ids[0])).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body["data"]["kind"], "diagnostic");
+    assert_eq!(body["data"]["kind"], "diagnostic.sleep");
+    assert_eq!(body["data"]["queue"], "diagnostic");
     assert_eq!(body["data"]["state"], "queued");
     assert_eq!(body["data"]["attempts"], 0);
     assert!(body["data"]["createdAt"].is_string());
@@ -456,7 +459,7 @@ async fn jobs_are_visible_to_their_owner_and_admins_only() {
     let (_, body) = get_as(
         app,
         &own,
-        "/api/v1/jobs?kind=diagnostic&state=queued&limit=1",
+        "/api/v1/jobs?kind=diagnostic.sleep&state=queued&limit=1",
     )
     .await;
     assert_eq!(body["data"]["total"], 2);
@@ -472,8 +475,15 @@ async fn jobs_are_visible_to_their_owner_and_admins_only() {
     assert_eq!(body["data"]["total"], 0);
     let (_, body) = get_as(app, &admin, "/api/v1/jobs").await;
     assert_eq!(body["data"]["total"], 2);
+    let (_, body) = get_as(app, &own, "/api/v1/jobs?queue=diagnostic").await;
+    assert_eq!(body["data"]["total"], 2);
+    let (_, body) = get_as(app, &own, "/api/v1/jobs?kind=server.probe").await;
+    assert_eq!(body["data"]["total"], 0, "a kind filters by kind, not queue");
     let (status, body) = get_as(app, &own, "/api/v1/jobs?kind=nonsense").await;
     assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("server.validate"), "known kinds listed: {body}");
+    // The old queue-as-kind names are queues now, not kinds.
+    assert_eq!(get_as(app, &own, "/api/v1/jobs?kind=diagnostic").await.0, 400);
     assert_eq!(get_as(app, &own, "/api/v1/jobs?state=done").await.0, 400);
     assert_eq!(app.get("/api/v1/jobs").await.status(), 401);
 }

@@ -155,11 +155,11 @@ async fn email_is_delivered_over_smtp_and_counted_in_metrics() {
     let text = res.text().await.unwrap();
     assert!(text.contains("berth_http_requests_total{method=\"GET\",route=\"/api/v1/health/live\",status=\"200\"} 1"), "{text}");
     assert!(
-        text.contains("berth_jobs_finished_total{kind=\"email\",outcome=\"succeeded\"} 1"),
+        text.contains("berth_jobs_finished_total{kind=\"email.send\",outcome=\"succeeded\"} 1"),
         "{text}"
     );
     assert!(
-        text.contains("berth_job_duration_seconds_count{kind=\"email\",outcome=\"succeeded\"} 1"),
+        text.contains("berth_job_duration_seconds_count{kind=\"email.send\",outcome=\"succeeded\"} 1"),
         "{text}"
     );
     assert!(
@@ -195,7 +195,7 @@ async fn email_is_delivered_over_smtp_and_counted_in_metrics() {
     assert!(store::get(&db.pool, &id).await.unwrap().is_none());
     let text = app.get("/metrics").await.text().await.unwrap();
     assert!(
-        text.contains("berth_jobs_finished_total{kind=\"email\",outcome=\"succeeded\"} 1"),
+        text.contains("berth_jobs_finished_total{kind=\"email.send\",outcome=\"succeeded\"} 1"),
         "{text}"
     );
 }

@@ -193,7 +193,7 @@ async fn guess_second_factors(
     .await
     .unwrap();
     let mails: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM jobs WHERE kind = 'email' AND owner_user_id = $1 \
+        "SELECT count(*) FROM jobs WHERE kind = 'email.send' AND owner_user_id = $1 \
          AND payload::text LIKE '%Repeated wrong sign-in codes%'",
     )
     .bind(id)

@@ -356,7 +356,7 @@ async fn the_websocket_carries_the_users_events_and_nobody_elses() {
     assert_eq!(notification["data"]["kind"], "server_offline");
     assert!(
         seen.iter().any(|e| e["type"] == "job"
-            && e["data"]["kind"] == "probe"
+            && e["data"]["kind"] == "server.probe"
             && e["data"]["serverId"] == id.as_str()
             && e["data"]["deploymentId"].is_null()),
         "job state changes too, naming their server: {seen:?}"
@@ -399,7 +399,7 @@ async fn the_scheduler_probes_every_server_without_piling_up() {
     tokio::time::sleep(Duration::from_secs(4)).await;
     for id in &ids {
         let pending: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM jobs WHERE kind = 'probe' AND server_id = $1::uuid AND state IN ('queued', 'running')",
+            "SELECT count(*) FROM jobs WHERE kind = 'server.probe' AND server_id = $1::uuid AND state IN ('queued', 'running')",
         )
         .bind(id)
         .fetch_one(&fleet.stack.db.pool)

@@ -29,7 +29,8 @@ async fn onboarding_with_a_key_and_with_a_password() {
     assert_eq!(body["data"]["server"]["status"], "pending");
     let job = w.job_done(body["data"]["jobId"].as_str().unwrap()).await;
     assert_eq!(job["state"], "succeeded", "{job}");
-    assert_eq!(job["kind"], "probe");
+    assert_eq!(job["kind"], "server.validate");
+    assert_eq!(job["queue"], "probe");
 
     let server = w.server(&id).await;
     assert_eq!(server["status"], "online", "{server}");

@@ -1,0 +1,19 @@
+//! Every job kind this worker build runs: one line per kind.
+
+use std::sync::Arc;
+
+use berth_jobs::runtime::{DuplicateKind, Registry};
+
+use crate::diagnostic::DiagnosticSleep;
+use crate::email::{Mailer, SendEmail};
+use crate::server_probe::ProbeServer;
+use crate::server_validate::ValidateServer;
+use crate::servers::ServerJobs;
+
+pub fn registry(mailer: Arc<Mailer>, servers: Arc<ServerJobs>) -> Result<Registry, DuplicateKind> {
+    Registry::new()
+        .with(SendEmail(mailer))?
+        .with(DiagnosticSleep)?
+        .with(ValidateServer(servers.clone()))?
+        .with(ProbeServer(servers))
+}

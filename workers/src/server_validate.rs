@@ -1,0 +1,139 @@
+//! `server.validate`: connect, pin the host key on the first success, record
+//! OS, architecture, docker and nginx, and take the first sample.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_jobs::ServerValidate;
+use berth_jobs::runtime::{JobContext, JobFailure, JobHandler};
+use berth_ssh::{ShellCommand, SshError};
+
+use crate::probe::{self, PROBE_DEADLINE};
+use crate::servers::ServerJobs;
+
+/// Fixed text: what validation asks a server.
+const FACTS: &str = "if [ -r /etc/os-release ]; then . /etc/os-release; fi; \
+    echo \"os=${PRETTY_NAME:-$(uname -s)}\"; echo \"arch=$(uname -m)\"; \
+    if command -v docker >/dev/null 2>&1; then echo \"docker=$(docker --version 2>/dev/null | head -n 1)\"; fi; \
+    if command -v nginx >/dev/null 2>&1; then echo \"nginx=$(nginx -v 2>&1 | head -n 1)\"; fi";
+const FACTS_DEADLINE: Duration = Duration::from_secs(30);
+
+/// What validation learned.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Facts {
+    pub os: Option<String>,
+    pub arch: Option<String>,
+    pub docker: Option<String>,
+    pub nginx: Option<String>,
+}
+
+pub fn parse_facts(output: &str) -> Facts {
+    let mut facts = Facts::default();
+    for line in output.lines() {
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        let value =
+            Some(value.trim().chars().take(200).collect::<String>()).filter(|v| !v.is_empty());
+        match key {
+            "os" => facts.os = value,
+            "arch" => facts.arch = value,
+            "docker" => facts.docker = value,
+            "nginx" => facts.nginx = value,
+            _ => {}
+        }
+    }
+    facts
+}
+
+pub struct ValidateServer(pub Arc<ServerJobs>);
+
+impl JobHandler for ValidateServer {
+    type Job = ServerValidate;
+
+    async fn run(&self, job: ServerValidate, _ctx: JobContext) -> Result<(), JobFailure> {
+        let (servers, id) = (&self.0, job.server_id);
+        let Some(row) = servers.load(id).await? else {
+            // Deleted since: nothing to validate.
+            return Ok(());
+        };
+        let facts = async {
+            let conn = servers.connect(&row).await?;
+            let output = conn.exec(&ShellCommand::new(FACTS), FACTS_DEADLINE).await?;
+            let facts = parse_facts(&output.stdout);
+            // The first sample, on the same connection, so health is there at once.
+            let sample = match conn
+                .exec(&ShellCommand::new(probe::PROBE_COMMAND), PROBE_DEADLINE)
+                .await
+                .and_then(|out| probe::parse(&out.stdout).map_err(SshError::Protocol))
+            {
+                Ok(sample) => Some(sample),
+                Err(e) => {
+                    tracing::warn!(error = %e, server = %row.id, "validated, but the first probe failed");
+                    None
+                }
+            };
+            Ok::<_, SshError>((conn.host_key().to_owned(), facts, sample))
+        }
+        .await;
+        let (host_key, facts, sample) = match facts {
+            Ok(found) => found,
+            Err(error) => {
+                if let Err(e) = servers.record(&row, Err(&error), false).await {
+                    tracing::warn!(error = %e, server = %row.id, "cannot record the server's state");
+                }
+                return Err(ServerJobs::failure(&error));
+            }
+        };
+        sqlx::query(
+            "UPDATE servers SET host_key = COALESCE(host_key, $2), os = $3, arch = $4,                docker_version = $5, nginx_version = $6, validated_at = now() WHERE id = $1",
+        )
+        .bind(id)
+        .bind(&host_key)
+        .bind(&facts.os)
+        .bind(&facts.arch)
+        .bind(&facts.docker)
+        .bind(&facts.nginx)
+        .execute(&servers.pool)
+        .await
+        .map_err(|e| JobFailure::retryable(format!("cannot record the validation: {e}")))?;
+        servers.record(&row, Ok(sample.as_ref()), sample.is_some())
+            .await
+            .map_err(|e| JobFailure::retryable(format!("cannot record the validation: {e}")))
+    }
+
+    /// A validation that ended failed without recording why (its worker died
+    /// at the attempt cap) must not leave the server `pending` for ever.
+    async fn failed(&self, job: ServerValidate, error: String) {
+        let updated = sqlx::query(
+            "UPDATE servers SET status = 'error', status_reason = $2, updated_at = now() \
+             WHERE id = $1 AND status = 'pending'",
+        )
+        .bind(job.server_id)
+        .bind(format!("validation failed: {error}"))
+        .execute(&self.0.pool)
+        .await;
+        if let Err(e) = updated {
+            tracing::warn!(error = %e, server = %job.server_id, "cannot record the failed validation");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn facts() {
+        let facts = parse_facts(
+            "os=Debian GNU/Linux 12 (bookworm)\narch=x86_64\ndocker=Docker version 28.2.2, build e6534b4\nnoise\n",
+        );
+        assert_eq!(facts.os.as_deref(), Some("Debian GNU/Linux 12 (bookworm)"));
+        assert_eq!(facts.arch.as_deref(), Some("x86_64"));
+        assert_eq!(
+            facts.docker.as_deref(),
+            Some("Docker version 28.2.2, build e6534b4")
+        );
+        assert_eq!(facts.nginx, None);
+    }
+}
