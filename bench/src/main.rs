@@ -185,7 +185,7 @@ async fn enqueue_round(setup: &Setup) -> anyhow::Result<f64> {
         clients.push(tokio::spawn(async move {
             let mut n = 0u64;
             while Instant::now() < deadline {
-                jobs.enqueue(NewJob::new(DiagnosticJob { sleep_ms: 0 }))
+                jobs.enqueue(NewJob::new(DiagnosticJob::sleeping(0)))
                     .await?;
                 n += 1;
             }
@@ -306,12 +306,7 @@ async fn berth_worker_round(setup: &Setup, concurrency: usize) -> anyhow::Result
     let policies = Policies::defaults();
     let mut tx = setup.pool.begin().await?;
     for _ in 0..setup.jobs {
-        store::enqueue(
-            &mut tx,
-            &policies,
-            NewJob::new(DiagnosticJob { sleep_ms: 0 }),
-        )
-        .await?;
+        store::enqueue(&mut tx, &policies, NewJob::new(DiagnosticJob::sleeping(0))).await?;
     }
     tx.commit().await?;
     // Past the sweep's grace, so the drain below pushes them all.
@@ -433,7 +428,7 @@ async fn latency_with_idle_worker(setup: &Setup) -> anyhow::Result<()> {
     let pid = worker.id().context("worker pid")?;
 
     let warmup = jobs
-        .enqueue(NewJob::new(DiagnosticJob { sleep_ms: 0 }))
+        .enqueue(NewJob::new(DiagnosticJob::sleeping(0)))
         .await?
         .id;
     wait_succeeded(&setup.pool, &warmup).await?;
@@ -448,7 +443,7 @@ async fn latency_with_idle_worker(setup: &Setup) -> anyhow::Result<()> {
     let mut latencies = Vec::new();
     for i in 0..200u64 {
         let id = jobs
-            .enqueue(NewJob::new(DiagnosticJob { sleep_ms: 0 }))
+            .enqueue(NewJob::new(DiagnosticJob::sleeping(0)))
             .await?
             .id;
         wait_succeeded(&setup.pool, &id).await?;

@@ -103,8 +103,8 @@ pub async fn probes(setup: &Setup) -> anyhow::Result<()> {
         let enqueued = futures::future::join_all(servers.iter().map(|id| {
             jobs.enqueue(
                 NewJob::new(ServerProbe { server_id: *id })
-                .owner(user)
-                .server(*id),
+                    .owner(user)
+                    .server(*id),
             )
         }))
         .await;

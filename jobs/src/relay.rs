@@ -109,7 +109,8 @@ impl Relay {
         let rows: Vec<(String, String, String)> = sqlx::query_as(
             "SELECT delivery_id, id, queue FROM jobs \
              WHERE state = 'queued' AND pushed_at IS NULL AND run_after <= now() \
-               AND (attempts > 0 OR updated_at < now() - make_interval(secs => $2)) \
+               AND (attempts > 0 OR waiting_for IS NOT NULL \
+                    OR updated_at < now() - make_interval(secs => $2)) \
              ORDER BY run_after LIMIT $1 FOR UPDATE SKIP LOCKED",
         )
         .bind(BATCH)

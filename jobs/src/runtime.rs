@@ -642,3 +642,38 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "unknown panic".into())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::DiagnosticJob;
+
+    struct Sleeps;
+
+    impl JobHandler for Sleeps {
+        type Job = DiagnosticJob;
+
+        async fn run(&self, _job: DiagnosticJob, _ctx: JobContext) -> Result<(), JobFailure> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_kind_registered_twice_is_refused() {
+        let registry = Registry::new().with(Sleeps).unwrap();
+        let err = registry
+            .with(Sleeps)
+            .err()
+            .expect("a second handler is refused");
+        assert_eq!(err.0, "diagnostic.sleep");
+    }
+
+    #[test]
+    fn a_queue_needs_a_handler_for_every_kind_it_carries() {
+        let registry = Registry::new().with(Sleeps).unwrap();
+        assert_eq!(registry.queues(), vec![Queue::Diagnostic]);
+        registry.check_serves(Queue::Diagnostic).unwrap();
+        let err = registry.check_serves(Queue::Probe).unwrap_err().to_string();
+        assert!(err.contains("server.validate"), "{err}");
+    }
+}

@@ -134,6 +134,8 @@ pub struct JobRow {
     server_id: Option<Uuid>,
     deployment_id: Option<Uuid>,
     dedupe_key: Option<String>,
+    concurrency_key: Option<String>,
+    supersedable: bool,
 }
 
 impl JobRow {
@@ -152,6 +154,8 @@ impl JobRow {
             server_id: job.server_id,
             deployment_id: job.deployment_id,
             dedupe_key: job.dedupe_key,
+            concurrency_key: job.payload.concurrency_key(),
+            supersedable: job.payload.superseded_by_newer(),
         })
     }
 }
@@ -189,6 +193,8 @@ pub async fn insert(
         Vec::with_capacity(rows.len()),
         Vec::with_capacity(rows.len()),
         Vec::with_capacity(rows.len()),
+        Vec::with_capacity(rows.len()),
+        Vec::with_capacity(rows.len()),
     );
     for row in &rows {
         columns.0.push(row.id.clone());
@@ -201,14 +207,18 @@ pub async fn insert(
         columns.6.push(row.server_id);
         columns.7.push(row.deployment_id);
         columns.8.push(row.dedupe_key.clone());
+        columns.10.push(row.concurrency_key.clone());
+        columns.11.push(row.supersedable);
     }
     let inserted: Vec<String> = sqlx::query_scalar(
         "INSERT INTO jobs (id, kind, queue, payload, delivery_id, max_attempts, timeout_ms, \
-                           owner_user_id, server_id, deployment_id, dedupe_key) \
-         SELECT id, kind, queue, payload, id, max_attempts, timeout_ms, owner_user_id, server_id, deployment_id, dedupe_key \
+                           owner_user_id, server_id, deployment_id, dedupe_key, concurrency_key, supersedable) \
+         SELECT id, kind, queue, payload, id, max_attempts, timeout_ms, owner_user_id, server_id, deployment_id, \
+                dedupe_key, concurrency_key, supersedable \
          FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::int[], $5::bigint[], \
-                     $6::uuid[], $7::uuid[], $8::uuid[], $9::text[], $10::text[]) \
-              AS r(id, kind, payload, max_attempts, timeout_ms, owner_user_id, server_id, deployment_id, dedupe_key, queue) \
+                     $6::uuid[], $7::uuid[], $8::uuid[], $9::text[], $10::text[], $11::text[], $12::bool[]) \
+              AS r(id, kind, payload, max_attempts, timeout_ms, owner_user_id, server_id, deployment_id, dedupe_key, \
+                   queue, concurrency_key, supersedable) \
          ON CONFLICT (dedupe_key) WHERE dedupe_key IS NOT NULL AND state IN ('queued', 'running') \
          DO NOTHING RETURNING id",
     )
@@ -222,9 +232,31 @@ pub async fn insert(
     .bind(&columns.7)
     .bind(&columns.8)
     .bind(&columns.9)
+    .bind(&columns.10)
+    .bind(&columns.11)
     .fetch_all(&mut *conn)
     .await?;
     let inserted: std::collections::HashSet<String> = inserted.into_iter().collect();
+    // A new keyed job supersedes the older queued ones of its key that said
+    // a newer one may (the newest row of a key in this call wins).
+    let (keys, newest): (Vec<String>, Vec<String>) = rows
+        .iter()
+        .filter(|r| inserted.contains(&r.id))
+        .filter_map(|r| Some((r.concurrency_key.clone()?, r.id.clone())))
+        .unzip();
+    if !keys.is_empty() {
+        sqlx::query(
+            "WITH n AS (SELECT key, max(id) AS id FROM unnest($1::text[], $2::text[]) AS n(key, id) GROUP BY key) \
+             UPDATE jobs j SET state = 'cancelled', finished_at = now(), updated_at = now(), \
+                 last_error = 'superseded by job ' || n.id \
+             FROM n WHERE j.concurrency_key = n.key AND j.state = 'queued' AND j.supersedable \
+               AND j.id < n.id",
+        )
+        .bind(&keys)
+        .bind(&newest)
+        .execute(&mut *conn)
+        .await?;
+    }
     let deduped: Vec<String> = rows
         .iter()
         .filter(|r| !inserted.contains(&r.id))
@@ -441,6 +473,11 @@ pub async fn claim(
     Ok(claimed.remove(0))
 }
 
+/// How long a job waiting for its concurrency key is put back for at most:
+/// the key's release makes the next in line due at once, so this only covers
+/// a release that was missed.
+const KEY_WAIT: Duration = Duration::from_secs(30);
+
 /// How many running jobs of one kind a single owner may hold, and how long a
 /// job over that share waits before it is offered again.
 #[derive(Debug, Clone, Copy)]
@@ -472,8 +509,10 @@ pub async fn claim_many(
         .map(|_| Ulid::generate().to_string())
         .collect();
     // `over`: queued jobs whose owner already runs `per_user_running` jobs of
-    // this kind, counting those earlier in this batch. They are put back under
-    // a new delivery id, due a moment later, without using an attempt.
+    // this queue, counting those earlier in this batch. `waiting`: keyed jobs
+    // whose key another job holds, or that are not first in their key's line.
+    // Both are put back under a new delivery id, due later, without using an
+    // attempt; a key's release makes the next in its line due at once.
     let rows = sqlx::query(
         "WITH d AS (SELECT DISTINCT ON (id, delivery_id) id, delivery_id, fresh \
                     FROM unnest($1::text[], $2::text[], $4::text[]) AS d(id, delivery_id, fresh)), \
@@ -487,9 +526,26 @@ pub async fn claim_many(
                   GROUP BY owner_user_id), \
          over AS (SELECT cand.id, cand.fresh FROM cand LEFT JOIN busy USING (owner_user_id) \
                   WHERE COALESCE(busy.running, 0) + cand.nth > $6), \
-         deferred AS (UPDATE jobs j SET delivery_id = over.fresh, pushed_at = NULL, \
-                          run_after = now() + make_interval(secs => $7), updated_at = now() \
-                      FROM over WHERE j.id = over.id RETURNING j.id) \
+         keyed AS (SELECT j.id, d.fresh, j.concurrency_key AS key, j.state \
+                   FROM jobs j JOIN d ON j.id = d.id AND j.delivery_id = d.delivery_id \
+                   WHERE j.state IN ('queued', 'running') AND j.concurrency_key IS NOT NULL \
+                     AND j.id NOT IN (SELECT id FROM over)), \
+         in_line AS (SELECT k.id, k.key FROM keyed k WHERE k.state = 'queued' AND NOT EXISTS \
+                     (SELECT 1 FROM jobs o WHERE o.concurrency_key = k.key AND o.state = 'queued' \
+                        AND o.id < k.id)), \
+         took AS (INSERT INTO job_keys (key, job_id) \
+                  SELECT DISTINCT ON (key) key, id FROM in_line ORDER BY key, id \
+                  ON CONFLICT (key) DO NOTHING RETURNING job_id), \
+         holds AS (SELECT k.id FROM keyed k JOIN job_keys h ON h.key = k.key AND h.job_id = k.id), \
+         waiting AS (SELECT id, fresh, key FROM keyed WHERE state = 'queued' \
+                     AND id NOT IN (SELECT job_id FROM took) AND id NOT IN (SELECT id FROM holds)), \
+         held_back AS (SELECT id, fresh, $7::float8 AS secs, \
+                              'its owner''s other jobs hold this queue''s share' AS why FROM over \
+                       UNION ALL \
+                       SELECT id, fresh, $8::float8, 'its turn on ' || key FROM waiting), \
+         deferred AS (UPDATE jobs j SET delivery_id = b.fresh, pushed_at = NULL, waiting_for = b.why, \
+                          run_after = now() + make_interval(secs => b.secs), updated_at = now() \
+                      FROM held_back b WHERE j.id = b.id RETURNING j.id) \
          UPDATE jobs j SET state = 'running', attempts = j.attempts + 1, started_at = now(), waiting_for = NULL, \
              worker = $3, pushed_at = COALESCE(j.pushed_at, now()), updated_at = now() \
          FROM d \
@@ -505,6 +561,7 @@ pub async fn claim_many(
     .bind(fairness.queue.name())
     .bind(i64::try_from(fairness.per_user_running).unwrap_or(i64::MAX))
     .bind(fairness.deferral.as_secs_f64())
+    .bind(KEY_WAIT.as_secs_f64())
     .fetch_all(pool)
     .await?;
     let mut claimed = std::collections::HashMap::new();
@@ -770,6 +827,13 @@ pub async fn reconcile(
         .await?;
         outcome.requeued += 1;
     }
+    // A claim that took a key but lost its row to a concurrent change (a
+    // cancel between the two) leaves the key with a job that is not running.
+    sqlx::query(
+        "DELETE FROM job_keys k USING jobs j WHERE j.id = k.job_id AND j.state <> 'running'",
+    )
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     Ok(outcome)
 }

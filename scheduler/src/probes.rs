@@ -18,9 +18,9 @@ pub async fn enqueue_probes(pool: &PgPool, jobs: &JobClient) -> anyhow::Result<u
     let enqueued = futures::future::join_all(servers.iter().map(|(server, owner)| {
         jobs.enqueue(
             NewJob::new(ServerProbe { server_id: *server })
-            .owner(*owner)
-            .server(*server)
-            .dedupe_key(format!("probe:{server}")),
+                .owner(*owner)
+                .server(*server)
+                .dedupe_key(format!("probe:{server}")),
         )
     }))
     .await;

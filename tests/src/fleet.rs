@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use berth_jobs::store::NewJob;
 use berth_jobs::ServerProbe;
+use berth_jobs::store::NewJob;
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -105,8 +105,8 @@ impl Fleet {
             .jobs
             .enqueue(
                 NewJob::new(ServerProbe { server_id: server })
-                .owner(owner)
-                .server(server),
+                    .owner(owner)
+                    .server(server),
             )
             .await
             .expect("enqueue a probe");

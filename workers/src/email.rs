@@ -235,6 +235,17 @@ impl Mailer {
     }
 }
 
+/// `email.send`.
+pub struct SendEmail(pub Arc<Mailer>);
+
+impl JobHandler for SendEmail {
+    type Job = EmailJob;
+
+    async fn run(&self, job: EmailJob, _ctx: JobContext) -> Result<(), JobFailure> {
+        self.0.send(job).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -318,16 +329,5 @@ mod tests {
         );
         let err = mailer().render("eve@example.test", &message).unwrap_err();
         assert!(matches!(err, RenderError::Sealed(_)), "{err}");
-    }
-}
-
-/// `email.send`.
-pub struct SendEmail(pub Arc<Mailer>);
-
-impl JobHandler for SendEmail {
-    type Job = EmailJob;
-
-    async fn run(&self, job: EmailJob, _ctx: JobContext) -> Result<(), JobFailure> {
-        self.0.send(job).await
     }
 }

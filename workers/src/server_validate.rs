@@ -97,7 +97,8 @@ impl JobHandler for ValidateServer {
         .execute(&servers.pool)
         .await
         .map_err(|e| JobFailure::retryable(format!("cannot record the validation: {e}")))?;
-        servers.record(&row, Ok(sample.as_ref()), sample.is_some())
+        servers
+            .record(&row, Ok(sample.as_ref()), sample.is_some())
             .await
             .map_err(|e| JobFailure::retryable(format!("cannot record the validation: {e}")))
     }

@@ -133,7 +133,10 @@ pub async fn list_jobs(
     };
     for queue in kind.map(|k| k.queue).into_iter().chain(query.queue) {
         if !visible.contains(&queue) {
-            return Err(needs_scope(queue, query.kind.as_deref().unwrap_or(queue.name())));
+            return Err(needs_scope(
+                queue,
+                query.kind.as_deref().unwrap_or(queue.name()),
+            ));
         }
     }
     let queues = match query.queue {

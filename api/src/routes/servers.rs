@@ -241,9 +241,9 @@ async fn enqueue_validation(
     id: Uuid,
 ) -> Result<Enqueued, ApiError> {
     let job = NewJob::new(ServerValidate { server_id: id })
-    .owner(principal.user_id())
-    .server(id)
-    .dedupe_key(format!("validate:{id}"));
+        .owner(principal.user_id())
+        .server(id)
+        .dedupe_key(format!("validate:{id}"));
     Ok(store::enqueue(conn, state.jobs.policies(), job).await?)
 }
 

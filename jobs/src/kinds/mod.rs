@@ -35,6 +35,20 @@ pub trait JobPayload: Serialize + DeserializeOwned + Send + Sync + 'static {
     fn min_attempts(&self) -> u32 {
         1
     }
+
+    /// At most one job per key runs at a time, across all workers (e.g.
+    /// `deployment:<id>`); a later job with the key waits its turn without
+    /// spending an attempt.
+    fn concurrency_key(&self) -> Option<String> {
+        None
+    }
+
+    /// Whether a newer job enqueued with the same concurrency key cancels this
+    /// one while it is still queued (a newer deploy of the same app makes an
+    /// older waiting one pointless).
+    fn superseded_by_newer(&self) -> bool {
+        false
+    }
 }
 
 /// A kind as the api and the runtime see it, without its payload type.

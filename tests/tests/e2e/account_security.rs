@@ -425,7 +425,7 @@ async fn jobs_are_visible_to_their_owner_and_admins_only() {
         let job = store::enqueue(
             &mut conn,
             &policies,
-            NewJob::new(DiagnosticJob { sleep_ms }).owner(owner),
+            NewJob::new(DiagnosticJob::sleeping(sleep_ms)).owner(owner),
         )
         .await
         .unwrap();
@@ -478,12 +478,21 @@ async fn jobs_are_visible_to_their_owner_and_admins_only() {
     let (_, body) = get_as(app, &own, "/api/v1/jobs?queue=diagnostic").await;
     assert_eq!(body["data"]["total"], 2);
     let (_, body) = get_as(app, &own, "/api/v1/jobs?kind=server.probe").await;
-    assert_eq!(body["data"]["total"], 0, "a kind filters by kind, not queue");
+    assert_eq!(
+        body["data"]["total"], 0,
+        "a kind filters by kind, not queue"
+    );
     let (status, body) = get_as(app, &own, "/api/v1/jobs?kind=nonsense").await;
     assert_eq!(status, 400, "{body}");
-    assert!(body.to_string().contains("server.validate"), "known kinds listed: {body}");
+    assert!(
+        body.to_string().contains("server.validate"),
+        "known kinds listed: {body}"
+    );
     // The old queue-as-kind names are queues now, not kinds.
-    assert_eq!(get_as(app, &own, "/api/v1/jobs?kind=diagnostic").await.0, 400);
+    assert_eq!(
+        get_as(app, &own, "/api/v1/jobs?kind=diagnostic").await.0,
+        400
+    );
     assert_eq!(get_as(app, &own, "/api/v1/jobs?state=done").await.0, 400);
     assert_eq!(app.get("/api/v1/jobs").await.status(), 401);
 }
@@ -563,7 +572,7 @@ async fn profile_updates_and_account_deletion() {
     store::enqueue(
         &mut conn,
         &policies,
-        NewJob::new(DiagnosticJob { sleep_ms: 1 }).owner(id),
+        NewJob::new(DiagnosticJob::sleeping(1)).owner(id),
     )
     .await
     .unwrap();

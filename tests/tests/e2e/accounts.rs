@@ -136,10 +136,11 @@ async fn register_verify_by_mailed_code_then_sign_in_by_email_or_username() {
     }
 
     // The code travelled sealed: the job payload never holds it in the clear.
-    let payloads: Vec<Value> = sqlx::query_scalar("SELECT payload FROM jobs WHERE kind = 'email.send'")
-        .fetch_all(&stack.db.pool)
-        .await
-        .unwrap();
+    let payloads: Vec<Value> =
+        sqlx::query_scalar("SELECT payload FROM jobs WHERE kind = 'email.send'")
+            .fetch_all(&stack.db.pool)
+            .await
+            .unwrap();
     assert!(!payloads.is_empty());
     assert!(payloads.iter().all(|p| !p.to_string().contains(&code)));
     let stored: String =

@@ -2,90 +2,18 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use berth_e2e::accounts::{NewUser, create_user};
+use berth_e2e::pipeline::{
+    Pipeline, client, diagnostic_worker, enqueue_diagnostic, error_of, job, pipeline, wait_for,
+    worker_env,
+};
 use berth_e2e::{
     BerthProcess, SmtpSink, TestApp, TestDb, TestRedis, base_env, eventually, free_port,
 };
 use berth_jobs::relay::Relay;
 use berth_jobs::store::{self, NewJob};
-use berth_jobs::{
-    CodePurpose, DiagnosticJob, EmailJob, EmailMessage, JobClient, JobRecord, JobState, Policies,
-    Sealed,
-};
+use berth_jobs::{CodePurpose, DiagnosticJob, EmailJob, EmailMessage, JobState, Sealed};
 use nix::sys::signal::Signal;
-use sqlx::PgPool;
 use uuid::Uuid;
-
-fn worker_env(db: &TestDb, redis: &TestRedis, extra: &[(&str, &str)]) -> HashMap<String, String> {
-    let mut env = base_env(db, redis);
-    for (k, v) in [
-        ("BERTH_WORKER_HEARTBEAT_MS", "1000"),
-        ("BERTH_WORKER_MISSED_HEARTBEATS", "2"),
-        ("BERTH_MAIL_DIR", "/nonexistent/unused"),
-    ]
-    .iter()
-    .chain(extra)
-    {
-        env.insert(k.to_string(), v.to_string());
-    }
-    env
-}
-
-/// A test database and Redis, the worker settings and the job policies they imply.
-struct Pipeline {
-    db: TestDb,
-    redis: TestRedis,
-    env: HashMap<String, String>,
-    jobs: JobClient,
-}
-
-async fn pipeline(extra: &[(&str, &str)]) -> Pipeline {
-    let db = TestDb::new().await;
-    let redis = TestRedis::start().await;
-    let env = worker_env(&db, &redis, extra);
-    let jobs = client(&db, &redis, &env).await;
-    Pipeline {
-        db,
-        redis,
-        env,
-        jobs,
-    }
-}
-
-/// Enqueues with the policies a worker with `env` uses.
-async fn client(db: &TestDb, redis: &TestRedis, env: &HashMap<String, String>) -> JobClient {
-    let policies = Policies::from_env(&berth_config::Env::from_map(env.clone())).unwrap();
-    let conn = berth_jobs::redis_conn::connect(&redis.url()).await.unwrap();
-    JobClient::new(db.pool.clone(), conn, policies)
-}
-
-fn diagnostic_worker(env: &HashMap<String, String>) -> BerthProcess {
-    BerthProcess::spawn("berth-worker", &["--queues", "diagnostic"], env)
-}
-
-async fn job(pool: &PgPool, id: &str) -> JobRecord {
-    store::get(pool, id).await.unwrap().expect("job exists")
-}
-
-/// The job's recorded error; empty when it has none.
-fn error_of(record: &JobRecord) -> &str {
-    record.error.as_deref().unwrap_or_default()
-}
-
-async fn wait_for(pool: &PgPool, id: &str, state: JobState, timeout: Duration) -> JobRecord {
-    let what = format!("job {id} to be {}", state.name());
-    eventually(timeout, &what, || async {
-        job(pool, id).await.state == state
-    })
-    .await;
-    job(pool, id).await
-}
-
-async fn enqueue_diagnostic(jobs: &JobClient, sleep_ms: u64) -> String {
-    jobs.enqueue(NewJob::new(DiagnosticJob { sleep_ms }))
-        .await
-        .unwrap()
-        .id
-}
 
 fn email(to: &str, code: &str) -> NewJob<EmailJob> {
     NewJob::new(EmailJob {
@@ -159,7 +87,9 @@ async fn email_is_delivered_over_smtp_and_counted_in_metrics() {
         "{text}"
     );
     assert!(
-        text.contains("berth_job_duration_seconds_count{kind=\"email.send\",outcome=\"succeeded\"} 1"),
+        text.contains(
+            "berth_job_duration_seconds_count{kind=\"email.send\",outcome=\"succeeded\"} 1"
+        ),
         "{text}"
     );
     assert!(
@@ -460,7 +390,7 @@ async fn duplicate_and_stale_deliveries_never_run() {
     let enqueued = store::enqueue(
         &mut tx,
         jobs.policies(),
-        NewJob::new(DiagnosticJob { sleep_ms: 0 }),
+        NewJob::new(DiagnosticJob::sleeping(0)),
     )
     .await
     .unwrap();
@@ -514,7 +444,7 @@ async fn duplicate_and_stale_deliveries_never_run() {
     assert_eq!(job(&db.pool, &cancelled).await.state, JobState::Cancelled);
 
     // One pending job per dedupe key.
-    let probe = || NewJob::new(DiagnosticJob { sleep_ms: 0 }).dedupe_key("probe:1");
+    let probe = || NewJob::new(DiagnosticJob::sleeping(0)).dedupe_key("probe:1");
     let first = jobs.enqueue(probe()).await.unwrap();
     let second = jobs.enqueue(probe()).await.unwrap();
     assert!(first.created() && !second.created());
@@ -524,7 +454,7 @@ async fn duplicate_and_stale_deliveries_never_run() {
     let racers = (0..20).map(|_| {
         let jobs = jobs.clone();
         tokio::spawn(async move {
-            let job = NewJob::new(DiagnosticJob { sleep_ms: 0 }).dedupe_key("probe:2");
+            let job = NewJob::new(DiagnosticJob::sleeping(0)).dedupe_key("probe:2");
             jobs.enqueue(job).await.unwrap()
         })
     });
@@ -572,7 +502,7 @@ async fn the_reconciler_recovers_jobs_redis_lost() {
     let stuck = store::enqueue(
         &mut tx,
         jobs.policies(),
-        NewJob::new(DiagnosticJob { sleep_ms: 0 }),
+        NewJob::new(DiagnosticJob::sleeping(0)),
     )
     .await
     .unwrap()
@@ -644,7 +574,7 @@ async fn nine_thousand_due_jobs_do_not_stop_a_worker() {
         store::enqueue(
             &mut tx,
             jobs.policies(),
-            NewJob::new(DiagnosticJob { sleep_ms: 0 }),
+            NewJob::new(DiagnosticJob::sleeping(0)),
         )
         .await
         .unwrap();
@@ -677,7 +607,7 @@ async fn one_owner_cannot_hold_every_slot_of_a_queue() {
     let other = create_user(&db, NewUser::verified("other@example.test")).await;
     let mut busy_jobs = Vec::new();
     for _ in 0..6 {
-        let job = NewJob::new(DiagnosticJob { sleep_ms: 1500 }).owner(busy);
+        let job = NewJob::new(DiagnosticJob::sleeping(1500)).owner(busy);
         busy_jobs.push(jobs.enqueue(job).await.unwrap().id);
     }
     let _worker = diagnostic_worker(&env);
@@ -702,7 +632,7 @@ async fn one_owner_cannot_hold_every_slot_of_a_queue() {
     // The busy owner holds two of the worker's eight slots; another owner's
     // job starts at once.
     let theirs = jobs
-        .enqueue(NewJob::new(DiagnosticJob { sleep_ms: 0 }).owner(other))
+        .enqueue(NewJob::new(DiagnosticJob::sleeping(0)).owner(other))
         .await
         .unwrap()
         .id;
