@@ -37,3 +37,7 @@ CREATE TRIGGER jobs_release_key AFTER UPDATE OF state ON jobs
     FOR EACH ROW WHEN (OLD.state = 'running' AND NEW.state <> 'running'
                        AND NEW.concurrency_key IS NOT NULL)
     EXECUTE FUNCTION jobs_release_key();
+
+-- Cancellation of a running job: the api sets this, the job's worker stops
+-- it (and its remote commands) and records it `cancelled`.
+ALTER TABLE jobs ADD COLUMN cancel_requested_at TIMESTAMPTZ;

@@ -230,6 +230,7 @@ async fn flood(sshd: &TestSshd) -> anyhow::Result<()> {
         .exec(
             &ShellCommand::new("head -c 419430400 /dev/zero | tr '\\0' x; echo"),
             Duration::from_secs(600),
+            &tokio_util::sync::CancellationToken::new(),
         )
         .await?;
     let elapsed = started.elapsed().as_secs_f64();

@@ -8,6 +8,22 @@ use redis::aio::ConnectionManager;
 use uuid::Uuid;
 
 pub const PATTERN: &str = "berth:events:*";
+
+/// Workers listen here for the ids of running jobs to cancel.
+pub const CANCEL_CHANNEL: &str = "berth:jobs:cancel";
+
+/// Tells whichever worker runs `job_id` to stop it. Fire-and-forget: workers
+/// also poll `cancel_requested_at`, so a lost message only delays the stop.
+pub async fn publish_cancel(redis: &ConnectionManager, job_id: &str) {
+    let sent: Result<i64, redis::RedisError> = redis::cmd("PUBLISH")
+        .arg(CANCEL_CHANNEL)
+        .arg(job_id)
+        .query_async(&mut redis.clone())
+        .await;
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, "cancellation not published; workers poll for it");
+    }
+}
 const PREFIX: &str = "berth:events:";
 
 pub fn channel(user_id: Uuid) -> String {

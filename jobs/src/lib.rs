@@ -18,8 +18,8 @@ pub mod store;
 
 pub use client::JobClient;
 pub use kinds::{
-    CodePurpose, DiagnosticJob, EmailJob, EmailMessage, JobPayload, Kind, Sealed, ServerProbe,
-    ServerValidate, server_secret_binding,
+    CodePurpose, DiagnosticJob, EmailJob, EmailMessage, JobPayload, Kind, RemoteSleep, Sealed,
+    ServerProbe, ServerValidate, server_secret_binding,
 };
 pub use policy::{JobPolicy, Policies};
 pub use queue::Queue;

@@ -72,7 +72,20 @@ pub struct JobContext {
     pub job_id: String,
     pub attempt: u32,
     pub max_attempts: u32,
+    /// Fires when the job is cancelled (`POST /jobs/{id}/cancel`) or runs past
+    /// its timeout: pass it to every remote command, which then kills its
+    /// remote process group. The handler is dropped [`STOP_GRACE`] later if it
+    /// has not returned by then.
+    pub cancel: CancellationToken,
 }
+
+/// How long a handler has to stop its remote work once its job is cancelled
+/// or timed out, before it is dropped.
+pub const STOP_GRACE: Duration = Duration::from_secs(15);
+
+/// How often a worker asks Postgres whether one of its running jobs was
+/// cancelled, in case the Redis message saying so was lost.
+const CANCEL_POLL: Duration = Duration::from_secs(2);
 
 /// How a worker runs one kind of job. One handler per kind; its docs (or its
 /// payload's) say why running it twice is safe.
@@ -283,6 +296,13 @@ impl WorkerRuntime {
             tokio::spawn(Relay::new(self.pool.clone(), redis.clone()).run(shutdown.clone()));
 
         let runs = TaskTracker::new();
+        let running = Running::default();
+        let cancels = tokio::spawn(listen_for_cancels(
+            redis::Client::open(self.redis_url.as_str())?,
+            self.pool.clone(),
+            running.clone(),
+            shutdown.clone(),
+        ));
         let mut wakers = HashMap::new();
         let mut monitor = Monitor::new()
             .shutdown_timeout(self.grace)
@@ -295,13 +315,16 @@ impl WorkerRuntime {
             let wake = Arc::new(tokio::sync::Mutex::new(Some(rx)));
             let concurrency = self.policies.get(queue).concurrency;
             let dispatch = Arc::new(Dispatch::new(
-                self.pool.clone(),
-                redis.clone(),
+                ProcessParts {
+                    pool: self.pool.clone(),
+                    redis: redis.clone(),
+                    policies: self.policies.clone(),
+                    runs: runs.clone(),
+                    running: running.clone(),
+                },
                 queue,
                 self.registry.of_queue(queue),
-                self.policies.clone(),
                 format!("{identity}/{queue}"),
-                runs.clone(),
             ));
             let liveness = self.liveness;
             let redis = redis.clone();
@@ -355,6 +378,7 @@ impl WorkerRuntime {
         }
         shutdown.cancel();
         listener_task.abort();
+        cancels.abort();
         let _ = relay_task.await;
         match (expected, result) {
             (true, Ok(())) => Ok(()),
@@ -438,18 +462,33 @@ struct Dispatch {
     claims: Batcher<DeliveryKey, Option<store::Claimed>>,
     successes: Batcher<DeliveryKey, ()>,
     runs: TaskTracker,
+    running: Running,
+}
+
+/// What every queue's dispatch of one worker process shares.
+#[derive(Clone)]
+struct ProcessParts {
+    pool: PgPool,
+    redis: ConnectionManager,
+    policies: Policies,
+    runs: TaskTracker,
+    running: Running,
 }
 
 impl Dispatch {
     fn new(
-        pool: PgPool,
-        redis: ConnectionManager,
+        parts: ProcessParts,
         queue: Queue,
         handlers: HashMap<&'static str, KindHandler>,
-        policies: Policies,
         worker: String,
-        runs: TaskTracker,
     ) -> Self {
+        let ProcessParts {
+            pool,
+            redis,
+            policies,
+            runs,
+            running,
+        } = parts;
         let policy = policies.get(queue);
         let concurrency = policy.concurrency;
         let fairness = store::Fairness {
@@ -483,6 +522,7 @@ impl Dispatch {
             claims,
             successes,
             runs,
+            running,
         }
     }
 }
@@ -566,24 +606,34 @@ impl Dispatch {
             }
         };
         tell("running", None).await;
+        let cancel = self.running.start(&job_id);
         let ctx = JobContext {
             job_id: job_id.clone(),
             attempt: claimed.attempts as u32,
             max_attempts: claimed.max_attempts as u32,
+            cancel: cancel.clone(),
         };
         let started = Instant::now();
         let run = AssertUnwindSafe((handler.run)(claimed.payload.clone(), ctx)).catch_unwind();
-        let failure = match tokio::time::timeout(claimed.timeout, run).await {
-            Ok(Ok(Ok(()))) => None,
-            Ok(Ok(Err(failure))) => Some(failure),
-            Ok(Err(panic)) => Some(JobFailure::Retryable(format!(
+        let outcome = stop_on_cancel_or_timeout(run, &cancel, claimed.timeout).await;
+        self.running.end(&job_id);
+        let failure = match outcome {
+            Stop::Returned(Ok(Ok(()))) => None,
+            Stop::Returned(Ok(Err(failure))) => Some(failure),
+            Stop::Returned(Err(panic)) => Some(JobFailure::Retryable(format!(
                 "the job panicked: {}",
                 panic_message(&panic)
             ))),
-            Err(_) => Some(JobFailure::Retryable(format!(
+            Stop::TimedOut => Some(JobFailure::Retryable(format!(
                 "timed out after {} s",
                 claimed.timeout.as_secs_f64()
             ))),
+            Stop::Cancelled => {
+                tracing::info!(attempt = claimed.attempts, "job cancelled");
+                store::mark_cancelled(&self.pool, &job_id, &delivery_id).await?;
+                tell("cancelled", None).await;
+                return Ok(());
+            }
         };
         let duration_ms = started.elapsed().as_millis() as u64;
         match failure {
@@ -632,6 +682,131 @@ impl Dispatch {
                 Ok(())
             }
         }
+    }
+}
+
+/// How a job's handler ended.
+enum Stop<T> {
+    Returned(T),
+    /// Cancelled by its user: the handler stopped (or was dropped).
+    Cancelled,
+    /// Past its timeout: the handler stopped (or was dropped).
+    TimedOut,
+}
+
+/// Runs `run` until it returns, is cancelled, or passes `timeout`; in the last
+/// two cases `cancel` fires (so remote commands kill their process groups)
+/// and the handler gets [`STOP_GRACE`] to return before it is dropped.
+async fn stop_on_cancel_or_timeout<F: Future>(
+    run: F,
+    cancel: &CancellationToken,
+    timeout: Duration,
+) -> Stop<F::Output> {
+    tokio::pin!(run);
+    let timed_out = tokio::select! {
+        output = &mut run => return Stop::Returned(output),
+        () = cancel.cancelled() => false,
+        () = tokio::time::sleep(timeout) => {
+            cancel.cancel();
+            true
+        }
+    };
+    // Whatever the handler answers now, the job was stopped.
+    let _ = tokio::time::timeout(STOP_GRACE, run).await;
+    if timed_out {
+        Stop::TimedOut
+    } else {
+        Stop::Cancelled
+    }
+}
+
+/// The jobs this process runs, with the token that stops each.
+#[derive(Clone, Default)]
+struct Running(Arc<std::sync::Mutex<HashMap<String, CancellationToken>>>);
+
+impl Running {
+    fn start(&self, job_id: &str) -> CancellationToken {
+        let token = CancellationToken::new();
+        self.lock().insert(job_id.to_owned(), token.clone());
+        token
+    }
+
+    fn end(&self, job_id: &str) {
+        self.lock().remove(job_id);
+    }
+
+    fn cancel(&self, job_id: &str) {
+        if let Some(token) = self.lock().get(job_id) {
+            token.cancel();
+        }
+    }
+
+    fn ids(&self) -> Vec<String> {
+        self.lock().keys().cloned().collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, CancellationToken>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Cancels running jobs of this process when asked: at once on the Redis
+/// message the api publishes, and by polling Postgres every [`CANCEL_POLL`]
+/// in case that message was lost (pub/sub is fire-and-forget).
+async fn listen_for_cancels(
+    client: redis::Client,
+    pool: PgPool,
+    running: Running,
+    shutdown: CancellationToken,
+) {
+    let messages = {
+        let running = running.clone();
+        let shutdown = shutdown.clone();
+        async move {
+            loop {
+                match client.get_async_pubsub().await {
+                    Ok(mut pubsub) => {
+                        if pubsub
+                            .subscribe(crate::events::CANCEL_CHANNEL)
+                            .await
+                            .is_ok()
+                        {
+                            let mut stream = pubsub.on_message();
+                            while let Some(message) = stream.next().await {
+                                if let Ok(job_id) = message.get_payload::<String>() {
+                                    running.cancel(&job_id);
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot subscribe to cancellations"),
+                }
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(CANCEL_POLL) => {}
+                }
+            }
+        }
+    };
+    let polls = async move {
+        loop {
+            tokio::time::sleep(CANCEL_POLL).await;
+            let ids = running.ids();
+            if ids.is_empty() {
+                continue;
+            }
+            match store::cancel_requested(&pool, &ids).await {
+                Ok(cancelled) => cancelled.iter().for_each(|id| running.cancel(id)),
+                Err(e) => tracing::warn!(error = %e, "cannot check for cancellations"),
+            }
+        }
+    };
+    tokio::select! {
+        () = messages => {}
+        () = polls => {}
+        () = shutdown.cancelled() => {}
     }
 }
 

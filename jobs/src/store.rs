@@ -327,6 +327,8 @@ pub struct JobRecord {
     pub error: Option<String>,
     /// Why a queued job is not running yet, when it waits for something.
     pub waiting_for: Option<String>,
+    /// When its cancellation was asked for while it ran.
+    pub cancel_requested_at: Option<DateTime<Utc>>,
     pub worker: Option<String>,
     pub owner_user_id: Option<Uuid>,
     pub server_id: Option<Uuid>,
@@ -338,7 +340,7 @@ pub struct JobRecord {
     pub updated_at: DateTime<Utc>,
 }
 
-const RECORD_COLUMNS: &str = "id, kind, queue, state, attempts, max_attempts, last_error, waiting_for, worker, \
+const RECORD_COLUMNS: &str = "id, kind, queue, state, attempts, max_attempts, last_error, waiting_for, cancel_requested_at, worker, \
     owner_user_id, server_id, deployment_id, created_at, run_after, started_at, finished_at, updated_at";
 
 fn record_from_row(row: &sqlx::postgres::PgRow) -> Result<JobRecord, sqlx::Error> {
@@ -357,6 +359,7 @@ fn record_from_row(row: &sqlx::postgres::PgRow) -> Result<JobRecord, sqlx::Error
         max_attempts: row.try_get("max_attempts")?,
         error: row.try_get("last_error")?,
         waiting_for: row.try_get("waiting_for")?,
+        cancel_requested_at: row.try_get("cancel_requested_at")?,
         worker: row.try_get("worker")?,
         owner_user_id: row.try_get("owner_user_id")?,
         server_id: row.try_get("server_id")?,
@@ -424,18 +427,74 @@ pub async fn list(
     Ok((records, total))
 }
 
-/// Cancels a job that has not started; true when it was cancelled. A delivery of
-/// it already in Redis is refused by [`claim`].
-pub async fn cancel(pool: &PgPool, id: &str) -> Result<bool, sqlx::Error> {
-    let cancelled = sqlx::query(
-        "UPDATE jobs SET state = 'cancelled', finished_at = now(), updated_at = now() \
-         WHERE id = $1 AND state = 'queued'",
+/// What a cancellation did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// It was queued: it is `cancelled` now, and never runs.
+    Cancelled,
+    /// It is running: its worker is asked to stop it (and its remote
+    /// commands); it ends `cancelled` once stopped.
+    Requested,
+    /// It had already finished.
+    Finished,
+    NotFound,
+}
+
+/// Cancels a job: a queued one at once (a delivery of it already in Redis is
+/// refused by [`claim`]), a running one by asking its worker.
+pub async fn cancel(
+    conn: &mut PgConnection,
+    id: &str,
+    reason: &str,
+) -> Result<CancelOutcome, sqlx::Error> {
+    let state: Option<String> = sqlx::query_scalar(
+        "WITH queued AS (UPDATE jobs SET state = 'cancelled', last_error = $2, finished_at = now(), \
+                             updated_at = now() WHERE id = $1 AND state = 'queued' RETURNING 'cancelled'::text AS s), \
+              running AS (UPDATE jobs SET cancel_requested_at = COALESCE(cancel_requested_at, now()), \
+                             last_error = $2, updated_at = now() \
+                          WHERE id = $1 AND state = 'running' RETURNING 'requested'::text AS s) \
+         SELECT s FROM queued UNION ALL SELECT s FROM running \
+         UNION ALL SELECT 'finished' FROM jobs WHERE id = $1 AND state NOT IN ('queued', 'running') \
+         LIMIT 1",
     )
     .bind(id)
+    .bind(reason)
+    .fetch_optional(conn)
+    .await?;
+    Ok(match state.as_deref() {
+        Some("cancelled") => CancelOutcome::Cancelled,
+        Some("requested") => CancelOutcome::Requested,
+        Some(_) => CancelOutcome::Finished,
+        None => CancelOutcome::NotFound,
+    })
+}
+
+/// Of `ids` (jobs running here), those whose cancellation was asked for.
+pub async fn cancel_requested(pool: &PgPool, ids: &[String]) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT id FROM jobs WHERE id = ANY($1) AND state = 'running' AND cancel_requested_at IS NOT NULL",
+    )
+    .bind(ids)
+    .fetch_all(pool)
+    .await
+}
+
+/// A running job its worker stopped because it was cancelled.
+pub async fn mark_cancelled(
+    pool: &PgPool,
+    job_id: &str,
+    delivery_id: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE jobs SET state = 'cancelled', finished_at = now(), updated_at = now(), \
+             last_error = COALESCE(last_error, 'cancelled') \
+         WHERE id = $1 AND delivery_id = $2 AND state = 'running'",
+    )
+    .bind(job_id)
+    .bind(delivery_id)
     .execute(pool)
-    .await?
-    .rows_affected();
-    Ok(cancelled == 1)
+    .await?;
+    Ok(())
 }
 
 /// A delivery a worker may run: the job's current delivery, not finished.

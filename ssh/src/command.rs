@@ -68,6 +68,11 @@ impl Arg {
         Arg(value.to_string())
     }
 
+    /// A process group, as `kill` takes it: `-<pgid>`.
+    pub fn process_group(pgid: u32) -> Arg {
+        Arg(format!("-{pgid}"))
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

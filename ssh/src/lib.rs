@@ -22,6 +22,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tokio_util::sync::CancellationToken;
+
 use base64::Engine;
 use berth_config::{ExposeSecret, SecretString};
 use ipnet::IpNet;
@@ -42,6 +44,10 @@ pub enum SshError {
     Timeout(String),
     #[error("SSH error: {0}")]
     Protocol(String),
+    /// The command was stopped because its job was cancelled (or timed out):
+    /// its remote process group was killed.
+    #[error("cancelled: {0}")]
+    Cancelled(String),
 }
 
 impl SshError {
@@ -54,6 +60,7 @@ impl SshError {
             SshError::AuthFailed(_) => "AUTH_FAILED",
             SshError::Timeout(_) => "TIMEOUT",
             SshError::Protocol(_) => "SSH_ERROR",
+            SshError::Cancelled(_) => "CANCELLED",
         }
     }
 
@@ -388,13 +395,16 @@ impl Connection {
         self.address
     }
 
-    /// Runs `command` under `sh -c`, capturing its output.
+    /// Runs `command` under `sh -c`, capturing its output. `cancel` stops it:
+    /// the command's whole remote process group is killed.
     pub async fn exec(
         &self,
         command: &ShellCommand,
         deadline: Duration,
+        cancel: &CancellationToken,
     ) -> Result<Output, SshError> {
-        self.exec_streaming(command, deadline, |_, _| {}).await
+        self.exec_streaming(command, deadline, cancel, |_, _| {})
+            .await
     }
 
     /// Runs `command`, handing each output line to `on_line` as it arrives
@@ -402,15 +412,23 @@ impl Connection {
     /// returns the output at the end: at most the connection's
     /// `max_output_bytes` of each stream, then [`TRUNCATED_MARKER`]. Output
     /// past the cap is read and dropped, so the command runs to its end.
+    ///
+    /// When `cancel` fires or `deadline` passes, the command's remote process
+    /// group (sshd starts every command in a session of its own, so the group
+    /// is the command and everything it started, and nothing else) gets
+    /// SIGTERM, then SIGKILL after [`KILL_GRACE`], and the channel is closed.
     pub async fn exec_streaming(
         &self,
         command: &ShellCommand,
         deadline: Duration,
+        cancel: &CancellationToken,
         mut on_line: impl FnMut(Stream, &str) + Send + 'static,
     ) -> Result<Output, SshError> {
         let session = self.session.clone();
-        let command = command.as_str().to_owned();
+        // The first stderr line names the process group; `pump` takes it out.
+        let command = format!("echo \"{PGID_TAG}$$\" >&2; {}", command.as_str());
         let cap = self.max_output_bytes;
+        let cancel = cancel.clone();
         blocking(move || {
             let session = session
                 .lock()
@@ -420,9 +438,18 @@ impl Connection {
             // Non-blocking reads of both streams, so a command that fills one
             // while the other is read never stalls.
             session.set_blocking(false);
-            let result = pump(&mut channel, deadline, cap, &mut on_line);
+            let result = pump(&mut channel, deadline, cap, &cancel, &mut on_line);
             session.set_blocking(true);
-            let (stdout, stderr) = result?;
+            let (stdout, stderr) = match result {
+                Ok(output) => output,
+                Err(Stopped { pgid, error }) => {
+                    if let Some(pgid) = pgid {
+                        kill_group(&session, pgid);
+                    }
+                    let _ = channel.close();
+                    return Err(error);
+                }
+            };
             channel.wait_close().map_err(protocol)?;
             Ok(Output {
                 exit_status: channel.exit_status().map_err(protocol)?,
@@ -540,22 +567,67 @@ impl Captured {
     }
 }
 
+/// Marks the line in which a command reports its process group.
+const PGID_TAG: &str = "berth-pgid:";
+
+/// How long a stopped command's process group has between SIGTERM and SIGKILL.
+pub const KILL_GRACE: Duration = Duration::from_secs(5);
+
+/// Why `pump` stopped before the command ended, and whom to kill.
+struct Stopped {
+    pgid: Option<u32>,
+    error: SshError,
+}
+
+/// Kills a stopped command's process group over a second channel of the same
+/// session: SIGTERM now, SIGKILL after the grace (left running remotely, in a
+/// session of its own, so the channel need not wait for it).
+fn kill_group(session: &ssh2::Session, pgid: u32) {
+    let group = Arg::process_group(pgid);
+    let kill = ShellCommand::new("kill -TERM --")
+        .arg(&group)
+        .raw("2>/dev/null; (sleep")
+        .arg(&Arg::number(KILL_GRACE.as_secs()))
+        .raw("; kill -KILL --")
+        .arg(&group)
+        .raw("2>/dev/null) >/dev/null 2>&1 </dev/null & true");
+    let sent = (|| {
+        let mut channel = session.channel_session()?;
+        channel.exec(kill.as_str())?;
+        channel.wait_close()
+    })();
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, pgid, "could not signal a stopped command's process group");
+    }
+}
+
 fn pump(
     channel: &mut ssh2::Channel,
     deadline: Duration,
     cap: usize,
+    cancel: &CancellationToken,
     on_line: &mut impl FnMut(Stream, &str),
-) -> Result<(String, String), SshError> {
+) -> Result<(String, String), Stopped> {
     let started = Instant::now();
     let mut streams = [Captured::new(), Captured::new()];
     let mut buf = [0u8; 16 * 1024];
     let mut idle = Duration::from_millis(1);
-    let mut emit_line = |stream: Stream, line: &[u8]| {
-        on_line(
-            stream,
-            String::from_utf8_lossy(line).trim_end_matches(['\r', '\n']),
-        );
+    let mut pgid: Option<u32> = None;
+    let mut tag_seen = false;
+    let mut emit_line = |stream: Stream, line: &[u8], pgid: &mut Option<u32>| {
+        let text = String::from_utf8_lossy(line);
+        let text = text.trim_end_matches(['\r', '\n']);
+        if stream == Stream::Stderr && !tag_seen {
+            tag_seen = true;
+            if let Some(id) = text.strip_prefix(PGID_TAG) {
+                *pgid = id.parse().ok();
+                return true;
+            }
+        }
+        on_line(stream, text);
+        false
     };
+    let stop = |pgid: Option<u32>, error: SshError| Stopped { pgid, error };
     loop {
         let mut progressed = false;
         for (i, stream) in [Stream::Stdout, Stream::Stderr].into_iter().enumerate() {
@@ -567,20 +639,33 @@ fn pump(
                 Ok(0) => {}
                 Ok(n) => {
                     progressed = true;
-                    streams[i].push(&buf[..n], cap, |line| emit_line(stream, line));
+                    streams[i].push(&buf[..n], cap, |line| {
+                        emit_line(stream, line, &mut pgid);
+                    });
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-                Err(e) => return Err(SshError::Protocol(format!("reading output: {e}"))),
+                Err(e) => {
+                    return Err(stop(
+                        pgid,
+                        SshError::Protocol(format!("reading output: {e}")),
+                    ));
+                }
             }
         }
         if channel.eof() && !progressed {
             break;
         }
+        if cancel.is_cancelled() {
+            return Err(stop(
+                pgid,
+                SshError::Cancelled("the command was stopped".into()),
+            ));
+        }
         if started.elapsed() > deadline {
-            let _ = channel.close();
-            return Err(SshError::Timeout(format!(
-                "the command ran longer than {deadline:?}"
-            )));
+            return Err(stop(
+                pgid,
+                SshError::Timeout(format!("the command ran longer than {deadline:?}")),
+            ));
         }
         if progressed {
             idle = Duration::from_millis(1);
@@ -590,9 +675,24 @@ fn pump(
         }
     }
     let [stdout, stderr] = streams;
-    let stdout = stdout.finish(|line| emit_line(Stream::Stdout, line));
-    let stderr = stderr.finish(|line| emit_line(Stream::Stderr, line));
-    Ok((stdout, stderr))
+    let stdout = stdout.finish(|line| {
+        emit_line(Stream::Stdout, line, &mut pgid);
+    });
+    let stderr = stderr.finish(|line| {
+        emit_line(Stream::Stderr, line, &mut pgid);
+    });
+    Ok((stdout, strip_tag(stderr)))
+}
+
+/// The captured stderr without the process-group line the wrapper printed.
+fn strip_tag(stderr: String) -> String {
+    match stderr.strip_prefix(PGID_TAG) {
+        Some(rest) => rest
+            .split_once('\n')
+            .map(|(_, tail)| tail.to_owned())
+            .unwrap_or_default(),
+        None => stderr,
+    }
 }
 
 #[cfg(test)]

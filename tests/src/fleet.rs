@@ -89,6 +89,31 @@ impl Fleet {
         get_as(app, &self.token, &path).await.1["data"].clone()
     }
 
+    /// The job as `GET /jobs/{id}` shows it now.
+    pub async fn job_state(&self, job_id: &str) -> Value {
+        get_as(
+            &self.stack.app,
+            &self.token,
+            &format!("/api/v1/jobs/{job_id}"),
+        )
+        .await
+        .1["data"]
+            .clone()
+    }
+
+    /// Waits until the job ended in any way (cancelled too); answers it.
+    pub async fn job_done_or_cancelled(&self, job_id: &str) -> Value {
+        let what = format!("job {job_id} to end");
+        eventually(Duration::from_secs(60), &what, || async {
+            matches!(
+                self.job_state(job_id).await["state"].as_str(),
+                Some("succeeded" | "failed" | "cancelled")
+            )
+        })
+        .await;
+        self.job_state(job_id).await
+    }
+
     /// Runs a probe of `server` now (as the scheduler would) and waits for it.
     pub async fn probe(&self, server: &str) -> Value {
         let server: uuid::Uuid = server.parse().expect("a server id");

@@ -4,6 +4,7 @@
 
 pub mod alerts;
 pub mod diagnostic;
+pub mod diagnostic_remote_sleep;
 pub mod email;
 pub mod probe;
 pub mod registry;

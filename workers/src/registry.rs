@@ -5,6 +5,7 @@ use std::sync::Arc;
 use berth_jobs::runtime::{DuplicateKind, Registry};
 
 use crate::diagnostic::DiagnosticSleep;
+use crate::diagnostic_remote_sleep::RemoteSleeper;
 use crate::email::{Mailer, SendEmail};
 use crate::server_probe::ProbeServer;
 use crate::server_validate::ValidateServer;
@@ -14,6 +15,7 @@ pub fn registry(mailer: Arc<Mailer>, servers: Arc<ServerJobs>) -> Result<Registr
     Registry::new()
         .with(SendEmail(mailer))?
         .with(DiagnosticSleep)?
+        .with(RemoteSleeper(servers.clone()))?
         .with(ValidateServer(servers.clone()))?
         .with(ProbeServer(servers))
 }

@@ -17,7 +17,7 @@ impl JobHandler for ProbeServer {
 
     /// Probes a validated server (one SSH round trip). Servers never validated
     /// are skipped: their host key is not pinned yet.
-    async fn run(&self, job: ServerProbe, _ctx: JobContext) -> Result<(), JobFailure> {
+    async fn run(&self, job: ServerProbe, ctx: JobContext) -> Result<(), JobFailure> {
         let servers = &self.0;
         let Some(row) = servers.load(job.server_id).await? else {
             return Ok(());
@@ -28,7 +28,11 @@ impl JobHandler for ProbeServer {
         let sample = async {
             let conn = servers.connect(&row).await?;
             let output = conn
-                .exec(&ShellCommand::new(probe::PROBE_COMMAND), PROBE_DEADLINE)
+                .exec(
+                    &ShellCommand::new(probe::PROBE_COMMAND),
+                    PROBE_DEADLINE,
+                    &ctx.cancel,
+                )
                 .await?;
             probe::parse(&output.stdout).map_err(SshError::Protocol)
         }

@@ -51,7 +51,7 @@ pub struct ValidateServer(pub Arc<ServerJobs>);
 impl JobHandler for ValidateServer {
     type Job = ServerValidate;
 
-    async fn run(&self, job: ServerValidate, _ctx: JobContext) -> Result<(), JobFailure> {
+    async fn run(&self, job: ServerValidate, ctx: JobContext) -> Result<(), JobFailure> {
         let (servers, id) = (&self.0, job.server_id);
         let Some(row) = servers.load(id).await? else {
             // Deleted since: nothing to validate.
@@ -59,11 +59,17 @@ impl JobHandler for ValidateServer {
         };
         let facts = async {
             let conn = servers.connect(&row).await?;
-            let output = conn.exec(&ShellCommand::new(FACTS), FACTS_DEADLINE).await?;
+            let output = conn
+                .exec(&ShellCommand::new(FACTS), FACTS_DEADLINE, &ctx.cancel)
+                .await?;
             let facts = parse_facts(&output.stdout);
             // The first sample, on the same connection, so health is there at once.
             let sample = match conn
-                .exec(&ShellCommand::new(probe::PROBE_COMMAND), PROBE_DEADLINE)
+                .exec(
+                    &ShellCommand::new(probe::PROBE_COMMAND),
+                    PROBE_DEADLINE,
+                    &ctx.cancel,
+                )
                 .await
                 .and_then(|out| probe::parse(&out.stdout).map_err(SshError::Protocol))
             {

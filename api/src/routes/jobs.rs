@@ -6,6 +6,8 @@ use berth_jobs::store::{self, JobFilter};
 use berth_jobs::{JobRecord, JobState, Queue};
 use serde::{Deserialize, Serialize};
 
+use crate::audit;
+use crate::auth::sessions::Client;
 use crate::auth::{Credential, Principal, Scope};
 use crate::envelope::{Envelope, Page, PageQuery, Path, Query};
 use crate::error::{ApiError, FieldError};
@@ -19,6 +21,16 @@ fn scope_for(queue: Queue) -> Scope {
         Queue::Deploy | Queue::Rollback => Scope::DeploymentsRead,
         Queue::Ssl => Scope::DomainsRead,
         Queue::Probe | Queue::Alerts => Scope::ServersRead,
+        Queue::Backup | Queue::Email | Queue::Diagnostic => Scope::Admin,
+    }
+}
+
+/// The scope a token needs to cancel jobs of `queue`.
+fn write_scope_for(queue: Queue) -> Scope {
+    match queue {
+        Queue::Deploy | Queue::Rollback => Scope::DeploymentsWrite,
+        Queue::Ssl => Scope::DomainsWrite,
+        Queue::Probe | Queue::Alerts => Scope::ServersWrite,
         Queue::Backup | Queue::Email | Queue::Diagnostic => Scope::Admin,
     }
 }
@@ -42,6 +54,27 @@ fn sees_all_owners(principal: &Principal) -> bool {
     principal.role().is_admin() && principal.allows(Scope::Admin)
 }
 
+/// The job `id` if the caller may see it: their own (admins: anyone's), of
+/// a queue their token covers. Every job route goes through here.
+async fn visible_job(
+    state: &AppState,
+    principal: &Principal,
+    id: &str,
+) -> Result<JobRecord, ApiError> {
+    let not_found = || ApiError::NotFound("no such job".into());
+    if id.len() > 32 {
+        return Err(not_found());
+    }
+    let job = store::get(&state.pool, id).await?.ok_or_else(not_found)?;
+    if !sees_all_owners(principal) && job.owner_user_id != Some(principal.user_id()) {
+        return Err(not_found());
+    }
+    if !may_see_queue(principal, job.queue) {
+        return Err(needs_scope(job.queue, &job.kind));
+    }
+    Ok(job)
+}
+
 /// One job.
 #[utoipa::path(get, path = "/jobs/{id}", tag = "jobs",
     params(("id" = String, Path, description = "Job id (ULID)")), responses(
@@ -53,18 +86,66 @@ pub async fn get_job(
     principal: Principal,
     Path(id): Path<String>,
 ) -> Result<Envelope<JobRecord>, ApiError> {
-    let not_found = || ApiError::NotFound("no such job".into());
-    if id.len() > 32 {
-        return Err(not_found());
+    Ok(Envelope::ok(visible_job(&state, &principal, &id).await?))
+}
+
+/// Cancels a job: a queued one at once (200, `cancelled`), a running one by
+/// telling its worker, which stops its remote commands (202; it ends
+/// `cancelled` within seconds).
+#[utoipa::path(post, path = "/jobs/{id}/cancel", tag = "jobs",
+    params(("id" = String, Path, description = "Job id (ULID)")), responses(
+    (status = 200, description = "Cancelled before it started", body = JobRecord),
+    (status = 202, description = "Running: its worker is stopping it", body = JobRecord),
+    (status = 403, description = "The token's scopes do not cover this kind of job", body = crate::error::ErrorEnvelope),
+    (status = 404, description = "No such job of yours", body = crate::error::ErrorEnvelope),
+    (status = 409, description = "The job already finished", body = crate::error::ErrorEnvelope)))]
+pub async fn cancel_job(
+    State(state): State<AppState>,
+    principal: Principal,
+    client: Client,
+    Path(id): Path<String>,
+) -> Result<Envelope<JobRecord>, ApiError> {
+    let job = visible_job(&state, &principal, &id).await?;
+    if matches!(principal.credential, Credential::ApiToken { .. }) {
+        principal.require(write_scope_for(job.queue))?;
     }
-    let job = store::get(&state.pool, &id).await?.ok_or_else(not_found)?;
-    if !sees_all_owners(&principal) && job.owner_user_id != Some(principal.user_id()) {
-        return Err(not_found());
+    let mut tx = state.pool.begin().await?;
+    let reason = format!("cancelled by {}", principal.user.email);
+    let outcome = store::cancel(&mut tx, &id, &reason).await?;
+    let running = match outcome {
+        store::CancelOutcome::Cancelled => false,
+        store::CancelOutcome::Requested => true,
+        store::CancelOutcome::Finished => {
+            return Err(ApiError::Conflict(format!(
+                "the job already finished ({})",
+                job.state.name()
+            )));
+        }
+        store::CancelOutcome::NotFound => return Err(ApiError::NotFound("no such job".into())),
+    };
+    audit::record(
+        &mut tx,
+        client.audit(
+            Some(principal.user_id()),
+            "job.cancel",
+            "job",
+            &id,
+            serde_json::json!({ "kind": job.kind, "wasRunning": running }),
+        ),
+    )
+    .await?;
+    tx.commit().await?;
+    if running {
+        berth_jobs::events::publish_cancel(&state.redis, &id).await;
     }
-    if !may_see_queue(&principal, job.queue) {
-        return Err(needs_scope(job.queue, &job.kind));
-    }
-    Ok(Envelope::ok(job))
+    let job = store::get(&state.pool, &id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("no such job".into()))?;
+    Ok(if running {
+        Envelope::accepted(job)
+    } else {
+        Envelope::ok(job)
+    })
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]

@@ -4,6 +4,7 @@
 //! line in [`CATALOG`], and a handler file in `berth-workers` plus its line in
 //! that crate's registry.
 
+mod diagnostic_remote_sleep;
 mod diagnostic_sleep;
 mod email_send;
 mod server_probe;
@@ -13,6 +14,7 @@ use serde::{Serialize, de::DeserializeOwned};
 
 use crate::Queue;
 
+pub use diagnostic_remote_sleep::RemoteSleep;
 pub use diagnostic_sleep::DiagnosticJob;
 pub use email_send::{CodePurpose, EmailJob, EmailMessage, Sealed};
 pub use server_probe::ServerProbe;
@@ -69,6 +71,7 @@ const fn kind<P: JobPayload>() -> Kind {
 pub const CATALOG: &[Kind] = &[
     kind::<EmailJob>(),
     kind::<DiagnosticJob>(),
+    kind::<RemoteSleep>(),
     kind::<ServerValidate>(),
     kind::<ServerProbe>(),
 ];

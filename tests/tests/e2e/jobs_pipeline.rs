@@ -434,7 +434,16 @@ async fn duplicate_and_stale_deliveries_never_run() {
 
     // Cancelled before it starts: never runs.
     let cancelled = enqueue_diagnostic(&jobs, 0).await;
-    assert!(store::cancel(&db.pool, &cancelled).await.unwrap());
+    assert_eq!(
+        store::cancel(
+            &mut db.pool.acquire().await.unwrap(),
+            &cancelled,
+            "cancelled by the test"
+        )
+        .await
+        .unwrap(),
+        store::CancelOutcome::Cancelled
+    );
     assert!(
         store::claim(&db.pool, &cancelled, &cancelled, "w")
             .await

@@ -5,6 +5,7 @@ mod accounts;
 mod api_conventions;
 mod contract;
 mod http_hardening;
+mod job_cancel;
 mod job_keys;
 mod jobs_pipeline;
 mod lockout;

@@ -6,6 +6,7 @@ use std::time::Duration;
 use berth_config::SecretString;
 use berth_e2e::ssh_servers::{KEY_PASSPHRASE, PASSWORD, PASSWORD_USER, TestSshd};
 use berth_ssh::{AddressPolicy, Arg, Auth, Limits, ShellCommand, SshError, Stream, Target};
+use tokio_util::sync::CancellationToken;
 
 fn key_target(sshd: &TestSshd, i: usize) -> Target {
     Target {
@@ -22,6 +23,95 @@ fn key_target(sshd: &TestSshd, i: usize) -> Target {
 
 const LONG: Duration = Duration::from_secs(30);
 
+/// A token nobody cancels.
+fn never() -> CancellationToken {
+    CancellationToken::new()
+}
+
+/// Processes on this machine (the test servers are local sshd processes)
+/// whose command line is exactly `cmdline`.
+fn processes_running(cmdline: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+        .filter(|raw| String::from_utf8_lossy(raw).replace('\0', " ").trim_end() == cmdline)
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancel_and_timeout_kill_the_remote_process_group_and_nothing_else() {
+    let sshd = TestSshd::start(1).await;
+    let connect = || async {
+        berth_ssh::connect(
+            &key_target(&sshd, 0),
+            &AddressPolicy::default(),
+            Limits::default(),
+        )
+        .await
+        .unwrap()
+    };
+    let (mine, sibling) = (connect().await, connect().await);
+    // Distinct durations tell the processes apart; the child of a child shows
+    // the whole group is killed, not only the shell.
+    let cancel = CancellationToken::new();
+    let stopped = tokio::spawn({
+        let cancel = cancel.clone();
+        async move {
+            mine.exec(
+                &ShellCommand::new("sh -c 'sleep 611' & sleep 610; wait"),
+                LONG,
+                &cancel,
+            )
+            .await
+        }
+    });
+    let other = tokio::spawn(async move {
+        sibling
+            .exec(&ShellCommand::new("sleep 612"), LONG, &never())
+            .await
+    });
+    berth_e2e::eventually(Duration::from_secs(10), "the commands to start", || async {
+        ["sleep 610", "sleep 611", "sleep 612"]
+            .iter()
+            .all(|c| processes_running(c) == 1)
+    })
+    .await;
+    let asked = std::time::Instant::now();
+    cancel.cancel();
+    let err = stopped.await.unwrap().expect_err("the command was stopped");
+    assert_eq!(err.code(), "CANCELLED", "{err}");
+    berth_e2e::eventually(
+        Duration::from_secs(5),
+        "the cancelled group to be gone",
+        || async { processes_running("sleep 610") == 0 && processes_running("sleep 611") == 0 },
+    )
+    .await;
+    println!("cancel to gone: {:?}", asked.elapsed());
+    assert_eq!(processes_running("sleep 612"), 1, "the sibling was touched");
+    assert!(!other.is_finished());
+
+    // A deadline does the same.
+    let timed = connect().await;
+    let err = timed
+        .exec(
+            &ShellCommand::new("sleep 613"),
+            Duration::from_millis(800),
+            &never(),
+        )
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(err.code(), "TIMEOUT");
+    berth_e2e::eventually(
+        Duration::from_secs(5),
+        "the timed-out command to be gone",
+        || async { processes_running("sleep 613") == 0 },
+    )
+    .await;
+    assert_eq!(processes_running("sleep 612"), 1);
+    other.abort();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn key_password_and_passphrase_logins_and_commands() {
     let sshd = TestSshd::start(2).await;
@@ -32,14 +122,21 @@ async fn key_password_and_passphrase_logins_and_commands() {
     assert_eq!(conn.host_key(), sshd.host_key_fingerprint().await);
 
     let out = conn
-        .exec(&ShellCommand::new("echo out; echo err >&2; exit 3"), LONG)
+        .exec(
+            &ShellCommand::new("echo out; echo err >&2; exit 3"),
+            LONG,
+            &never(),
+        )
         .await
         .unwrap();
     assert_eq!(
         (out.exit_status, out.stdout.as_str(), out.stderr.as_str()),
         (3, "out\n", "err\n")
     );
-    let who = conn.exec(&ShellCommand::new("id -un"), LONG).await.unwrap();
+    let who = conn
+        .exec(&ShellCommand::new("id -un"), LONG, &never())
+        .await
+        .unwrap();
     assert_eq!(who.stdout.trim(), "root");
 
     // An encrypted RSA key with its passphrase; the second address is another "server".
@@ -62,7 +159,7 @@ async fn key_password_and_passphrase_logins_and_commands() {
         .await
         .unwrap();
     let who = conn3
-        .exec(&ShellCommand::new("id -un"), LONG)
+        .exec(&ShellCommand::new("id -un"), LONG, &never())
         .await
         .unwrap();
     assert_eq!(who.stdout.trim(), PASSWORD_USER);
@@ -105,6 +202,7 @@ async fn output_streams_line_by_line_and_deadlines_hold() {
         .exec_streaming(
             &ShellCommand::new("for i in 1 2 3; do echo line $i; sleep 0.2; done; echo oops >&2"),
             LONG,
+            &never(),
             move |stream, line| seen.lock().unwrap().push((stream, line.to_owned())),
         )
         .await
@@ -124,13 +222,18 @@ async fn output_streams_line_by_line_and_deadlines_hold() {
         .exec(
             &ShellCommand::new("head -c 300000 /dev/zero | tr '\\0' x >&2; echo done"),
             LONG,
+            &never(),
         )
         .await
         .unwrap();
     assert_eq!((out.stderr.len(), out.stdout.as_str()), (300_000, "done\n"));
 
     let err = conn
-        .exec(&ShellCommand::new("sleep 5"), Duration::from_millis(500))
+        .exec(
+            &ShellCommand::new("sleep 5"),
+            Duration::from_millis(500),
+            &never(),
+        )
         .await
         .err()
         .unwrap();
@@ -145,7 +248,7 @@ async fn output_streams_line_by_line_and_deadlines_hold() {
     .unwrap();
     assert_eq!(
         again
-            .exec(&ShellCommand::new("echo ok"), LONG)
+            .exec(&ShellCommand::new("echo ok"), LONG, &never())
             .await
             .unwrap()
             .stdout,
@@ -167,6 +270,7 @@ async fn sftp_upload_and_download() {
     conn.exec(
         &ShellCommand::new("mkdir -p").arg(&Arg::path(&dir).unwrap()),
         LONG,
+        &never(),
     )
     .await
     .unwrap();
@@ -174,7 +278,7 @@ async fn sftp_upload_and_download() {
     let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
     conn.upload(data.clone(), &path, 0o600).await.unwrap();
     let mode = conn
-        .exec(&ShellCommand::new("stat -c %a").arg(&path), LONG)
+        .exec(&ShellCommand::new("stat -c %a").arg(&path), LONG, &never())
         .await
         .unwrap();
     assert_eq!(mode.stdout.trim(), "600");
@@ -184,6 +288,7 @@ async fn sftp_upload_and_download() {
     conn.exec(
         &ShellCommand::new("rm -rf").arg(&Arg::path(&dir).unwrap()),
         LONG,
+        &never(),
     )
     .await
     .unwrap();
