@@ -152,7 +152,7 @@ pub async fn cancel_job(
 #[into_params(parameter_in = Query)]
 pub struct JobsQuery {
     /// A job kind, e.g. `server.validate`, `server.probe`, `email.send`.
-    #[param(max_length = 64)]
+    #[param(schema_with = job_kind_schema)]
     kind: Option<String>,
     /// A queue: deploy, rollback, ssl, probe, backup, email, alerts, diagnostic.
     queue: Option<Queue>,
@@ -162,6 +162,14 @@ pub struct JobsQuery {
     page: Option<i64>,
     #[param(minimum = 1, maximum = 100)]
     limit: Option<i64>,
+}
+
+/// Every kind of the catalog, as the document's enum of `kind`.
+fn job_kind_schema() -> utoipa::openapi::schema::Object {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(berth_jobs::kinds::CATALOG.iter().map(|k| k.name)))
+        .build()
 }
 
 /// A page of jobs, and the kinds left out because the caller's token does not

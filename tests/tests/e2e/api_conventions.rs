@@ -232,6 +232,7 @@ async fn openapi_documents_every_route() {
         "POST /api/v1/auth/reset-password",
         "POST /api/v1/auth/verify-email",
         "POST /api/v1/contact",
+        "POST /api/v1/jobs/{id}/cancel",
         "POST /api/v1/notifications/read-all",
         "POST /api/v1/profile/password",
         "POST /api/v1/servers",
