@@ -189,6 +189,7 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(realtime::ws))
         .routes(routes!(routes::jobs::get_job))
         .routes(routes!(routes::jobs::cancel_job))
+        .routes(routes!(routes::jobs::job_logs))
         .routes(routes!(routes::jobs::list_jobs));
     let (router, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/api/v1", v1)

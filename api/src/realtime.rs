@@ -1,5 +1,6 @@
 //! `GET /api/v1/ws`: the signed-in user's realtime channel (SPEC §3.6):
-//! notifications and job state changes. Each api process keeps one Redis
+//! notifications and job state changes, and the topics a socket subscribes
+//! to (a job's log), each checked against what the user may read. Each api process keeps one Redis
 //! pub/sub connection subscribed to every user's channel
 //! (`berth_jobs::events`) and hands each event only to the sockets of the
 //! user it was published for, so events reach the user whichever api process
@@ -27,9 +28,43 @@ const SESSION_RECHECK: Duration = Duration::from_secs(30);
 /// Events a slow socket may fall behind by before it is closed.
 const SOCKET_BUFFER: usize = 256;
 
-type Sockets = HashMap<Uuid, Vec<(u64, mpsc::Sender<String>)>>;
+/// The largest message a client may send.
+const MAX_CLIENT_MESSAGE: usize = 4096;
+/// Topics one socket may follow at once.
+const MAX_TOPICS_PER_SOCKET: usize = 32;
 
-/// The local sockets of each user.
+#[derive(Default)]
+struct Sockets {
+    senders: HashMap<u64, mpsc::Sender<String>>,
+    by_user: HashMap<Uuid, Vec<u64>>,
+    by_topic: HashMap<String, Vec<u64>>,
+}
+
+impl Sockets {
+    /// Hands `event` to `sockets`; a socket too far behind is dropped.
+    fn send(&mut self, sockets: &[u64], event: &str) -> Vec<u64> {
+        sockets
+            .iter()
+            .copied()
+            .filter(|id| {
+                self.senders
+                    .get(id)
+                    .is_some_and(|tx| tx.try_send(event.to_owned()).is_err())
+            })
+            .collect()
+    }
+
+    fn remove(&mut self, id: u64) {
+        self.senders.remove(&id);
+        for list in self.by_user.values_mut().chain(self.by_topic.values_mut()) {
+            list.retain(|s| *s != id);
+        }
+        self.by_user.retain(|_, l| !l.is_empty());
+        self.by_topic.retain(|_, l| !l.is_empty());
+    }
+}
+
+/// The local sockets of each user, and the topics each follows.
 #[derive(Clone, Default)]
 pub struct Hub {
     sockets: Arc<Mutex<Sockets>>,
@@ -37,35 +72,60 @@ pub struct Hub {
 }
 
 impl Hub {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Sockets> {
+        self.sockets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn register(&self, user_id: Uuid) -> (u64, mpsc::Receiver<String>) {
         let (tx, rx) = mpsc::channel(SOCKET_BUFFER);
         let id = self
             .next_id
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.sockets
-            .lock()
-            .expect("hub lock")
-            .entry(user_id)
-            .or_default()
-            .push((id, tx));
+        let mut sockets = self.lock();
+        sockets.senders.insert(id, tx);
+        sockets.by_user.entry(user_id).or_default().push(id);
         (id, rx)
     }
 
-    fn unregister(&self, user_id: Uuid, id: u64) {
-        let mut sockets = self.sockets.lock().expect("hub lock");
-        if let Some(list) = sockets.get_mut(&user_id) {
-            list.retain(|(socket, _)| *socket != id);
-            if list.is_empty() {
-                sockets.remove(&user_id);
-            }
+    fn unregister(&self, id: u64) {
+        self.lock().remove(id);
+    }
+
+    /// Adds `topic` to socket `id`'s; the caller checked it may read it.
+    /// False when the socket already follows as many topics as it may.
+    fn subscribe(&self, id: u64, topic: String) -> bool {
+        let mut sockets = self.lock();
+        let following = sockets
+            .by_topic
+            .values()
+            .filter(|l| l.contains(&id))
+            .count();
+        let list = sockets.by_topic.entry(topic).or_default();
+        if list.contains(&id) {
+            return true;
+        }
+        if following >= MAX_TOPICS_PER_SOCKET {
+            return false;
+        }
+        list.push(id);
+        true
+    }
+
+    fn deliver_to_user(&self, user_id: Uuid, event: &str) {
+        let mut sockets = self.lock();
+        let ids = sockets.by_user.get(&user_id).cloned().unwrap_or_default();
+        for slow in sockets.send(&ids, event) {
+            sockets.remove(slow);
         }
     }
 
-    /// Hands `event` to `user_id`'s sockets; a socket too far behind is dropped.
-    fn deliver(&self, user_id: Uuid, event: &str) {
-        let mut sockets = self.sockets.lock().expect("hub lock");
-        if let Some(list) = sockets.get_mut(&user_id) {
-            list.retain(|(_, tx)| tx.try_send(event.to_owned()).is_ok());
+    fn deliver_to_topic(&self, topic: &str, event: &str) {
+        let mut sockets = self.lock();
+        let ids = sockets.by_topic.get(topic).cloned().unwrap_or_default();
+        for slow in sockets.send(&ids, event) {
+            sockets.remove(slow);
         }
     }
 
@@ -77,6 +137,7 @@ impl Hub {
                 let client = redis::Client::open(redis_url.as_str())?;
                 let mut pubsub = client.get_async_pubsub().await?;
                 pubsub.psubscribe(berth_jobs::events::PATTERN).await?;
+                pubsub.psubscribe(berth_jobs::events::TOPIC_PATTERN).await?;
                 Ok::<_, redis::RedisError>(pubsub)
             };
             match subscribed.await {
@@ -88,11 +149,14 @@ impl Hub {
                             _ = shutdown.cancelled() => return,
                             message = messages.next() => {
                                 let Some(message) = message else { break };
-                                let Some(user) = berth_jobs::events::user_of(message.get_channel_name()) else {
+                                let Ok(payload) = message.get_payload::<String>() else {
                                     continue;
                                 };
-                                if let Ok(payload) = message.get_payload::<String>() {
-                                    self.deliver(user, &payload);
+                                let channel = message.get_channel_name();
+                                if let Some(user) = berth_jobs::events::user_of(channel) {
+                                    self.deliver_to_user(user, &payload);
+                                } else if let Some(topic) = berth_jobs::events::topic_of(channel) {
+                                    self.deliver_to_topic(topic, &payload);
                                 }
                             }
                         }
@@ -144,11 +208,52 @@ pub async fn ws(
             "WebSockets from another site's page are refused".into(),
         ));
     }
-    let user_id = principal.user_id();
-    Ok(upgrade.on_upgrade(move |socket| serve(state, socket, user_id, session_id)))
+    // Clients only send short subscribe messages.
+    Ok(upgrade
+        .max_message_size(MAX_CLIENT_MESSAGE)
+        .on_upgrade(move |socket| serve(state, socket, principal, session_id)))
 }
 
-async fn serve(state: AppState, mut socket: WebSocket, user_id: Uuid, session_id: Uuid) {
+/// What a client may send: follow a topic, `job:<id>` (a job's log).
+#[derive(serde::Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum ClientMessage {
+    Subscribe { topic: String },
+}
+
+/// Checks and takes a client's message; answers what to send back.
+async fn handle(state: &AppState, principal: &Principal, socket_id: u64, text: &str) -> String {
+    let answer = |kind: &str, data: serde_json::Value| {
+        serde_json::json!({ "type": kind, "data": data }).to_string()
+    };
+    let Ok(ClientMessage::Subscribe { topic }) = serde_json::from_str::<ClientMessage>(text) else {
+        return answer(
+            "error",
+            serde_json::json!({ "message": "expected {\"type\": \"subscribe\", \"topic\": \"job:<id>\"}" }),
+        );
+    };
+    let allowed = match topic.strip_prefix("job:") {
+        Some(job_id) => crate::routes::jobs::may_follow(state, principal, job_id).await,
+        None => Err(ApiError::NotFound("unknown topic".into())),
+    };
+    match allowed {
+        Ok(()) if state.hub.subscribe(socket_id, topic.clone()) => {
+            answer("subscribed", serde_json::json!({ "topic": topic }))
+        }
+        Ok(()) => answer(
+            "error",
+            serde_json::json!({ "topic": topic, "message": "this socket follows too many topics" }),
+        ),
+        // Another user's job and no such job answer alike.
+        Err(_) => answer(
+            "error",
+            serde_json::json!({ "topic": topic, "message": "no such topic of yours" }),
+        ),
+    }
+}
+
+async fn serve(state: AppState, mut socket: WebSocket, principal: Principal, session_id: Uuid) {
+    let user_id = principal.user_id();
     let (id, mut events) = state.hub.register(user_id);
     let mut recheck = tokio::time::interval(SESSION_RECHECK);
     recheck.tick().await;
@@ -162,6 +267,12 @@ async fn serve(state: AppState, mut socket: WebSocket, user_id: Uuid, session_id
             }
             incoming = socket.recv() => match incoming {
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(Message::Text(text))) => {
+                    let reply = handle(&state, &principal, id, text.as_str()).await;
+                    if socket.send(Message::Text(reply.into())).await.is_err() {
+                        break;
+                    }
+                }
                 Some(Ok(_)) => {}
             },
             _ = recheck.tick() => {
@@ -176,5 +287,5 @@ async fn serve(state: AppState, mut socket: WebSocket, user_id: Uuid, session_id
             }
         }
     }
-    state.hub.unregister(user_id, id);
+    state.hub.unregister(id);
 }

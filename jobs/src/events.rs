@@ -5,6 +5,7 @@
 //! which is in Postgres.
 
 use redis::aio::ConnectionManager;
+use serde::Serialize;
 use uuid::Uuid;
 
 pub const PATTERN: &str = "berth:events:*";
@@ -35,10 +36,10 @@ pub fn user_of(channel: &str) -> Option<Uuid> {
     channel.strip_prefix(PREFIX)?.parse().ok()
 }
 
-pub async fn publish(redis: &ConnectionManager, user_id: Uuid, event: &serde_json::Value) {
+pub async fn publish(redis: &ConnectionManager, user_id: Uuid, event: &RealtimeEvent) {
     let sent: Result<i64, redis::RedisError> = redis::cmd("PUBLISH")
         .arg(channel(user_id))
-        .arg(event.to_string())
+        .arg(event.to_json())
         .query_async(&mut redis.clone())
         .await;
     if let Err(e) = sent {
@@ -48,10 +49,50 @@ pub async fn publish(redis: &ConnectionManager, user_id: Uuid, event: &serde_jso
 
 /// What a job acts on, so a client can tell which server's or deployment's
 /// view a job event updates.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct JobTargets {
     pub server_id: Option<Uuid>,
     pub deployment_id: Option<Uuid>,
+}
+
+/// Everything the realtime channel carries, as `{type, data}`: the one shape
+/// of every event, whoever publishes it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", content = "data", rename_all = "snake_case")]
+pub enum RealtimeEvent {
+    /// A job's new state (on its owner's channel).
+    Job {
+        id: String,
+        kind: String,
+        state: String,
+        attempts: i32,
+        error: Option<String>,
+        #[serde(flatten)]
+        targets: JobTargets,
+    },
+    /// New lines of a job's log (on the job's topic).
+    JobLog {
+        #[serde(rename = "jobId")]
+        job_id: String,
+        lines: Vec<crate::joblog::LogLine>,
+    },
+    /// A notification (an alert, a changed host key) for its user.
+    Notification {
+        id: Option<Uuid>,
+        kind: String,
+        title: String,
+        body: String,
+        data: serde_json::Value,
+        #[serde(rename = "createdAt")]
+        created_at: chrono::DateTime<chrono::Utc>,
+    },
+}
+
+impl RealtimeEvent {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("events serialize")
+    }
 }
 
 /// A job's new state, as the WebSocket carries it.
@@ -62,12 +103,43 @@ pub fn job_event(
     attempts: i32,
     error: Option<&str>,
     targets: JobTargets,
-) -> serde_json::Value {
-    serde_json::json!({
-        "type": "job",
-        "data": {
-            "id": job_id, "kind": kind, "state": state, "attempts": attempts, "error": error,
-            "serverId": targets.server_id, "deploymentId": targets.deployment_id,
-        },
-    })
+) -> RealtimeEvent {
+    RealtimeEvent::Job {
+        id: job_id.to_owned(),
+        kind: kind.to_owned(),
+        state: state.to_owned(),
+        attempts,
+        error: error.map(str::to_owned),
+        targets,
+    }
+}
+
+/// Topics beyond "this user": a job's log, later a deployment's. Each api
+/// process follows [`TOPIC_PATTERN`] and hands a topic's events only to
+/// sockets that subscribed to it after the api checked they may read it.
+pub const TOPIC_PATTERN: &str = "berth:topics:*";
+const TOPIC_PREFIX: &str = "berth:topics:";
+
+pub fn topic_channel(topic: &str) -> String {
+    format!("{TOPIC_PREFIX}{topic}")
+}
+
+pub fn topic_of(channel: &str) -> Option<&str> {
+    channel.strip_prefix(TOPIC_PREFIX)
+}
+
+/// The topic of a job's log.
+pub fn job_topic(job_id: &str) -> String {
+    format!("job:{job_id}")
+}
+
+pub async fn publish_topic(redis: &ConnectionManager, topic: &str, event: &RealtimeEvent) {
+    let sent: Result<i64, redis::RedisError> = redis::cmd("PUBLISH")
+        .arg(topic_channel(topic))
+        .arg(event.to_json())
+        .query_async(&mut redis.clone())
+        .await;
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, "realtime event not published");
+    }
 }

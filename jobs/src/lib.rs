@@ -8,6 +8,7 @@ pub mod batch;
 pub mod client;
 pub mod events;
 pub mod housekeeping;
+pub mod joblog;
 pub mod kinds;
 pub mod policy;
 pub mod queue;

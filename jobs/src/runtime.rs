@@ -27,6 +27,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::batch::{BatchError, Batcher};
+use crate::joblog::{JobLog, LogSink};
 use crate::relay::{Delivery, Relay};
 use crate::{JobPayload, Policies, Queue, store};
 
@@ -77,6 +78,8 @@ pub struct JobContext {
     /// remote process group. The handler is dropped [`STOP_GRACE`] later if it
     /// has not returned by then.
     pub cancel: CancellationToken,
+    /// The job's log: steps and command output, live to its followers.
+    pub log: JobLog,
 }
 
 /// How long a handler has to stop its remote work once its job is cancelled
@@ -248,6 +251,7 @@ pub struct WorkerRuntime {
     liveness: Liveness,
     grace: Duration,
     registry: Registry,
+    log_max_bytes: u64,
 }
 
 impl WorkerRuntime {
@@ -259,7 +263,14 @@ impl WorkerRuntime {
             liveness: Liveness::default(),
             grace: Duration::from_secs(30),
             registry,
+            log_max_bytes: crate::joblog::DEFAULT_MAX_BYTES,
         }
+    }
+
+    /// The cap of one job's log (`BERTH_JOB_LOG_MAX_BYTES`).
+    pub fn job_log_max_bytes(mut self, max_bytes: u64) -> Self {
+        self.log_max_bytes = max_bytes;
+        self
     }
 
     pub fn liveness(mut self, liveness: Liveness) -> Self {
@@ -297,6 +308,7 @@ impl WorkerRuntime {
 
         let runs = TaskTracker::new();
         let running = Running::default();
+        let logs = LogSink::new(self.pool.clone(), redis.clone(), self.log_max_bytes);
         let cancels = tokio::spawn(listen_for_cancels(
             redis::Client::open(self.redis_url.as_str())?,
             self.pool.clone(),
@@ -321,6 +333,7 @@ impl WorkerRuntime {
                     policies: self.policies.clone(),
                     runs: runs.clone(),
                     running: running.clone(),
+                    logs: logs.clone(),
                 },
                 queue,
                 self.registry.of_queue(queue),
@@ -463,6 +476,7 @@ struct Dispatch {
     successes: Batcher<DeliveryKey, ()>,
     runs: TaskTracker,
     running: Running,
+    logs: LogSink,
 }
 
 /// What every queue's dispatch of one worker process shares.
@@ -473,6 +487,7 @@ struct ProcessParts {
     policies: Policies,
     runs: TaskTracker,
     running: Running,
+    logs: LogSink,
 }
 
 impl Dispatch {
@@ -488,6 +503,7 @@ impl Dispatch {
             policies,
             runs,
             running,
+            logs,
         } = parts;
         let policy = policies.get(queue);
         let concurrency = policy.concurrency;
@@ -523,6 +539,7 @@ impl Dispatch {
             successes,
             runs,
             running,
+            logs,
         }
     }
 }
@@ -607,16 +624,27 @@ impl Dispatch {
         };
         tell("running", None).await;
         let cancel = self.running.start(&job_id);
+        let log = self.logs.open(&job_id, claimed.log_seq, claimed.log_bytes);
+        let log_done = CancellationToken::new();
+        let follow = tokio::spawn({
+            let (logs, log, done) = (self.logs.clone(), log.clone(), log_done.clone());
+            async move { logs.follow(log, done).await }
+        });
         let ctx = JobContext {
             job_id: job_id.clone(),
             attempt: claimed.attempts as u32,
             max_attempts: claimed.max_attempts as u32,
             cancel: cancel.clone(),
+            log,
         };
         let started = Instant::now();
         let run = AssertUnwindSafe((handler.run)(claimed.payload.clone(), ctx)).catch_unwind();
         let outcome = stop_on_cancel_or_timeout(run, &cancel, claimed.timeout).await;
         self.running.end(&job_id);
+        // The whole log is written before the outcome is: a client that sees
+        // the job finished finds every line.
+        log_done.cancel();
+        let _ = follow.await;
         let failure = match outcome {
             Stop::Returned(Ok(Ok(()))) => None,
             Stop::Returned(Ok(Err(failure))) => Some(failure),

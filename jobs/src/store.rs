@@ -508,6 +508,9 @@ pub struct Claimed {
     /// Told of the job's state changes (`events`).
     pub owner_user_id: Option<Uuid>,
     pub targets: crate::events::JobTargets,
+    /// The job's log so far: its last line and its size.
+    pub log_seq: i64,
+    pub log_bytes: i64,
 }
 
 /// Marks the job running for this delivery and counts the attempt. Returns `None`
@@ -611,7 +614,7 @@ pub async fn claim_many(
          WHERE j.id = d.id AND j.delivery_id = d.delivery_id AND j.state IN ('queued', 'running') \
            AND j.id NOT IN (SELECT id FROM deferred) \
          RETURNING j.id, j.delivery_id, j.kind, j.payload, j.attempts, j.max_attempts, j.timeout_ms, \
-             j.owner_user_id, j.server_id, j.deployment_id",
+             j.owner_user_id, j.server_id, j.deployment_id, j.log_seq, j.log_bytes",
     )
     .bind(&job_ids)
     .bind(&delivery_ids)
@@ -639,6 +642,8 @@ pub async fn claim_many(
                     server_id: row.try_get("server_id")?,
                     deployment_id: row.try_get("deployment_id")?,
                 },
+                log_seq: row.try_get("log_seq")?,
+                log_bytes: row.try_get("log_bytes")?,
             },
         );
     }

@@ -89,6 +89,27 @@ impl Fleet {
         get_as(app, &self.token, &path).await.1["data"].clone()
     }
 
+    /// The fleet's user.
+    pub async fn owner(&self) -> uuid::Uuid {
+        sqlx::query_scalar("SELECT id FROM users WHERE email = 'ops@example.test'")
+            .fetch_one(&self.stack.db.pool)
+            .await
+            .unwrap()
+    }
+
+    /// Enqueues `diagnostic.remote_sleep` on `server` (the worker must serve
+    /// the `diagnostic` queue); answers the job id.
+    pub async fn remote_sleep(&self, server: &str, seconds: u32) -> String {
+        let server: uuid::Uuid = server.parse().unwrap();
+        let job = NewJob::new(berth_jobs::RemoteSleep {
+            server_id: server,
+            seconds,
+        })
+        .owner(self.owner().await)
+        .server(server);
+        self.stack.app.state.jobs.enqueue(job).await.unwrap().id
+    }
+
     /// The job as `GET /jobs/{id}` shows it now.
     pub async fn job_state(&self, job_id: &str) -> Value {
         get_as(

@@ -389,3 +389,43 @@ impl BerthProcess {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), signal).expect("signal");
     }
 }
+
+/// A WebSocket to `base`'s realtime channel, signed in with `token`.
+pub async fn connect_ws(
+    base: &str,
+    token: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let url = format!("{}/api/v1/ws", base.replace("http://", "ws://"));
+    let mut request = url.into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    tokio_tungstenite::connect_async(request)
+        .await
+        .expect("ws connect")
+        .0
+}
+
+/// Processes on this machine (the test servers are local sshd processes)
+/// whose command line is exactly `cmdline`.
+pub fn processes_running(cmdline: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+        .filter(|raw| String::from_utf8_lossy(raw).replace('\0', " ").trim_end() == cmdline)
+        .count()
+}
+
+/// Processes on this machine whose command line contains `fragment`.
+pub fn processes_containing(fragment: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+        .filter(|raw| {
+            String::from_utf8_lossy(raw)
+                .replace('\0', " ")
+                .contains(fragment)
+        })
+        .count()
+}

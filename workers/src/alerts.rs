@@ -10,6 +10,7 @@
 //! after the transaction that records them commits. The user's preferences
 //! (`/profile/preferences`) can turn off offline/online and recovery notices.
 
+use berth_jobs::events::RealtimeEvent;
 use berth_jobs::store::{self, NewJob};
 use berth_jobs::{EmailJob, EmailMessage, Policies};
 use redis::aio::ConnectionManager;
@@ -103,7 +104,7 @@ pub async fn deliver(
     to: &Recipient,
     rules: &Rules,
     notice: &Notice,
-) -> Result<Option<serde_json::Value>, sqlx::Error> {
+) -> Result<Option<RealtimeEvent>, sqlx::Error> {
     if !rules.wants(notice.kind) {
         return Ok(None);
     }
@@ -139,24 +140,19 @@ pub async fn deliver(
         // Pushed by the relay sweep of this worker within seconds.
         store::enqueue(conn, policies, job).await?;
     }
-    Ok(rules.realtime_alerts.then(|| {
-        serde_json::json!({
-            "type": "notification",
-            "data": {
-                "id": created_at.map(|_| id),
-                "kind": notice.kind,
-                "title": notice.title,
-                "body": notice.body,
-                "data": notice.data,
-                "createdAt": created_at.unwrap_or_else(chrono::Utc::now),
-            }
-        })
+    Ok(rules.realtime_alerts.then(|| RealtimeEvent::Notification {
+        id: created_at.map(|_| id),
+        kind: notice.kind.to_owned(),
+        title: notice.title.clone(),
+        body: notice.body.clone(),
+        data: notice.data.clone(),
+        created_at: created_at.unwrap_or_else(chrono::Utc::now),
     }))
 }
 
 /// Publishes realtime events after commit; a failure only loses the live push
 /// (the notification row and the mail are committed).
-pub async fn publish(redis: &ConnectionManager, user_id: Uuid, events: &[serde_json::Value]) {
+pub async fn publish(redis: &ConnectionManager, user_id: Uuid, events: &[RealtimeEvent]) {
     for event in events {
         berth_jobs::events::publish(redis, user_id, event).await;
     }

@@ -30,11 +30,23 @@ impl JobHandler for RemoteSleeper {
             .connect(&row)
             .await
             .map_err(|e| ServerJobs::failure(&e))?;
-        let sleep = ShellCommand::new("sleep").arg(&Arg::number(u64::from(seconds)));
+        ctx.log
+            .step(&format!("sleeping {seconds} s on {}", row.name));
+        // One line per second, stamped by the server (nanoseconds since the
+        // epoch), so a follower can tell how late each line reached it.
+        let ticks = ShellCommand::new("i=0; while [ \"$i\" -lt")
+            .arg(&Arg::number(u64::from(seconds)))
+            .raw("]; do i=$((i+1)); echo \"tick $i $(date +%s%N)\"; sleep 1; done");
         let deadline = Duration::from_secs(u64::from(seconds) + 30);
-        conn.exec(&sleep, deadline, &ctx.cancel)
+        let log = ctx.log.clone();
+        let output = conn
+            .exec_streaming(&ticks, deadline, &ctx.cancel, move |stream, line| {
+                log.line(crate::servers::log_stream(stream), line);
+            })
             .await
             .map_err(|e| ServerJobs::failure(&e))?;
+        ctx.log
+            .step(&format!("done (exit status {})", output.exit_status));
         Ok(())
     }
 }

@@ -81,7 +81,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         registry,
     )
     .liveness(liveness)
-    .shutdown_grace(grace);
+    .shutdown_grace(grace)
+    .job_log_max_bytes(env.parsed(
+        "BERTH_JOB_LOG_MAX_BYTES",
+        berth_jobs::joblog::DEFAULT_MAX_BYTES,
+    )?);
 
     let queues = if args.queues.trim().is_empty() {
         runtime.served_queues()

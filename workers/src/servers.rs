@@ -36,7 +36,7 @@ pub struct ServerJobs {
 pub(crate) struct ServerRow {
     pub(crate) id: Uuid,
     owner_user_id: Uuid,
-    name: String,
+    pub(crate) name: String,
     host: String,
     port: i32,
     username: String,
@@ -235,4 +235,12 @@ async fn insert_sample(
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// Where a command's output line goes in its job's log.
+pub fn log_stream(stream: berth_ssh::Stream) -> berth_jobs::joblog::LogStream {
+    match stream {
+        berth_ssh::Stream::Stdout => berth_jobs::joblog::LogStream::Stdout,
+        berth_ssh::Stream::Stderr => berth_jobs::joblog::LogStream::Stderr,
+    }
 }

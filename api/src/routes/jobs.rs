@@ -2,6 +2,7 @@
 //! An API token sees only the kinds its scopes cover.
 
 use axum::extract::State;
+use berth_jobs::joblog::LogLine;
 use berth_jobs::store::{self, JobFilter};
 use berth_jobs::{JobRecord, JobState, Queue};
 use serde::{Deserialize, Serialize};
@@ -146,6 +147,74 @@ pub async fn cancel_job(
     } else {
         Envelope::ok(job)
     })
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct LogQuery {
+    /// Lines after this sequence number (0: from the start).
+    #[param(minimum = 0)]
+    after: Option<i64>,
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<i64>,
+}
+
+/// A page of a job's log.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JobLogPage {
+    items: Vec<LogLine>,
+    /// Pass as `after` for the next page (or to follow the log by polling).
+    next_after: i64,
+    /// Lines were dropped past the job's log cap.
+    truncated: bool,
+    /// The job has finished: no more lines will come.
+    finished: bool,
+}
+
+/// A job's log: its steps and its commands' output, oldest first. Follow it
+/// live over the WebSocket (`{"type": "subscribe", "topic": "job:<id>"}`).
+#[utoipa::path(get, path = "/jobs/{id}/logs", tag = "jobs",
+    params(("id" = String, Path, description = "Job id (ULID)"), LogQuery), responses(
+    (status = 200, description = "Log lines", body = JobLogPage),
+    (status = 400, description = "A bad `after` or `limit`", body = crate::error::ErrorEnvelope),
+    (status = 403, description = "The token's scopes do not cover this kind of job", body = crate::error::ErrorEnvelope),
+    (status = 404, description = "No such job of yours", body = crate::error::ErrorEnvelope)))]
+pub async fn job_logs(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    Query(query): Query<LogQuery>,
+) -> Result<Envelope<JobLogPage>, ApiError> {
+    let after = query.after.unwrap_or(0);
+    let limit = query.limit.unwrap_or(500);
+    let mut details = Vec::new();
+    if after < 0 {
+        details.push(FieldError::new("after", "must be at least 0"));
+    }
+    if !(1..=1000).contains(&limit) {
+        details.push(FieldError::new("limit", "must be between 1 and 1000"));
+    }
+    if !details.is_empty() {
+        return Err(ApiError::validation(details));
+    }
+    let job = visible_job(&state, &principal, &id).await?;
+    let items = berth_jobs::joblog::read(&state.pool, &id, after, limit).await?;
+    let truncated: bool = sqlx::query_scalar("SELECT log_truncated FROM jobs WHERE id = $1")
+        .bind(&id)
+        .fetch_one(&state.pool)
+        .await?;
+    Ok(Envelope::ok(JobLogPage {
+        next_after: items.last().map_or(after, |l| l.seq),
+        items,
+        truncated,
+        finished: job.state.is_terminal(),
+    }))
+}
+
+/// For the realtime channel: may `principal` follow job `id`'s log?
+pub async fn may_follow(state: &AppState, principal: &Principal, id: &str) -> Result<(), ApiError> {
+    visible_job(state, principal, id).await.map(|_| ())
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]

@@ -5,41 +5,12 @@
 use std::time::{Duration, Instant};
 
 use berth_e2e::accounts::{NewUser, access_token, create_user, send_as};
-use berth_e2e::eventually;
 use berth_e2e::fleet::Fleet;
+use berth_e2e::{eventually, processes_containing};
+use berth_jobs::DiagnosticJob;
 use berth_jobs::store::NewJob;
-use berth_jobs::{DiagnosticJob, RemoteSleep};
 use reqwest::Method;
 use serde_json::{Value, json};
-use uuid::Uuid;
-
-/// Processes on this machine (the test servers are local sshd processes)
-/// whose command line is exactly `cmdline`.
-fn processes_running(cmdline: &str) -> usize {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
-        .filter(|raw| String::from_utf8_lossy(raw).replace('\0', " ").trim_end() == cmdline)
-        .count()
-}
-
-async fn owner_of(fleet: &Fleet) -> Uuid {
-    sqlx::query_scalar("SELECT id FROM users WHERE email = 'ops@example.test'")
-        .fetch_one(&fleet.stack.db.pool)
-        .await
-        .unwrap()
-}
-
-async fn remote_sleep(fleet: &Fleet, server: &str, seconds: u32) -> String {
-    let server: Uuid = server.parse().unwrap();
-    let job = NewJob::new(RemoteSleep {
-        server_id: server,
-        seconds,
-    })
-    .owner(owner_of(fleet).await)
-    .server(server);
-    fleet.stack.app.state.jobs.enqueue(job).await.unwrap().id
-}
 
 async fn cancel(fleet: &Fleet, token: &str, id: &str) -> (u16, Value) {
     send_as(
@@ -52,11 +23,17 @@ async fn cancel(fleet: &Fleet, token: &str, id: &str) -> (u16, Value) {
     .await
 }
 
-async fn wait_running(fleet: &Fleet, id: &str, cmdline: &str) {
+/// The remote loop of `diagnostic.remote_sleep` for `seconds`, as its shell's
+/// command line shows it.
+fn remote_loop(seconds: u32) -> String {
+    format!("-lt {seconds} ]")
+}
+
+async fn wait_running(fleet: &Fleet, id: &str, seconds: u32) {
     eventually(
         Duration::from_secs(20),
-        "the remote sleep to start",
-        || async { processes_running(cmdline) == 1 },
+        "the remote loop to start",
+        || async { processes_containing(&remote_loop(seconds)) == 1 },
     )
     .await;
     let job = fleet.job_state(id).await;
@@ -68,12 +45,12 @@ async fn cancel_stops_a_queued_job_and_a_running_ones_remote_process_only() {
     let fleet = Fleet::start("probe,diagnostic", &[]).await;
     fleet.quiet_alerts().await;
     let server = fleet.onboard(0).await;
-    let owner = owner_of(&fleet).await;
+    let owner = fleet.owner().await;
 
-    let target = remote_sleep(&fleet, &server, 600).await;
-    let sibling = remote_sleep(&fleet, &server, 601).await;
-    wait_running(&fleet, &target, "sleep 600").await;
-    wait_running(&fleet, &sibling, "sleep 601").await;
+    let target = fleet.remote_sleep(&server, 600).await;
+    let sibling = fleet.remote_sleep(&server, 601).await;
+    wait_running(&fleet, &target, 600).await;
+    wait_running(&fleet, &sibling, 601).await;
 
     // A queued job: waiting for a key another job holds.
     let holder = NewJob::new(DiagnosticJob {
@@ -110,13 +87,17 @@ async fn cancel_stops_a_queued_job_and_a_running_ones_remote_process_only() {
     eventually(
         Duration::from_secs(5),
         "the remote sleep to be gone",
-        || async { processes_running("sleep 600") == 0 },
+        || async { processes_containing(&remote_loop(600)) == 0 },
     )
     .await;
     let gone = asked.elapsed();
     let job = fleet.job_done_or_cancelled(&target).await;
     assert_eq!(job["state"], "cancelled", "{job}");
-    assert_eq!(processes_running("sleep 601"), 1, "the sibling was touched");
+    assert_eq!(
+        processes_containing(&remote_loop(601)),
+        1,
+        "the sibling was touched"
+    );
     assert_eq!(fleet.job_state(&sibling).await["state"], "running");
     println!("cancel to remote process gone: {gone:?}");
 
@@ -124,7 +105,7 @@ async fn cancel_stops_a_queued_job_and_a_running_ones_remote_process_only() {
         assert_eq!(cancel(&fleet, &fleet.token, id).await.0, 202);
         fleet.job_done_or_cancelled(id).await;
     }
-    assert_eq!(processes_running("sleep 601"), 0);
+    assert_eq!(processes_containing(&remote_loop(601)), 0);
     let audited: i64 =
         sqlx::query_scalar("SELECT count(*) FROM audit_logs WHERE action = 'job.cancel'")
             .fetch_one(&fleet.stack.db.pool)
@@ -145,7 +126,7 @@ async fn a_timeout_kills_the_remote_process_too() {
     .await;
     fleet.quiet_alerts().await;
     let server = fleet.onboard(0).await;
-    let id = remote_sleep(&fleet, &server, 602).await;
+    let id = fleet.remote_sleep(&server, 602).await;
     let job = fleet.job_done(&id).await;
     assert_eq!(job["state"], "failed", "{job}");
     assert!(
@@ -158,7 +139,7 @@ async fn a_timeout_kills_the_remote_process_too() {
     eventually(
         Duration::from_secs(5),
         "the timed-out sleep to be gone",
-        || async { processes_running("sleep 602") == 0 },
+        || async { processes_containing(&remote_loop(602)) == 0 },
     )
     .await;
 }

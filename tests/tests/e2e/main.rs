@@ -7,6 +7,7 @@ mod contract;
 mod http_hardening;
 mod job_cancel;
 mod job_keys;
+mod job_logs;
 mod jobs_pipeline;
 mod lockout;
 mod monitoring;

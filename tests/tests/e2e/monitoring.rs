@@ -276,20 +276,7 @@ async fn notifications_are_listed_read_and_deleted_by_their_owner_only() {
     assert_eq!(notifications(&fleet).await.len(), 1);
 }
 
-async fn connect_ws(
-    base: &str,
-    token: &str,
-) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
-    let url = format!("{}/api/v1/ws", base.replace("http://", "ws://"));
-    let mut request = url.into_client_request().unwrap();
-    request
-        .headers_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    tokio_tungstenite::connect_async(request)
-        .await
-        .expect("ws connect")
-        .0
-}
+use berth_e2e::connect_ws;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_websocket_carries_the_users_events_and_nobody_elses() {

@@ -4,6 +4,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use berth_config::SecretString;
+use berth_e2e::processes_running;
 use berth_e2e::ssh_servers::{KEY_PASSPHRASE, PASSWORD, PASSWORD_USER, TestSshd};
 use berth_ssh::{AddressPolicy, Arg, Auth, Limits, ShellCommand, SshError, Stream, Target};
 use tokio_util::sync::CancellationToken;
@@ -26,16 +27,6 @@ const LONG: Duration = Duration::from_secs(30);
 /// A token nobody cancels.
 fn never() -> CancellationToken {
     CancellationToken::new()
-}
-
-/// Processes on this machine (the test servers are local sshd processes)
-/// whose command line is exactly `cmdline`.
-fn processes_running(cmdline: &str) -> usize {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
-        .filter(|raw| String::from_utf8_lossy(raw).replace('\0', " ").trim_end() == cmdline)
-        .count()
 }
 
 #[tokio::test(flavor = "multi_thread")]
