@@ -198,6 +198,7 @@ async fn openapi_documents_every_route() {
         "GET /api/v1/health/ready",
         "GET /api/v1/jobs",
         "GET /api/v1/jobs/{id}",
+        "GET /api/v1/jobs/{id}/logs",
         "GET /api/v1/notifications",
         "GET /api/v1/openapi.json",
         "GET /api/v1/profile",
