@@ -36,6 +36,7 @@ impl JobPolicy {
             Queue::Email => (5, 60, 4),
             Queue::Alerts => (3, 60, 4),
             Queue::Diagnostic => (3, 600, 8),
+            Queue::Maintenance => (1, 300, 2),
         };
         Self {
             max_attempts,

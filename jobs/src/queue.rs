@@ -17,10 +17,13 @@ pub enum Queue {
     Alerts,
     /// Jobs that only exercise the pipeline itself (operators' smoke tests, benchmarks).
     Diagnostic,
+    /// The scheduler's periodic work (pruning, reconciling), run by workers so
+    /// the scheduler only enqueues.
+    Maintenance,
 }
 
 impl Queue {
-    pub const ALL: [Queue; 8] = [
+    pub const ALL: [Queue; 9] = [
         Queue::Deploy,
         Queue::Rollback,
         Queue::Ssl,
@@ -29,6 +32,7 @@ impl Queue {
         Queue::Email,
         Queue::Alerts,
         Queue::Diagnostic,
+        Queue::Maintenance,
     ];
 
     pub fn name(self) -> &'static str {
@@ -41,6 +45,7 @@ impl Queue {
             Queue::Email => "email",
             Queue::Alerts => "alerts",
             Queue::Diagnostic => "diagnostic",
+            Queue::Maintenance => "maintenance",
         }
     }
 

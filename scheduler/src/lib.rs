@@ -5,7 +5,6 @@
 //!   leader handover, where an old leader may not yet know it lost the lock, the
 //!   insert that wins the primary key is the only one that fires.
 
-pub mod expired;
 pub mod leader;
 pub mod probes;
 pub mod schedules;

@@ -2,8 +2,6 @@
 //! `probe:<server>`: while one is queued or running, enqueueing another
 //! returns it instead, so probes of a slow server never overlap or pile up.
 
-use std::time::Duration;
-
 use berth_jobs::store::NewJob;
 use berth_jobs::{JobClient, ServerProbe};
 use sqlx::PgPool;
@@ -31,13 +29,4 @@ pub async fn enqueue_probes(pool: &PgPool, jobs: &JobClient) -> anyhow::Result<u
         }
     }
     Ok(created)
-}
-
-/// Deletes probe samples older than `retention`; returns how many.
-pub async fn prune_metrics(pool: &PgPool, retention: Duration) -> Result<u64, sqlx::Error> {
-    let done = sqlx::query("DELETE FROM server_metrics WHERE at < now() - $1::interval")
-        .bind(format!("{} seconds", retention.as_secs()))
-        .execute(pool)
-        .await?;
-    Ok(done.rows_affected())
 }

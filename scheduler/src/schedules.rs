@@ -2,7 +2,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use berth_config::{ConfigError, Env};
-use berth_jobs::{JobClient, Policies, housekeeping, store};
+use berth_jobs::kinds::maintenance::{Prune, Reconcile};
+use berth_jobs::store::NewJob;
+use berth_jobs::{JobClient, Policies};
 use chrono::{DateTime, Utc};
 use redis::aio::ConnectionManager;
 use sqlx::PgPool;
@@ -13,9 +15,11 @@ use crate::leader::LeaderLock;
 /// The periodic work the scheduler knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Schedule {
-    /// Delete finished jobs past the retention, and expired sign-in state.
+    /// Delete finished jobs past the retention, and expired sign-in state
+    /// (a `maintenance.prune` job).
     Prune,
-    /// Re-issue or fail jobs that no worker will finish.
+    /// Re-issue or fail jobs that no worker will finish (a
+    /// `maintenance.reconcile` job).
     Reconcile,
     /// A probe job for every validated server.
     Probe,
@@ -40,10 +44,10 @@ impl Schedule {
         }
     }
 
+    /// How long enqueueing a tick's work may take.
     fn timeout(self) -> Duration {
         match self {
-            Schedule::Prune => Duration::from_secs(300),
-            Schedule::Reconcile => Duration::from_secs(60),
+            Schedule::Prune | Schedule::Reconcile => Duration::from_secs(10),
             Schedule::Probe => Duration::from_secs(50),
         }
     }
@@ -210,40 +214,34 @@ impl Scheduler {
         }
     }
 
+    /// Enqueues the tick's work; workers run it (the `maintenance` and
+    /// `probe` queues), so this loop never waits on the work itself.
     async fn run_schedule(&self, schedule: Schedule) -> anyhow::Result<()> {
-        match schedule {
+        let config = &self.config;
+        let job = match schedule {
             Schedule::Prune => {
-                let pruned =
-                    housekeeping::prune(&self.pool, &self.redis, self.config.job_retention).await?;
-                let credentials = crate::expired::prune_expired_credentials(&self.pool).await?;
-                let metrics =
-                    crate::probes::prune_metrics(&self.pool, self.config.metrics_retention).await?;
-                tracing::info!(
-                    jobs = pruned.jobs,
-                    redis_tasks = pruned.redis_tasks,
-                    sessions = credentials.sessions,
-                    refresh_tokens = credentials.refresh_tokens,
-                    codes = credentials.codes,
-                    metrics,
-                    "pruned"
-                );
+                self.jobs
+                    .enqueue(NewJob::new(Prune {
+                        job_retention_secs: config.job_retention.as_secs(),
+                        metrics_retention_secs: config.metrics_retention.as_secs(),
+                    }))
+                    .await?
+            }
+            Schedule::Reconcile => {
+                self.jobs
+                    .enqueue(NewJob::new(Reconcile {
+                        running_grace_ms: config.running_grace.as_millis() as u64,
+                        queued_lost_ms: config.queued_lost_after.as_millis() as u64,
+                    }))
+                    .await?
             }
             Schedule::Probe => {
                 let probes = crate::probes::enqueue_probes(&self.pool, &self.jobs).await?;
                 tracing::info!(probes, "probes enqueued");
+                return Ok(());
             }
-            Schedule::Reconcile => {
-                let outcome = store::reconcile(
-                    &self.pool,
-                    self.config.running_grace,
-                    self.config.queued_lost_after,
-                )
-                .await?;
-                if outcome.requeued > 0 {
-                    tracing::warn!(requeued = outcome.requeued, "re-issued lost jobs");
-                }
-            }
-        }
+        };
+        tracing::info!(schedule = schedule.name(), job = %job.id, "enqueued");
         Ok(())
     }
 }

@@ -6,6 +6,7 @@ pub mod alerts;
 pub mod diagnostic;
 pub mod diagnostic_remote_sleep;
 pub mod email;
+pub mod maintenance;
 pub mod probe;
 pub mod registry;
 pub mod server_probe;

@@ -68,12 +68,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .context("cannot connect to REDIS_URL")?;
     let servers = Arc::new(ServerJobs::new(
         pool.clone(),
-        redis,
+        redis.clone(),
         policies.clone(),
         Keyring::from_config(&mail.master_key, &mail.previous_master_keys),
         &ssh,
     ));
-    let registry = berth_workers::registry::registry(mailer, servers)?;
+    let registry = berth_workers::registry::registry(mailer, servers, pool.clone(), redis)?;
     let runtime = WorkerRuntime::new(
         pool,
         common.redis_url.expose().to_owned(),

@@ -3,19 +3,32 @@
 use std::sync::Arc;
 
 use berth_jobs::runtime::{DuplicateKind, Registry};
+use redis::aio::ConnectionManager;
+use sqlx::PgPool;
 
 use crate::diagnostic::DiagnosticSleep;
 use crate::diagnostic_remote_sleep::RemoteSleeper;
 use crate::email::{Mailer, SendEmail};
+use crate::maintenance::{Pruner, Reconciler};
 use crate::server_probe::ProbeServer;
 use crate::server_validate::ValidateServer;
 use crate::servers::ServerJobs;
 
-pub fn registry(mailer: Arc<Mailer>, servers: Arc<ServerJobs>) -> Result<Registry, DuplicateKind> {
+pub fn registry(
+    mailer: Arc<Mailer>,
+    servers: Arc<ServerJobs>,
+    pool: PgPool,
+    redis: ConnectionManager,
+) -> Result<Registry, DuplicateKind> {
     Registry::new()
         .with(SendEmail(mailer))?
         .with(DiagnosticSleep)?
         .with(RemoteSleeper(servers.clone()))?
         .with(ValidateServer(servers.clone()))?
-        .with(ProbeServer(servers))
+        .with(ProbeServer(servers))?
+        .with(Pruner {
+            pool: pool.clone(),
+            redis,
+        })?
+        .with(Reconciler { pool })
 }

@@ -22,7 +22,7 @@ fn scope_for(queue: Queue) -> Scope {
         Queue::Deploy | Queue::Rollback => Scope::DeploymentsRead,
         Queue::Ssl => Scope::DomainsRead,
         Queue::Probe | Queue::Alerts => Scope::ServersRead,
-        Queue::Backup | Queue::Email | Queue::Diagnostic => Scope::Admin,
+        Queue::Backup | Queue::Email | Queue::Diagnostic | Queue::Maintenance => Scope::Admin,
     }
 }
 
@@ -32,7 +32,7 @@ fn write_scope_for(queue: Queue) -> Scope {
         Queue::Deploy | Queue::Rollback => Scope::DeploymentsWrite,
         Queue::Ssl => Scope::DomainsWrite,
         Queue::Probe | Queue::Alerts => Scope::ServersWrite,
-        Queue::Backup | Queue::Email | Queue::Diagnostic => Scope::Admin,
+        Queue::Backup | Queue::Email | Queue::Diagnostic | Queue::Maintenance => Scope::Admin,
     }
 }
 

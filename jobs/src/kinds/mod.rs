@@ -7,6 +7,7 @@
 mod diagnostic_remote_sleep;
 mod diagnostic_sleep;
 mod email_send;
+pub mod maintenance;
 mod server_probe;
 mod server_validate;
 
@@ -74,6 +75,8 @@ pub const CATALOG: &[Kind] = &[
     kind::<RemoteSleep>(),
     kind::<ServerValidate>(),
     kind::<ServerProbe>(),
+    kind::<maintenance::Prune>(),
+    kind::<maintenance::Reconcile>(),
 ];
 
 /// The catalog's entry for `name`.

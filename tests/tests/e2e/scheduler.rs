@@ -53,10 +53,15 @@ async fn two_schedulers_fire_each_tick_once_and_hand_over() {
         rows as usize, fired_lines,
         "every fire claimed its own tick"
     );
-    assert!(
-        a.output().contains("pruned") || b.output().contains("pruned"),
-        "prune ran"
-    );
+    // The schedulers only enqueue: the work waits for a maintenance worker.
+    let enqueued: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT kind, count(*) FROM jobs WHERE queue = 'maintenance' GROUP BY kind ORDER BY kind",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let kinds: Vec<&str> = enqueued.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(kinds, ["maintenance.prune", "maintenance.reconcile"]);
 
     // Stop whichever leads; the other takes over.
     let (leader, follower) = if ta.len() >= tb.len() { (a, b) } else { (b, a) };
@@ -126,8 +131,23 @@ async fn prune_deletes_sign_in_state_that_can_no_longer_be_used() {
     .await
     .unwrap();
 
+    // The scheduler only enqueues; a worker serving `maintenance` prunes.
     let _scheduler = BerthProcess::spawn("berth-scheduler", &[], &env);
     let pool = db.pool.clone();
+    eventually(Duration::from_secs(10), "a prune job enqueued", || {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM jobs WHERE kind = 'maintenance.prune' AND queue = 'maintenance'",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+                > 0
+        }
+    })
+    .await;
+    let _worker = BerthProcess::spawn("berth-worker", &["--queues", "maintenance"], &env);
     eventually(Duration::from_secs(30), "expired rows pruned", || {
         let pool = pool.clone();
         async move {
@@ -152,5 +172,30 @@ async fn prune_deletes_sign_in_state_that_can_no_longer_be_used() {
             "00000000-0000-0000-0000-000000000003",
             "00000000-0000-0000-0000-000000000004"
         ]
+    );
+    // A tick a second, yet never more than one prune queued and one running:
+    // each newer one supersedes the one still waiting.
+    let pending: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM jobs WHERE kind = 'maintenance.prune' AND state IN ('queued', 'running')",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert!(pending <= 2, "{pending} prune jobs pending");
+    let superseded: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM jobs WHERE kind = 'maintenance.prune' AND last_error LIKE 'superseded by job %'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    let succeeded: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM jobs WHERE kind = 'maintenance.prune' AND state = 'succeeded'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert!(
+        succeeded >= 1,
+        "{succeeded} prunes ran ({superseded} superseded)"
     );
 }
