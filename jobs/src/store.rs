@@ -612,7 +612,7 @@ pub async fn claim_many(
              worker = $3, pushed_at = COALESCE(j.pushed_at, now()), updated_at = now() \
          FROM d \
          WHERE j.id = d.id AND j.delivery_id = d.delivery_id AND j.state IN ('queued', 'running') \
-           AND j.id NOT IN (SELECT id FROM deferred) \
+           AND j.cancel_requested_at IS NULL AND j.id NOT IN (SELECT id FROM deferred) \
          RETURNING j.id, j.delivery_id, j.kind, j.payload, j.attempts, j.max_attempts, j.timeout_ms, \
              j.owner_user_id, j.server_id, j.deployment_id, j.log_seq, j.log_bytes",
     )
@@ -891,6 +891,14 @@ pub async fn reconcile(
         .await?;
         outcome.requeued += 1;
     }
+    // A job whose cancellation was asked for while it ran, and that is back
+    // in the queue (its worker died or retried it first), is not run again.
+    sqlx::query(
+        "UPDATE jobs SET state = 'cancelled', finished_at = now(), updated_at = now() \
+         WHERE state = 'queued' AND cancel_requested_at IS NOT NULL",
+    )
+    .execute(&mut *tx)
+    .await?;
     // A claim that took a key but lost its row to a concurrent change (a
     // cancel between the two) leaves the key with a job that is not running.
     sqlx::query(

@@ -143,3 +143,25 @@ async fn a_timeout_kills_the_remote_process_too() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_whose_cancel_was_asked_is_not_run_again_after_its_worker_died() {
+    let pipeline = berth_e2e::pipeline::pipeline(&[]).await;
+    let pool = &pipeline.db.pool;
+    let id = berth_e2e::pipeline::enqueue_diagnostic(&pipeline.jobs, 0).await;
+    // As if it had been running when cancelled, and its worker died.
+    sqlx::query("UPDATE jobs SET cancel_requested_at = now() WHERE id = $1")
+        .bind(&id)
+        .execute(pool)
+        .await
+        .unwrap();
+    let _worker = berth_e2e::pipeline::diagnostic_worker(&pipeline.env);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let job = berth_e2e::pipeline::job(pool, &id).await;
+    assert_eq!(job.attempts, 0, "a worker claimed it: {job:?}");
+    berth_jobs::store::reconcile(pool, Duration::from_secs(60), Duration::from_secs(600))
+        .await
+        .unwrap();
+    let job = berth_e2e::pipeline::job(pool, &id).await;
+    assert_eq!(job.state, berth_jobs::JobState::Cancelled, "{job:?}");
+}
