@@ -100,9 +100,9 @@ async fn a_waiting_job_shows_why_and_runs_after_the_holder() {
     .await;
     let held = job(&db.pool, &holder).await;
     assert!(done.started_at.unwrap() >= held.finished_at.unwrap());
-    // Woken by the release, not by its 30 s safety net.
+    // Woken by the release, not by its 30 s safety net (loose: CI is slow).
     assert!(
-        done.started_at.unwrap() - held.finished_at.unwrap() < chrono::Duration::seconds(5),
+        done.started_at.unwrap() - held.finished_at.unwrap() < chrono::Duration::seconds(20),
         "{done:?} {held:?}"
     );
 }

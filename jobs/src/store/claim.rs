@@ -1,0 +1,164 @@
+//! Claiming a delivery: the job's current delivery only, within its owner's
+//! share of the queue and its concurrency key's turn.
+
+use std::time::Duration;
+
+use sqlx::{PgPool, Row};
+use ulid::Ulid;
+use uuid::Uuid;
+
+use crate::Queue;
+
+/// A delivery a worker may run: the job's current delivery, not finished.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub kind: String,
+    pub payload: serde_json::Value,
+    pub attempts: i32,
+    pub max_attempts: i32,
+    pub timeout: Duration,
+    /// Told of the job's state changes (`events`).
+    pub owner_user_id: Option<Uuid>,
+    pub targets: crate::events::JobTargets,
+    /// The job's log so far: its last line and its size.
+    pub log_seq: i64,
+    pub log_bytes: i64,
+}
+
+/// Marks the job running for this delivery and counts the attempt. Returns `None`
+/// when the delivery is stale (the job finished, was cancelled, or was re-issued
+/// under a newer delivery id), so a duplicate Redis delivery never runs. A job left
+/// `running` by a crashed worker can be claimed again by the same delivery, which
+/// is how apalis hands orphaned tasks back. No per-user share applies here; the
+/// runtime claims through [`claim_many`] with its queue's [`Fairness`].
+pub async fn claim(
+    pool: &PgPool,
+    job_id: &str,
+    delivery_id: &str,
+    worker: &str,
+) -> Result<Option<Claimed>, sqlx::Error> {
+    let mut claimed = claim_many(
+        pool,
+        worker,
+        Fairness::UNBOUNDED,
+        vec![(job_id.to_owned(), delivery_id.to_owned())],
+    )
+    .await?;
+    Ok(claimed.remove(0))
+}
+
+/// How long a job waiting for its concurrency key is put back for at most:
+/// the key's release makes the next in line due at once, so this only covers
+/// a release that was missed.
+const KEY_WAIT: Duration = Duration::from_secs(30);
+
+/// How many running jobs of one kind a single owner may hold, and how long a
+/// job over that share waits before it is offered again.
+#[derive(Debug, Clone, Copy)]
+pub struct Fairness {
+    pub queue: Queue,
+    pub per_user_running: usize,
+    pub deferral: Duration,
+}
+
+impl Fairness {
+    const UNBOUNDED: Fairness = Fairness {
+        queue: Queue::Diagnostic,
+        per_user_running: usize::MAX,
+        deferral: Duration::ZERO,
+    };
+}
+
+/// [`claim`] for many deliveries in one statement; one answer per delivery, in
+/// order. The same delivery twice in one call is claimed once.
+pub async fn claim_many(
+    pool: &PgPool,
+    worker: &str,
+    fairness: Fairness,
+    deliveries: Vec<(String, String)>,
+) -> Result<Vec<Option<Claimed>>, sqlx::Error> {
+    let (job_ids, delivery_ids): (Vec<String>, Vec<String>) = deliveries.iter().cloned().unzip();
+    let fresh: Vec<String> = deliveries
+        .iter()
+        .map(|_| Ulid::generate().to_string())
+        .collect();
+    // `over`: queued jobs whose owner already runs `per_user_running` jobs of
+    // this queue, counting those earlier in this batch. `waiting`: keyed jobs
+    // whose key another job holds, or that are not first in their key's line.
+    // Both are put back under a new delivery id, due later, without using an
+    // attempt; a key's release makes the next in its line due at once.
+    let rows = sqlx::query(
+        "WITH d AS (SELECT DISTINCT ON (id, delivery_id) id, delivery_id, fresh \
+                    FROM unnest($1::text[], $2::text[], $4::text[]) AS d(id, delivery_id, fresh)), \
+         cand AS (SELECT j.id, d.fresh, j.owner_user_id, \
+                         row_number() OVER (PARTITION BY j.owner_user_id ORDER BY j.id) AS nth \
+                  FROM jobs j JOIN d ON j.id = d.id AND j.delivery_id = d.delivery_id \
+                  WHERE j.state = 'queued' AND j.owner_user_id IS NOT NULL), \
+         busy AS (SELECT owner_user_id, count(*) AS running FROM jobs \
+                  WHERE queue = $5 AND state = 'running' \
+                    AND owner_user_id IN (SELECT owner_user_id FROM cand) \
+                  GROUP BY owner_user_id), \
+         over AS (SELECT cand.id, cand.fresh FROM cand LEFT JOIN busy USING (owner_user_id) \
+                  WHERE COALESCE(busy.running, 0) + cand.nth > $6), \
+         keyed AS (SELECT j.id, d.fresh, j.concurrency_key AS key, j.state \
+                   FROM jobs j JOIN d ON j.id = d.id AND j.delivery_id = d.delivery_id \
+                   WHERE j.state IN ('queued', 'running') AND j.concurrency_key IS NOT NULL \
+                     AND j.id NOT IN (SELECT id FROM over)), \
+         in_line AS (SELECT k.id, k.key FROM keyed k WHERE k.state = 'queued' AND NOT EXISTS \
+                     (SELECT 1 FROM jobs o WHERE o.concurrency_key = k.key AND o.state = 'queued' \
+                        AND o.id < k.id)), \
+         took AS (INSERT INTO job_keys (key, job_id) \
+                  SELECT DISTINCT ON (key) key, id FROM in_line ORDER BY key, id \
+                  ON CONFLICT (key) DO NOTHING RETURNING job_id), \
+         holds AS (SELECT k.id FROM keyed k JOIN job_keys h ON h.key = k.key AND h.job_id = k.id), \
+         waiting AS (SELECT id, fresh, key FROM keyed WHERE state = 'queued' \
+                     AND id NOT IN (SELECT job_id FROM took) AND id NOT IN (SELECT id FROM holds)), \
+         held_back AS (SELECT id, fresh, $7::float8 AS secs, \
+                              'its owner''s other jobs hold this queue''s share' AS why FROM over \
+                       UNION ALL \
+                       SELECT id, fresh, $8::float8, 'its turn on ' || key FROM waiting), \
+         deferred AS (UPDATE jobs j SET delivery_id = b.fresh, pushed_at = NULL, waiting_for = b.why, \
+                          run_after = now() + make_interval(secs => b.secs), updated_at = now() \
+                      FROM held_back b WHERE j.id = b.id RETURNING j.id) \
+         UPDATE jobs j SET state = 'running', attempts = j.attempts + 1, started_at = now(), waiting_for = NULL, \
+             worker = $3, pushed_at = COALESCE(j.pushed_at, now()), updated_at = now() \
+         FROM d \
+         WHERE j.id = d.id AND j.delivery_id = d.delivery_id AND j.state IN ('queued', 'running') \
+           AND j.cancel_requested_at IS NULL AND j.id NOT IN (SELECT id FROM deferred) \
+         RETURNING j.id, j.delivery_id, j.kind, j.payload, j.attempts, j.max_attempts, j.timeout_ms, \
+             j.owner_user_id, j.server_id, j.deployment_id, j.log_seq, j.log_bytes",
+    )
+    .bind(&job_ids)
+    .bind(&delivery_ids)
+    .bind(worker)
+    .bind(&fresh)
+    .bind(fairness.queue.name())
+    .bind(i64::try_from(fairness.per_user_running).unwrap_or(i64::MAX))
+    .bind(fairness.deferral.as_secs_f64())
+    .bind(KEY_WAIT.as_secs_f64())
+    .fetch_all(pool)
+    .await?;
+    let mut claimed = std::collections::HashMap::new();
+    for row in rows {
+        let key: (String, String) = (row.try_get("id")?, row.try_get("delivery_id")?);
+        claimed.insert(
+            key,
+            Claimed {
+                kind: row.try_get("kind")?,
+                payload: row.try_get("payload")?,
+                attempts: row.try_get("attempts")?,
+                max_attempts: row.try_get("max_attempts")?,
+                timeout: Duration::from_millis(row.try_get::<i64, _>("timeout_ms")?.max(1) as u64),
+                owner_user_id: row.try_get("owner_user_id")?,
+                targets: crate::events::JobTargets {
+                    server_id: row.try_get("server_id")?,
+                    deployment_id: row.try_get("deployment_id")?,
+                },
+                log_seq: row.try_get("log_seq")?,
+                log_bytes: row.try_get("log_bytes")?,
+            },
+        );
+    }
+    // `remove` hands a claim to the first asker only.
+    Ok(deliveries.iter().map(|key| claimed.remove(key)).collect())
+}
