@@ -101,10 +101,11 @@ pub trait JobHandler: Send + Sync + 'static {
         ctx: JobContext,
     ) -> impl Future<Output = Result<(), JobFailure>> + Send;
 
-    /// Told, once, that a job of this kind ended `failed` (its error given):
-    /// after its last attempt's failure, a permanent failure, or its worker
-    /// dying at the attempt cap, so the resource it acted on can be left in a
-    /// truthful state even when the job never ran to its end.
+    /// Told, once, that a job of this kind ended `failed` (its error given)
+    /// or was stopped by a cancellation while it ran: after its last attempt's
+    /// failure, a permanent failure, its worker dying at the attempt cap, or a
+    /// cancel, so the resource it acted on can be left in a truthful state even
+    /// when the job never ran to its end.
     fn failed(&self, job: Self::Job, error: String) -> impl Future<Output = ()> + Send {
         let _ = (job, error);
         async {}
@@ -660,6 +661,8 @@ impl Dispatch {
                 tracing::info!(attempt = claimed.attempts, "job cancelled");
                 store::mark_cancelled(&self.pool, &job_id, &delivery_id).await?;
                 tell("cancelled", None).await;
+                // Stopped half-way is not success either: the resource is told.
+                (handler.failed)(claimed.payload, "the job was cancelled".into()).await;
                 return Ok(());
             }
         };
