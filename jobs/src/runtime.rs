@@ -874,11 +874,27 @@ mod tests {
         assert_eq!(err.0, "diagnostic.sleep");
     }
 
+    struct Mails;
+
+    impl JobHandler for Mails {
+        type Job = crate::EmailJob;
+
+        async fn run(&self, _job: crate::EmailJob, _ctx: JobContext) -> Result<(), JobFailure> {
+            Ok(())
+        }
+    }
+
     #[test]
     fn a_queue_needs_a_handler_for_every_kind_it_carries() {
-        let registry = Registry::new().with(Sleeps).unwrap();
-        assert_eq!(registry.queues(), vec![Queue::Diagnostic]);
-        registry.check_serves(Queue::Diagnostic).unwrap();
+        let registry = Registry::new().with(Sleeps).unwrap().with(Mails).unwrap();
+        assert_eq!(registry.queues(), vec![Queue::Email, Queue::Diagnostic]);
+        registry.check_serves(Queue::Email).unwrap();
+        // The diagnostic queue carries diagnostic.remote_sleep too.
+        let err = registry
+            .check_serves(Queue::Diagnostic)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("diagnostic.remote_sleep"), "{err}");
         let err = registry.check_serves(Queue::Probe).unwrap_err().to_string();
         assert!(err.contains("server.validate"), "{err}");
     }
