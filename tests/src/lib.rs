@@ -408,24 +408,21 @@ pub async fn connect_ws(
 }
 
 /// Processes on this machine (the test servers are local sshd processes)
-/// whose command line is exactly `cmdline`.
-pub fn processes_running(cmdline: &str) -> usize {
+/// whose command line, arguments joined by spaces, satisfies `matches`.
+fn processes_where(matches: impl Fn(&str) -> bool) -> usize {
     std::fs::read_dir("/proc")
         .unwrap()
         .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
-        .filter(|raw| String::from_utf8_lossy(raw).replace('\0', " ").trim_end() == cmdline)
+        .filter(|raw| matches(String::from_utf8_lossy(raw).replace('\0', " ").trim_end()))
         .count()
 }
 
-/// Processes on this machine whose command line contains `fragment`.
+/// Processes whose command line is exactly `cmdline`.
+pub fn processes_running(cmdline: &str) -> usize {
+    processes_where(|line| line == cmdline)
+}
+
+/// Processes whose command line contains `fragment`.
 pub fn processes_containing(fragment: &str) -> usize {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
-        .filter(|raw| {
-            String::from_utf8_lossy(raw)
-                .replace('\0', " ")
-                .contains(fragment)
-        })
-        .count()
+    processes_where(|line| line.contains(fragment))
 }

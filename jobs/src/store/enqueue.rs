@@ -28,33 +28,9 @@ pub async fn insert(
     conn: &mut PgConnection,
     rows: Vec<JobRow>,
 ) -> Result<Vec<Enqueued>, sqlx::Error> {
-    let mut columns = (
-        Vec::with_capacity(rows.len()),
-        Vec::with_capacity(rows.len()),
-        Vec::with_capacity(rows.len()),
-        Vec::with_capacity(rows.len()),
-        Vec::with_capacity(rows.len()),
-        Vec::with_capacity(rows.len()),
-        Vec::with_capacity(rows.len()),
-        Vec::with_capacity(rows.len()),
-        Vec::with_capacity(rows.len()),
-        Vec::with_capacity(rows.len()),
-        Vec::with_capacity(rows.len()),
-        Vec::with_capacity(rows.len()),
-    );
-    for row in &rows {
-        columns.0.push(row.id.clone());
-        columns.1.push(row.kind);
-        columns.9.push(row.queue.name());
-        columns.2.push(row.payload.clone());
-        columns.3.push(row.max_attempts);
-        columns.4.push(row.timeout_ms);
-        columns.5.push(row.owner_user_id);
-        columns.6.push(row.server_id);
-        columns.7.push(row.deployment_id);
-        columns.8.push(row.dedupe_key.clone());
-        columns.10.push(row.concurrency_key.clone());
-        columns.11.push(row.supersedable);
+    // One array per column, bound in the order of the `unnest` below.
+    fn column<'r, T>(rows: &'r [JobRow], field: impl Fn(&'r JobRow) -> T) -> Vec<T> {
+        rows.iter().map(field).collect()
     }
     let inserted: Vec<String> = sqlx::query_scalar(
         "INSERT INTO jobs (id, kind, queue, payload, delivery_id, max_attempts, timeout_ms, \
@@ -68,18 +44,18 @@ pub async fn insert(
          ON CONFLICT (dedupe_key) WHERE dedupe_key IS NOT NULL AND state IN ('queued', 'running') \
          DO NOTHING RETURNING id",
     )
-    .bind(&columns.0)
-    .bind(&columns.1)
-    .bind(&columns.2)
-    .bind(&columns.3)
-    .bind(&columns.4)
-    .bind(&columns.5)
-    .bind(&columns.6)
-    .bind(&columns.7)
-    .bind(&columns.8)
-    .bind(&columns.9)
-    .bind(&columns.10)
-    .bind(&columns.11)
+    .bind(column(&rows, |r| r.id.as_str()))
+    .bind(column(&rows, |r| r.kind))
+    .bind(column(&rows, |r| &r.payload))
+    .bind(column(&rows, |r| r.max_attempts))
+    .bind(column(&rows, |r| r.timeout_ms))
+    .bind(column(&rows, |r| r.owner_user_id))
+    .bind(column(&rows, |r| r.server_id))
+    .bind(column(&rows, |r| r.deployment_id))
+    .bind(column(&rows, |r| r.dedupe_key.as_deref()))
+    .bind(column(&rows, |r| r.queue.name()))
+    .bind(column(&rows, |r| r.concurrency_key.as_deref()))
+    .bind(column(&rows, |r| r.supersedable))
     .fetch_all(&mut *conn)
     .await?;
     let inserted: std::collections::HashSet<String> = inserted.into_iter().collect();
