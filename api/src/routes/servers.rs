@@ -43,14 +43,16 @@ pub struct ServerView {
     docker_version: Option<String>,
     nginx_version: Option<String>,
     validated_at: Option<DateTime<Utc>>,
+    /// How many builds run on this server at once; more wait in line.
+    build_slots: i32,
     pub(crate) last_probe_at: Option<DateTime<Utc>>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
 
 const VIEW_COLUMNS: &str = "id, name, host, port, username, auth_type, host_key, host_key_offered, \
-    status, status_reason, os, arch, docker_version, nginx_version, validated_at, last_probe_at, \
-    created_at, updated_at";
+    status, status_reason, os, arch, docker_version, nginx_version, validated_at, build_slots, \
+    last_probe_at, created_at, updated_at";
 
 /// The caller's server, or 404 (also for another user's id).
 pub(crate) async fn owned(
@@ -94,6 +96,9 @@ pub struct ServerRequest {
     private_key: Option<String>,
     /// For an encrypted private key.
     passphrase: Option<String>,
+    /// How many builds run on the server at once, 1–16 (default 1).
+    #[schema(minimum = 1, maximum = 16)]
+    build_slots: Option<i64>,
 }
 
 /// Checked connection credentials.
@@ -196,6 +201,13 @@ fn check_port(port: i64, errors: &mut Vec<FieldError>) -> i32 {
     port as i32
 }
 
+fn check_build_slots(slots: i64, errors: &mut Vec<FieldError>) -> i32 {
+    if !(1..=16).contains(&slots) {
+        errors.push(FieldError::new("buildSlots", "must be 1–16"));
+    }
+    slots.clamp(1, 16) as i32
+}
+
 fn check_username_field(username: &str, errors: &mut Vec<FieldError>) -> String {
     if let Err(refused) = check_username(username) {
         errors.push(FieldError::new("username", refused.rule));
@@ -273,6 +285,7 @@ pub async fn create(
     let host = check_host_field(&state, req.host.as_deref().unwrap_or(""), &mut errors);
     let port = check_port(req.port.unwrap_or(22), &mut errors);
     let username = check_username_field(req.username.as_deref().unwrap_or(""), &mut errors);
+    let build_slots = check_build_slots(req.build_slots.unwrap_or(1), &mut errors);
     let credentials = credentials(&req, &mut errors);
     validate::finish(errors)?;
     let credentials = credentials.expect("checked");
@@ -287,8 +300,9 @@ pub async fn create(
     let id = Uuid::new_v4();
     let mut tx = state.pool.begin().await?;
     sqlx::query(
-        "INSERT INTO servers (id, owner_user_id, name, host, port, username, auth_type, secret, secret_key_id) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, '', '')",
+        "INSERT INTO servers (id, owner_user_id, name, host, port, username, auth_type, secret, secret_key_id, \
+                              build_slots) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, '', '', $8)",
     )
     .bind(id)
     .bind(principal.user_id())
@@ -297,6 +311,7 @@ pub async fn create(
     .bind(port)
     .bind(&username)
     .bind(credentials.auth_type)
+    .bind(build_slots)
     .execute(&mut *tx)
     .await?;
     store_credentials(&mut tx, &state, id, &credentials).await?;
@@ -396,6 +411,7 @@ pub async fn update(
         .as_deref()
         .map(|h| check_host_field(&state, h, &mut errors));
     let port = req.port.map(|p| check_port(p, &mut errors));
+    let build_slots = req.build_slots.map(|n| check_build_slots(n, &mut errors));
     let username = req
         .username
         .as_deref()
@@ -411,6 +427,7 @@ pub async fn update(
         && port.is_none()
         && username.is_none()
         && req.auth_type.is_none()
+        && build_slots.is_none()
     {
         errors.push(FieldError::new("body", "give at least one field to change"));
     }
@@ -428,7 +445,7 @@ pub async fn update(
            host_key_offered = CASE WHEN $6 THEN NULL ELSE host_key_offered END, \
            status = CASE WHEN $7 THEN 'pending' ELSE status END, \
            status_reason = CASE WHEN $7 THEN NULL ELSE status_reason END, \
-           updated_at = now() WHERE id = $1",
+           build_slots = COALESCE($8, build_slots), updated_at = now() WHERE id = $1",
     )
     .bind(id)
     .bind(&name)
@@ -437,6 +454,7 @@ pub async fn update(
     .bind(&username)
     .bind(moved)
     .bind(reconnect)
+    .bind(build_slots)
     .execute(&mut *tx)
     .await?;
     if let Some(credentials) = &credentials {
@@ -455,7 +473,8 @@ pub async fn update(
             "server",
             id,
             serde_json::json!({ "name": name.is_some(), "host": host, "port": port,
-                "username": username.is_some(), "credentials": credentials.is_some() }),
+                "username": username.is_some(), "credentials": credentials.is_some(),
+                "buildSlots": build_slots }),
         ),
     )
     .await?;

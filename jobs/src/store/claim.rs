@@ -1,5 +1,5 @@
 //! Claiming a delivery: the job's current delivery only, within its owner's
-//! share of the queue and its concurrency key's turn.
+//! share of the queue, its concurrency key's turn and a slot of its pool.
 
 use std::time::Duration;
 
@@ -85,8 +85,12 @@ pub async fn claim_many(
     // `over`: queued jobs whose owner already runs `per_user_running` jobs of
     // this queue, counting those earlier in this batch. `waiting`: keyed jobs
     // whose key another job holds, or that are not first in their key's line.
-    // Both are put back under a new delivery id, due later, without using an
-    // attempt; a key's release makes the next in its line due at once.
+    // `slot_waiting`: jobs naming a slot pool whose free slots go to those
+    // ahead of them in the pool's line (jobs waiting for a key do not count as
+    // ahead: they could not use a slot). All are put back under a new
+    // delivery id, due later, without using an attempt; a key's or a slot's
+    // release makes the next in its line due at once. A job may be put back
+    // holding its key while it waits for a slot: it was first in that line.
     let rows = sqlx::query(
         "WITH d AS (SELECT DISTINCT ON (id, delivery_id) id, delivery_id, fresh \
                     FROM unnest($1::text[], $2::text[], $4::text[]) AS d(id, delivery_id, fresh)), \
@@ -113,10 +117,35 @@ pub async fn claim_many(
          holds AS (SELECT k.id FROM keyed k JOIN job_keys h ON h.key = k.key AND h.job_id = k.id), \
          waiting AS (SELECT id, fresh, key FROM keyed WHERE state = 'queued' \
                      AND id NOT IN (SELECT job_id FROM took) AND id NOT IN (SELECT id FROM holds)), \
+         slotted AS (SELECT j.id, d.fresh, j.slot_pool AS pool, j.slot_capacity AS cap, j.state \
+                     FROM jobs j JOIN d ON j.id = d.id AND j.delivery_id = d.delivery_id \
+                     WHERE j.state IN ('queued', 'running') AND j.slot_pool IS NOT NULL \
+                       AND j.id NOT IN (SELECT id FROM over)), \
+         slot_want AS (SELECT s.id, s.fresh, s.pool, s.cap, \
+                              (SELECT count(*) FROM jobs o WHERE o.slot_pool = s.pool AND o.state = 'queued' \
+                                 AND o.id < s.id AND NOT EXISTS (SELECT 1 FROM job_slots x WHERE x.job_id = o.id) \
+                                 AND (o.concurrency_key IS NULL OR NOT EXISTS \
+                                      (SELECT 1 FROM job_keys k WHERE k.key = o.concurrency_key AND k.job_id <> o.id)) \
+                              ) AS ahead \
+                       FROM slotted s WHERE s.state = 'queued' \
+                         AND NOT EXISTS (SELECT 1 FROM job_slots h WHERE h.job_id = s.id) \
+                         AND s.id NOT IN (SELECT id FROM waiting)), \
+         free AS (SELECT p.pool, p.cap, n AS slot, \
+                         row_number() OVER (PARTITION BY p.pool, p.cap ORDER BY n) AS nth \
+                  FROM (SELECT DISTINCT pool, cap FROM slot_want) p, generate_series(0, p.cap - 1) AS n \
+                  WHERE NOT EXISTS (SELECT 1 FROM job_slots h WHERE h.pool = p.pool AND h.slot = n)), \
+         slot_took AS (INSERT INTO job_slots (pool, slot, job_id) \
+                       SELECT w.pool, f.slot, w.id FROM slot_want w \
+                       JOIN free f ON f.pool = w.pool AND f.cap = w.cap AND f.nth = w.ahead + 1 \
+                       ON CONFLICT DO NOTHING RETURNING job_id), \
+         slot_waiting AS (SELECT id, fresh, pool FROM slot_want \
+                          WHERE id NOT IN (SELECT job_id FROM slot_took)), \
          held_back AS (SELECT id, fresh, $7::float8 AS secs, \
                               'its owner''s other jobs hold this queue''s share' AS why FROM over \
                        UNION ALL \
-                       SELECT id, fresh, $8::float8, 'its turn on ' || key FROM waiting), \
+                       SELECT id, fresh, $8::float8, 'its turn on ' || key FROM waiting \
+                       UNION ALL \
+                       SELECT id, fresh, $8::float8, 'a free slot of ' || pool FROM slot_waiting), \
          deferred AS (UPDATE jobs j SET delivery_id = b.fresh, pushed_at = NULL, waiting_for = b.why, \
                           run_after = now() + make_interval(secs => b.secs), updated_at = now() \
                       FROM held_back b WHERE j.id = b.id RETURNING j.id) \

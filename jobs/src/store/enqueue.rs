@@ -34,13 +34,15 @@ pub async fn insert(
     }
     let inserted: Vec<String> = sqlx::query_scalar(
         "INSERT INTO jobs (id, kind, queue, payload, delivery_id, max_attempts, timeout_ms, \
-                           owner_user_id, server_id, deployment_id, dedupe_key, concurrency_key, supersedable) \
+                           owner_user_id, server_id, deployment_id, dedupe_key, concurrency_key, supersedable, \
+                           slot_pool, slot_capacity) \
          SELECT id, kind, queue, payload, id, max_attempts, timeout_ms, owner_user_id, server_id, deployment_id, \
-                dedupe_key, concurrency_key, supersedable \
+                dedupe_key, concurrency_key, supersedable, slot_pool, slot_capacity \
          FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::int[], $5::bigint[], \
-                     $6::uuid[], $7::uuid[], $8::uuid[], $9::text[], $10::text[], $11::text[], $12::bool[]) \
+                     $6::uuid[], $7::uuid[], $8::uuid[], $9::text[], $10::text[], $11::text[], $12::bool[], \
+                     $13::text[], $14::int[]) \
               AS r(id, kind, payload, max_attempts, timeout_ms, owner_user_id, server_id, deployment_id, dedupe_key, \
-                   queue, concurrency_key, supersedable) \
+                   queue, concurrency_key, supersedable, slot_pool, slot_capacity) \
          ON CONFLICT (dedupe_key) WHERE dedupe_key IS NOT NULL AND state IN ('queued', 'running') \
          DO NOTHING RETURNING id",
     )
@@ -56,6 +58,8 @@ pub async fn insert(
     .bind(column(&rows, |r| r.queue.name()))
     .bind(column(&rows, |r| r.concurrency_key.as_deref()))
     .bind(column(&rows, |r| r.supersedable))
+    .bind(column(&rows, |r| r.slot_pool.as_deref()))
+    .bind(column(&rows, |r| r.slot_capacity))
     .fetch_all(&mut *conn)
     .await?;
     let inserted: std::collections::HashSet<String> = inserted.into_iter().collect();

@@ -68,6 +68,43 @@ pub struct NewJob<P> {
     /// While a job with this key is queued or running, enqueueing another with the
     /// same key returns the existing job instead (e.g. one pending probe per server).
     pub dedupe_key: Option<String>,
+    /// The bounded pool the job needs a slot of while it runs.
+    pub slot: Option<SlotPool>,
+}
+
+/// A bounded pool of slots (e.g. builds on one server): at most `capacity`
+/// jobs naming the pool run at a time, across all workers; the others wait in
+/// line, queued, without spending attempts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotPool {
+    name: String,
+    capacity: u16,
+}
+
+impl SlotPool {
+    /// The most slots a pool may have.
+    pub const MAX_CAPACITY: u16 = 64;
+
+    /// `capacity` is clamped to 1..=[`Self::MAX_CAPACITY`].
+    pub fn new(name: impl Into<String>, capacity: u16) -> Self {
+        Self {
+            name: name.into(),
+            capacity: capacity.clamp(1, Self::MAX_CAPACITY),
+        }
+    }
+
+    /// The builds running on one server at a time (`servers.build_slots`).
+    pub fn builds(server_id: Uuid, capacity: u16) -> Self {
+        Self::new(format!("builds:{server_id}"), capacity)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn capacity(&self) -> u16 {
+        self.capacity
+    }
 }
 
 impl<P: JobPayload> NewJob<P> {
@@ -78,7 +115,14 @@ impl<P: JobPayload> NewJob<P> {
             server_id: None,
             deployment_id: None,
             dedupe_key: None,
+            slot: None,
         }
+    }
+
+    /// Runs only while holding a slot of `pool`.
+    pub fn slot(mut self, pool: SlotPool) -> Self {
+        self.slot = Some(pool);
+        self
     }
 
     pub fn owner(mut self, user_id: Uuid) -> Self {
@@ -132,6 +176,8 @@ pub struct JobRow {
     dedupe_key: Option<String>,
     concurrency_key: Option<String>,
     supersedable: bool,
+    slot_pool: Option<String>,
+    slot_capacity: Option<i32>,
 }
 
 impl JobRow {
@@ -152,6 +198,8 @@ impl JobRow {
             dedupe_key: job.dedupe_key,
             concurrency_key: job.payload.concurrency_key(),
             supersedable: job.payload.superseded_by_newer(),
+            slot_capacity: job.slot.as_ref().map(|s| i32::from(s.capacity)),
+            slot_pool: job.slot.map(|s| s.name),
         })
     }
 }

@@ -23,6 +23,9 @@ pub struct JobRecord {
     pub error: Option<String>,
     /// Why a queued job is not running yet, when it waits for something.
     pub waiting_for: Option<String>,
+    /// A queued job's place in the line it waits in (its concurrency key's,
+    /// or its slot pool's): 1 is next.
+    pub position: Option<i32>,
     /// When its cancellation was asked for while it ran.
     pub cancel_requested_at: Option<DateTime<Utc>>,
     pub worker: Option<String>,
@@ -37,7 +40,20 @@ pub struct JobRecord {
 }
 
 const RECORD_COLUMNS: &str = "id, kind, queue, state, attempts, max_attempts, last_error, waiting_for, cancel_requested_at, worker, \
-    owner_user_id, server_id, deployment_id, created_at, run_after, started_at, finished_at, updated_at";
+    owner_user_id, server_id, deployment_id, created_at, run_after, started_at, finished_at, updated_at, \
+    CASE WHEN state <> 'queued' THEN NULL \
+         WHEN concurrency_key IS NOT NULL AND NOT EXISTS (SELECT 1 FROM job_keys k WHERE k.job_id = jobs.id) \
+              AND (EXISTS (SELECT 1 FROM job_keys k WHERE k.key = jobs.concurrency_key) \
+                   OR EXISTS (SELECT 1 FROM jobs o WHERE o.concurrency_key = jobs.concurrency_key \
+                              AND o.state = 'queued' AND o.id < jobs.id)) \
+         THEN 1 + (SELECT count(*) FROM jobs o WHERE o.concurrency_key = jobs.concurrency_key \
+                   AND o.state = 'queued' AND o.id < jobs.id) \
+         WHEN slot_pool IS NOT NULL AND NOT EXISTS (SELECT 1 FROM job_slots s WHERE s.job_id = jobs.id) \
+         THEN 1 + (SELECT count(*) FROM jobs o WHERE o.slot_pool = jobs.slot_pool AND o.state = 'queued' \
+                   AND o.id < jobs.id AND NOT EXISTS (SELECT 1 FROM job_slots s WHERE s.job_id = o.id) \
+                   AND (o.concurrency_key IS NULL OR NOT EXISTS \
+                        (SELECT 1 FROM job_keys k WHERE k.key = o.concurrency_key AND k.job_id <> o.id))) \
+    END::int AS position";
 
 fn record_from_row(row: &sqlx::postgres::PgRow) -> Result<JobRecord, sqlx::Error> {
     let queue: String = row.try_get("queue")?;
@@ -55,6 +71,7 @@ fn record_from_row(row: &sqlx::postgres::PgRow) -> Result<JobRecord, sqlx::Error
         max_attempts: row.try_get("max_attempts")?,
         error: row.try_get("last_error")?,
         waiting_for: row.try_get("waiting_for")?,
+        position: row.try_get("position")?,
         cancel_requested_at: row.try_get("cancel_requested_at")?,
         worker: row.try_get("worker")?,
         owner_user_id: row.try_get("owner_user_id")?,

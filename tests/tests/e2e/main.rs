@@ -8,6 +8,7 @@ mod http_hardening;
 mod job_cancel;
 mod job_keys;
 mod job_logs;
+mod job_slots;
 mod jobs_pipeline;
 mod lockout;
 mod monitoring;

@@ -229,6 +229,8 @@ async fn validation_ownership_scopes_and_updates() {
         ("name", json!("")),
         ("authType", json!("telnet")),
         ("privateKey", json!("not a key")),
+        ("buildSlots", json!(0)),
+        ("buildSlots", json!(17)),
     ] {
         let mut body = base.clone();
         body[field] = value.clone();
@@ -307,6 +309,32 @@ async fn validation_ownership_scopes_and_updates() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["data"]["jobId"], Value::Null);
     assert_eq!(body["data"]["server"]["status"], "online");
+    assert_eq!(
+        body["data"]["server"]["buildSlots"], 1,
+        "one build at a time by default"
+    );
+    // Builds per server: a setting of its own, no reconnect.
+    let (status, body) = send_as(
+        app,
+        &w.token,
+        Method::PATCH,
+        &path,
+        json!({"buildSlots": 3}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["jobId"], Value::Null);
+    assert_eq!(w.server(&id).await["buildSlots"], 3);
+    let (status, body) = send_as(
+        app,
+        &w.token,
+        Method::PATCH,
+        &path,
+        json!({"buildSlots": 99}),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(w.server(&id).await["buildSlots"], 3, "nothing half-written");
     let (status, body) = send_as(app, &w.token, Method::PATCH, &path, json!({"port": 2})).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["data"]["server"]["hostKey"], Value::Null);
