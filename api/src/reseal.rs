@@ -4,7 +4,7 @@
 //! own row binding and sealed again with the same binding; a value that does
 //! not open is reported and left as it is.
 
-use berth_jobs::server_secret_binding;
+use berth_secrets::server_secret_binding;
 use berth_secrets::{Binding, Keyring};
 use sqlx::PgPool;
 use uuid::Uuid;

@@ -16,6 +16,11 @@ pub struct SshConfig {
     pub io_timeout: Duration,
     /// Output kept per stream of one remote command.
     pub max_output_bytes: usize,
+    /// How long a worker keeps an unused session to a server open.
+    pub session_idle: Duration,
+    /// The most sessions one process keeps open; past it the least recently
+    /// used one is closed.
+    pub max_sessions: usize,
 }
 
 impl SshConfig {
@@ -28,7 +33,8 @@ impl SshConfig {
 
     /// `BERTH_SSH_DENY_NETWORKS` (comma-separated CIDR ranges, or `none`),
     /// `BERTH_SSH_CONNECT_TIMEOUT_MS`, `BERTH_SSH_HANDSHAKE_TIMEOUT_MS`,
-    /// `BERTH_SSH_IO_TIMEOUT_MS`, `BERTH_SSH_MAX_OUTPUT_BYTES`.
+    /// `BERTH_SSH_IO_TIMEOUT_MS`, `BERTH_SSH_MAX_OUTPUT_BYTES`,
+    /// `BERTH_SSH_SESSION_IDLE_MS`, `BERTH_SSH_MAX_SESSIONS`.
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         const NAME: &str = "BERTH_SSH_DENY_NETWORKS";
         let deny_networks = match env.optional(NAME) {
@@ -51,6 +57,11 @@ impl SshConfig {
                 .millis("BERTH_SSH_HANDSHAKE_TIMEOUT_MS", Duration::from_secs(10))?,
             io_timeout: env.millis("BERTH_SSH_IO_TIMEOUT_MS", Duration::from_secs(30))?,
             max_output_bytes: env.parsed("BERTH_SSH_MAX_OUTPUT_BYTES", 1024 * 1024)?,
+            session_idle: env.millis("BERTH_SSH_SESSION_IDLE_MS", Duration::from_secs(300))?,
+            max_sessions: match env.parsed("BERTH_SSH_MAX_SESSIONS", 512usize)? {
+                0 => return Err(malformed("BERTH_SSH_MAX_SESSIONS", "must be at least 1")),
+                n => n,
+            },
         })
     }
 }

@@ -20,7 +20,7 @@ pub mod store;
 pub use client::JobClient;
 pub use kinds::{
     CodePurpose, DiagnosticJob, EmailJob, EmailMessage, JobPayload, Kind, RemoteSleep, Sealed,
-    ServerProbe, ServerValidate, server_secret_binding,
+    ServerProbe, ServerValidate,
 };
 pub use policy::{JobPolicy, Policies};
 pub use queue::Queue;

@@ -37,6 +37,16 @@ pub struct Binding<'a> {
     pub row_id: &'a str,
 }
 
+/// Where a server's sealed credentials live: the row's id, table and column are
+/// bound into the ciphertext (the api seals, workers open).
+pub fn server_secret_binding<'a>(server_id: &'a str, column: &'a str) -> Binding<'a> {
+    Binding {
+        table: "servers",
+        column,
+        row_id: server_id,
+    }
+}
+
 impl Binding<'_> {
     fn associated_data(&self) -> Vec<u8> {
         // Lengths first, so ("ab", "c") and ("a", "bc") never bind alike.

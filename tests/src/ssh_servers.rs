@@ -97,6 +97,32 @@ async fn keygen(path: &Path, kind: &str, passphrase: &str, extra: &[&str]) {
     assert!(status.success(), "ssh-keygen {kind}");
 }
 
+/// Every process below `roots` (not the roots themselves).
+fn descendants(roots: &[u32]) -> Vec<u32> {
+    let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            let ppid = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?;
+            Some((pid, ppid))
+        })
+        .collect();
+    let mut found: Vec<u32> = Vec::new();
+    let mut frontier = roots.to_vec();
+    while let Some(parent) = frontier.pop() {
+        for (pid, _) in parents.iter().filter(|(_, ppid)| *ppid == parent) {
+            if !found.contains(pid) {
+                found.push(*pid);
+                frontier.push(*pid);
+            }
+        }
+    }
+    found
+}
+
 /// OpenSSH listens on at most 16 addresses per process (`MAX_LISTEN_SOCKS`).
 const ADDRESSES_PER_SSHD: usize = 16;
 
@@ -208,10 +234,25 @@ impl TestSshd {
         }
     }
 
+    /// The server goes down: every session it serves ends (as on a reboot or
+    /// a network cut), then the listeners stop.
     pub async fn stop(&mut self) {
+        self.drop_connections();
         for mut child in self.children.drain(..) {
             let _ = child.kill().await;
             let _ = child.wait().await;
+        }
+    }
+
+    /// Every open session ends (their sshd processes are killed), as when the
+    /// server drops idle clients or the network breaks; listeners stay.
+    pub fn drop_connections(&self) {
+        let masters: Vec<u32> = self.children.iter().filter_map(Child::id).collect();
+        for pid in descendants(&masters) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
     }
 

@@ -66,12 +66,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let redis = berth_jobs::redis_conn::connect(common.redis_url.expose())
         .await
         .context("cannot connect to REDIS_URL")?;
+    let remote = berth_remote::Remote::new(
+        pool.clone(),
+        Keyring::from_config(&mail.master_key, &mail.previous_master_keys),
+        &ssh,
+    );
     let servers = Arc::new(ServerJobs::new(
         pool.clone(),
         redis.clone(),
         policies.clone(),
-        Keyring::from_config(&mail.master_key, &mail.previous_master_keys),
-        &ssh,
+        remote,
     ));
     let registry = berth_workers::registry::registry(mailer, servers, pool.clone(), redis)?;
     let runtime = WorkerRuntime::new(

@@ -79,7 +79,7 @@ impl JobHandler for ValidateServer {
                     None
                 }
             };
-            Ok::<_, SshError>((conn.host_key().to_owned(), facts, sample))
+            Ok::<_, SshError>((conn.host_key(), facts, sample))
         }
         .await;
         let (host_key, facts, sample) = match facts {
@@ -91,18 +91,24 @@ impl JobHandler for ValidateServer {
                 return Err(ServerJobs::failure(&error));
             }
         };
+        let recorded = |e: sqlx::Error| JobFailure::retryable(format!("cannot record the validation: {e}"));
+        servers
+            .remote
+            .pin_host_key(id, &host_key)
+            .await
+            .map_err(recorded)?;
         sqlx::query(
-            "UPDATE servers SET host_key = COALESCE(host_key, $2), os = $3, arch = $4,                docker_version = $5, nginx_version = $6, validated_at = now() WHERE id = $1",
+            "UPDATE servers SET os = $2, arch = $3, docker_version = $4, nginx_version = $5, \
+             validated_at = now() WHERE id = $1",
         )
         .bind(id)
-        .bind(&host_key)
         .bind(&facts.os)
         .bind(&facts.arch)
         .bind(&facts.docker)
         .bind(&facts.nginx)
         .execute(&servers.pool)
         .await
-        .map_err(|e| JobFailure::retryable(format!("cannot record the validation: {e}")))?;
+        .map_err(recorded)?;
         servers
             .record(&row, Ok(sample.as_ref()), sample.is_some())
             .await

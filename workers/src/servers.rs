@@ -1,5 +1,6 @@
-//! What `server.validate` and `server.probe` share: loading a server,
-//! opening its credentials, connecting, and recording what was found.
+//! What `server.validate` and `server.probe` share: reaching the server
+//! through `berth-remote` (which loads it, opens its credentials and keeps
+//! its session), and recording what was found.
 //!
 //! Validation connects with the stored credentials (opened from their sealed
 //! form, bound to the server's row), pins the host key on the first success,
@@ -11,11 +12,10 @@
 //! A successful validation also takes the first sample, so health is there as
 //! soon as the server is online.
 
-use berth_config::{SecretString, SshConfig};
+use berth_jobs::Policies;
 use berth_jobs::runtime::JobFailure;
-use berth_jobs::{Policies, server_secret_binding};
-use berth_secrets::Keyring;
-use berth_ssh::{AddressPolicy, Auth, Connection, Limits, SshError, Target};
+use berth_remote::{Remote, Server, Session};
+use berth_ssh::SshError;
 use redis::aio::ConnectionManager;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
@@ -27,23 +27,7 @@ pub struct ServerJobs {
     pub(crate) pool: PgPool,
     redis: ConnectionManager,
     policies: Policies,
-    keys: Keyring,
-    policy: AddressPolicy,
-    limits: Limits,
-}
-
-#[derive(sqlx::FromRow)]
-pub(crate) struct ServerRow {
-    pub(crate) id: Uuid,
-    owner_user_id: Uuid,
-    pub(crate) name: String,
-    host: String,
-    port: i32,
-    username: String,
-    auth_type: String,
-    secret: String,
-    passphrase: Option<String>,
-    pub(crate) host_key: Option<String>,
+    pub(crate) remote: Remote,
 }
 
 impl ServerJobs {
@@ -51,68 +35,26 @@ impl ServerJobs {
         pool: PgPool,
         redis: ConnectionManager,
         policies: Policies,
-        keys: Keyring,
-        ssh: &SshConfig,
+        remote: Remote,
     ) -> Self {
         Self {
             pool,
             redis,
             policies,
-            keys,
-            policy: AddressPolicy::new(ssh.deny_networks.clone()),
-            limits: Limits::from(ssh),
+            remote,
         }
     }
 
-    pub(crate) async fn load(&self, id: Uuid) -> Result<Option<ServerRow>, JobFailure> {
-        sqlx::query_as(
-            "SELECT id, owner_user_id, name, host, port, username, auth_type, secret, passphrase, host_key \
-             FROM servers WHERE id = $1",
-        )
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(|e| JobFailure::retryable(format!("cannot read the server: {e}")))
+    pub(crate) async fn load(&self, id: Uuid) -> Result<Option<Server>, JobFailure> {
+        self.remote
+            .load(id)
+            .await
+            .map_err(|e| JobFailure::retryable(format!("cannot read the server: {e}")))
     }
 
-    /// The connection settings, credentials opened. A credential that does not
-    /// open (wrong key, altered row) fails closed, as refused credentials.
-    fn target(&self, row: &ServerRow) -> Result<Target, SshError> {
-        let id = row.id.to_string();
-        let open = |column: &str, sealed: &str| {
-            self.keys
-                .open_string(sealed, server_secret_binding(&id, column))
-                .map(SecretString::from)
-                .map_err(|e| {
-                    SshError::AuthFailed(format!(
-                        "the stored credentials do not open with BERTH_MASTER_KEY: {e}"
-                    ))
-                })
-        };
-        let auth = if row.auth_type == "password" {
-            Auth::Password(open("secret", &row.secret)?)
-        } else {
-            Auth::Key {
-                private_key: open("secret", &row.secret)?,
-                passphrase: row
-                    .passphrase
-                    .as_deref()
-                    .map(|p| open("passphrase", p))
-                    .transpose()?,
-            }
-        };
-        Ok(Target {
-            host: row.host.clone(),
-            port: row.port as u16,
-            username: row.username.clone(),
-            auth,
-            pinned_host_key: row.host_key.clone(),
-        })
-    }
-
-    pub(crate) async fn connect(&self, row: &ServerRow) -> Result<Connection, SshError> {
-        let target = self.target(row)?;
-        berth_ssh::connect(&target, &self.policy, self.limits).await
+    /// A session to the server: the one kept from its last job, or a new one.
+    pub(crate) async fn connect(&self, row: &Server) -> Result<Session, SshError> {
+        self.remote.session(row).await
     }
 
     /// Records a server's state, evaluates alerts (with `sample` from a probe,
@@ -120,7 +62,7 @@ impl ServerJobs {
     /// transaction; realtime events go out after commit.
     pub(crate) async fn record(
         &self,
-        row: &ServerRow,
+        row: &Server,
         outcome: Result<Option<&Sample>, &SshError>,
         probed: bool,
     ) -> Result<(), sqlx::Error> {

@@ -4,7 +4,8 @@
 
 use axum::extract::State;
 use berth_jobs::store::{self, NewJob};
-use berth_jobs::{Enqueued, ServerValidate, server_secret_binding};
+use berth_jobs::{Enqueued, ServerValidate};
+use berth_secrets::server_secret_binding;
 use berth_ssh::command::{check_host, check_username};
 use berth_ssh::keys::inspect_private_key;
 use chrono::{DateTime, Utc};

@@ -19,7 +19,7 @@ pub use diagnostic_remote_sleep::RemoteSleep;
 pub use diagnostic_sleep::DiagnosticJob;
 pub use email_send::{CodePurpose, EmailJob, EmailMessage, Sealed};
 pub use server_probe::ServerProbe;
-pub use server_validate::{ServerValidate, VALIDATION_ATTEMPTS, server_secret_binding};
+pub use server_validate::{ServerValidate, VALIDATION_ATTEMPTS};
 
 /// A job's payload type. Its kind and queue are fixed by the type, so a payload
 /// can never be enqueued on the wrong queue. Payloads are stored as JSON in

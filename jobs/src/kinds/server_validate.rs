@@ -1,6 +1,5 @@
 //! `server.validate` on the `probe` queue.
 
-use berth_secrets::Binding;
 use serde::{Deserialize, Serialize};
 
 use super::JobPayload;
@@ -33,12 +32,3 @@ impl JobPayload for ServerValidate {
     }
 }
 
-/// Where a server's sealed credentials live: the row's id, table and column are
-/// bound into the ciphertext (the api seals, workers open).
-pub fn server_secret_binding<'a>(server_id: &'a str, column: &'a str) -> Binding<'a> {
-    Binding {
-        table: "servers",
-        column,
-        row_id: server_id,
-    }
-}
