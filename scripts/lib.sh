@@ -45,6 +45,10 @@ berth_install_packages() {
     command -v podman >/dev/null 2>&1 || missing+=(podman)
     command -v runc >/dev/null 2>&1 || missing+=(runc)
     [ -x /usr/sbin/nginx ] || missing+=(nginx)
+    # The test servers' base image (busybox), HTTP checks, git over SSH.
+    [ -x /bin/busybox ] || missing+=(busybox-static)
+    command -v curl >/dev/null 2>&1 || missing+=(curl)
+    command -v git >/dev/null 2>&1 || missing+=(git)
     command -v ssh-keygen >/dev/null 2>&1 || missing+=(openssh-client)
     berth_apt "${missing[@]}"
 }

@@ -16,7 +16,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use berth_config::SecretString;
-use berth_ssh::{AddressPolicy, Arg, Connection, Limits, Output, ShellCommand, SshError, Stream, Target};
+use berth_ssh::{
+    AddressPolicy, Arg, Connection, Limits, Output, ShellCommand, SshError, Stream, Target,
+};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -184,7 +186,11 @@ impl Session {
                 tracing::info!(server = %self.reconnect.server_id, %reason, "a kept session was lost; connecting again");
                 self.reconnect.pool.forget(self.reconnect.server_id);
                 let fresh = self.reconnect.connect().await?;
-                self.reconnect.pool.0.replaced.fetch_add(1, Ordering::Relaxed);
+                self.reconnect
+                    .pool
+                    .0
+                    .replaced
+                    .fetch_add(1, Ordering::Relaxed);
                 *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = fresh.clone();
                 self.reused.store(false, Ordering::Relaxed);
                 op(fresh).await

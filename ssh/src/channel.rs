@@ -93,11 +93,12 @@ pub(crate) fn run(
     let mut channel = open_channel(session, io_deadline())?;
     // The first stderr line names the process group; `pump` takes it out.
     let command = format!("echo \"{PGID_TAG}$$\" >&2; {}", run.command);
-    retry(io_deadline(), "starting the command", || channel.exec(&command)).map_err(|e| {
-        match e {
-            SshError::Protocol(reason) => SshError::Disconnected(reason),
-            other => other,
-        }
+    retry(io_deadline(), "starting the command", || {
+        channel.exec(&command)
+    })
+    .map_err(|e| match e {
+        SshError::Protocol(reason) => SshError::Disconnected(reason),
+        other => other,
     })?;
     let stdin = run.stdin.as_ref().map(|s| s.expose_secret().as_bytes());
     let (stdout, stderr) = match pump(&mut channel, &run, stdin, cancel, on_line) {
@@ -110,7 +111,9 @@ pub(crate) fn run(
             return Err(error);
         }
     };
-    retry(io_deadline(), "closing the channel", || channel.wait_close())?;
+    retry(io_deadline(), "closing the channel", || {
+        channel.wait_close()
+    })?;
     let status = channel.exit_status().map_err(protocol)?;
     Ok((status, stdout, stderr))
 }
@@ -242,7 +245,10 @@ fn pump(
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {}
                 Err(e) => {
-                    return Err(stop(pgid, SshError::Protocol(format!("writing input: {e}"))));
+                    return Err(stop(
+                        pgid,
+                        SshError::Protocol(format!("writing input: {e}")),
+                    ));
                 }
             }
         } else if !input_closed {

@@ -70,9 +70,9 @@ impl Arg {
     pub fn url(value: &str) -> Result<Arg, Refused> {
         let clean = (1..=2048).contains(&value.len())
             && !value.starts_with('-')
-            && !value
-                .chars()
-                .any(|c| c.is_control() || c.is_whitespace() || matches!(c, '\'' | '"' | '\\' | '`'));
+            && !value.chars().any(|c| {
+                c.is_control() || c.is_whitespace() || matches!(c, '\'' | '"' | '\\' | '`')
+            });
         let scp_like = |v: &str| {
             v.split_once(':').is_some_and(|(who, path)| {
                 !who.contains('/')
@@ -86,7 +86,9 @@ impl Arg {
         let ok = clean
             && match url::Url::parse(value) {
                 Ok(u) => match u.scheme() {
-                    "https" | "http" => u.host_str().is_some() && u.password().is_none() && u.username().is_empty(),
+                    "https" | "http" => {
+                        u.host_str().is_some() && u.password().is_none() && u.username().is_empty()
+                    }
                     "ssh" | "git" => u.host_str().is_some() && u.password().is_none(),
                     _ => false,
                 },
@@ -158,7 +160,9 @@ impl Arg {
         let digest_ok = digest.is_none_or(|d| {
             d.split_once(':').is_some_and(|(algo, hex)| {
                 !algo.is_empty()
-                    && algo.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+                    && algo
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
                     && hex.len() >= 32
                     && hex.bytes().all(|b| b.is_ascii_hexdigit())
             })
@@ -171,11 +175,13 @@ impl Arg {
         let tag_ok = tag.is_none_or(|t| {
             (1..=128).contains(&t.len())
                 && !t.starts_with(['.', '-'])
-                && t.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+                && t.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
         });
         let mut parts = path.split('/').peekable();
         let registry = parts.peek().copied().filter(|first| {
-            path.contains('/') && (first.contains('.') || first.contains(':') || *first == "localhost")
+            path.contains('/')
+                && (first.contains('.') || first.contains(':') || *first == "localhost")
         });
         if registry.is_some() {
             parts.next();
@@ -188,7 +194,9 @@ impl Arg {
             !c.is_empty()
                 && !c.starts_with(['.', '_', '-'])
                 && !c.ends_with(['.', '_', '-'])
-                && c.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'))
+                && c.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+                })
         };
         let ok = (1..=255).contains(&value.len())
             && digest_ok
@@ -222,7 +230,11 @@ impl Arg {
         if ok {
             Ok(Arg(text))
         } else {
-            Err(refuse("label", &text, "key=value of letters, digits, '.', '-', '_'"))
+            Err(refuse(
+                "label",
+                &text,
+                "key=value of letters, digits, '.', '-', '_'",
+            ))
         }
     }
 
@@ -435,7 +447,10 @@ mod tests {
         for good in ["main", "release/1.2", "v1.0.0", "3f2a9c1", "feature_x-y"] {
             assert!(Arg::git_ref(good).is_ok(), "{good:?}");
         }
-        for bad in ["-b", "a..b", "/main", "main/", "x.lock", "a b", "a~1", "a^", "a:b", "@{u}", ".hidden", "a/.b"] {
+        for bad in [
+            "-b", "a..b", "/main", "main/", "x.lock", "a b", "a~1", "a^", "a:b", "@{u}", ".hidden",
+            "a/.b",
+        ] {
             assert!(Arg::git_ref(bad).is_err(), "{bad:?}");
         }
         for good in ["PORT", "_X", "DATABASE_URL2"] {
@@ -453,7 +468,15 @@ mod tests {
         ] {
             assert!(Arg::image(good).is_ok(), "{good:?}");
         }
-        for bad in ["Upper/x", "-x", "a b", "x:", "x;id", "reg:99999/x", "x@sha256:zz"] {
+        for bad in [
+            "Upper/x",
+            "-x",
+            "a b",
+            "x:",
+            "x;id",
+            "reg:99999/x",
+            "x@sha256:zz",
+        ] {
             assert!(Arg::image(bad).is_err(), "{bad:?}");
         }
         assert_eq!(

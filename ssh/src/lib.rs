@@ -397,8 +397,7 @@ impl Connection {
                 cap: limits.max_output_bytes,
                 stdin,
             };
-            let (exit_status, stdout, stderr) =
-                channel::run(session, run, &cancel, &mut on_line)?;
+            let (exit_status, stdout, stderr) = channel::run(session, run, &cancel, &mut on_line)?;
             Ok(Output {
                 exit_status,
                 stdout,

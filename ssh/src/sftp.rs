@@ -6,8 +6,8 @@ use std::io::{ErrorKind, Read, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::channel::{Backoff, retry};
 use crate::SshError;
+use crate::channel::{Backoff, retry};
 
 fn open_sftp(session: &ssh2::Session, io: Duration) -> Result<ssh2::Sftp, SshError> {
     retry(Instant::now() + io, "opening SFTP", || session.sftp()).map_err(|e| match e {
@@ -66,9 +66,11 @@ pub(crate) fn get(
     let mut file = retry(Instant::now() + io, "opening the file", || {
         sftp.open(Path::new(remote))
     })?;
-    let size = retry(Instant::now() + io, "reading the file's size", || file.stat())?
-        .size
-        .unwrap_or(0);
+    let size = retry(Instant::now() + io, "reading the file's size", || {
+        file.stat()
+    })?
+    .size
+    .unwrap_or(0);
     if size > max_bytes {
         return Err(SshError::Protocol(format!(
             "{remote} is {size} bytes, more than the {max_bytes} allowed"
@@ -103,4 +105,3 @@ pub(crate) fn get(
     let _ = retry(Instant::now() + io, "closing the file", || file.close());
     Ok(data)
 }
-

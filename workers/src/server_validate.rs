@@ -91,7 +91,8 @@ impl JobHandler for ValidateServer {
                 return Err(ServerJobs::failure(&error));
             }
         };
-        let recorded = |e: sqlx::Error| JobFailure::retryable(format!("cannot record the validation: {e}"));
+        let recorded =
+            |e: sqlx::Error| JobFailure::retryable(format!("cannot record the validation: {e}"));
         servers
             .remote
             .pin_host_key(id, &host_key)

@@ -31,12 +31,7 @@ pub struct ServerJobs {
 }
 
 impl ServerJobs {
-    pub fn new(
-        pool: PgPool,
-        redis: ConnectionManager,
-        policies: Policies,
-        remote: Remote,
-    ) -> Self {
+    pub fn new(pool: PgPool, redis: ConnectionManager, policies: Policies, remote: Remote) -> Self {
         Self {
             pool,
             redis,

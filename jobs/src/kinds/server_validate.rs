@@ -31,4 +31,3 @@ impl JobPayload for ServerValidate {
         VALIDATION_ATTEMPTS
     }
 }
-

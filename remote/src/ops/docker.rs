@@ -33,14 +33,20 @@ fn managed() -> Arg {
 
 /// Builds an image, streaming the build's output.
 pub async fn build(on: &On<'_>, spec: &Build, deadline: Duration) -> Result<(), OpError> {
-    let mut command = ShellCommand::new("docker build").raw("--label").arg(&managed());
+    let mut command = ShellCommand::new("docker build")
+        .raw("--label")
+        .arg(&managed());
     for label in &spec.labels {
         command = command.raw("--label").arg(label);
     }
     if let Some(dockerfile) = &spec.dockerfile {
         command = command.raw("-f").arg(dockerfile);
     }
-    let command = command.raw("-t").arg(&spec.tag).raw("--").arg(&spec.context);
+    let command = command
+        .raw("-t")
+        .arg(&spec.tag)
+        .raw("--")
+        .arg(&spec.context);
     on.run("docker build", &command, deadline).await.map(|_| ())
 }
 
@@ -134,10 +140,7 @@ pub async fn inspect(on: &On<'_>, name: &Arg) -> Result<Option<Container>, OpErr
     let command = ShellCommand::new("docker inspect --type container --format '{{json .}}' --")
         .arg(name)
         .raw("2>&1; echo \"exit=$?\"");
-    let output = on
-        .session
-        .exec(&command, SHORT, on.cancel)
-        .await?;
+    let output = on.session.exec(&command, SHORT, on.cancel).await?;
     let (body, status) = match output.stdout.trim_end().rsplit_once('\n') {
         Some((body, status)) => (body, status),
         None => ("", output.stdout.trim_end()),
@@ -183,11 +186,23 @@ pub async fn remove(on: &On<'_>, name: &Arg) -> Result<(), OpError> {
 }
 
 /// Removes images that carry `label` (and Berth's own label) and that no
-/// container uses. Nothing without Berth's label is ever touched.
-pub async fn prune_images(on: &On<'_>, label: &Arg) -> Result<(), OpError> {
-    let command = ShellCommand::new("docker image prune -a -f --filter")
+/// container uses; returns how many went. Nothing without Berth's label is
+/// ever touched. (Listed and removed one by one rather than with `docker
+/// image prune`, whose label filters podman's service refuses.)
+pub async fn prune_images(on: &On<'_>, label: &Arg) -> Result<usize, OpError> {
+    let command = ShellCommand::new("docker image ls -q --no-trunc --filter")
         .arg(&Arg::label_filter(&managed()))
         .raw("--filter")
-        .arg(&Arg::label_filter(label));
-    on.run("docker image prune", &command, SHORT).await.map(|_| ())
+        .arg(&Arg::label_filter(label))
+        .raw(
+            "| sort -u | while read -r image; do \
+              if docker rmi -- \"$image\" >/dev/null 2>&1; then echo \"removed $image\"; \
+              else echo \"kept $image (in use)\"; fi; done",
+        );
+    let output = on.run("docker image prune", &command, SHORT).await?;
+    Ok(output
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("removed "))
+        .count())
 }

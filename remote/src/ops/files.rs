@@ -55,9 +55,13 @@ pub async fn get(on: &On<'_>, path: &Arg, max_bytes: u64) -> Result<Vec<u8>, OpE
 
 /// Removes the file at `path`, if it is there.
 pub async fn remove(on: &On<'_>, path: &Arg) -> Result<(), OpError> {
-    on.run("removing a file", &ShellCommand::new("rm -f --").arg(path), DEADLINE)
-        .await
-        .map(|_| ())
+    on.run(
+        "removing a file",
+        &ShellCommand::new("rm -f --").arg(path),
+        DEADLINE,
+    )
+    .await
+    .map(|_| ())
 }
 
 /// Creates `path` and its parents; the last one gets `mode`.

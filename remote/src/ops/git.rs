@@ -36,7 +36,8 @@ pub struct Clone {
 /// (depth 1) and check it out. `$1` is the ref. The agent or the token
 /// helper reads its secret from stdin.
 #[cfg(test)]
-const FETCH: &str = "git fetch -q --depth 1 origin \"$1\" && git checkout -q FETCH_HEAD && git rev-parse HEAD";
+const FETCH: &str =
+    "git fetch -q --depth 1 origin \"$1\" && git checkout -q FETCH_HEAD && git rev-parse HEAD";
 
 /// Clones and returns the commit checked out.
 pub async fn clone(on: &On<'_>, spec: &Clone, deadline: Duration) -> Result<String, OpError> {
@@ -97,7 +98,8 @@ pub async fn clone(on: &On<'_>, spec: &Clone, deadline: Duration) -> Result<Stri
 }
 
 /// [`FETCH`] in single quotes, for `sh -c`.
-const QUOTED_FETCH: &str = "'git fetch -q --depth 1 origin \"$1\" && git checkout -q FETCH_HEAD && git rev-parse HEAD'";
+const QUOTED_FETCH: &str =
+    "'git fetch -q --depth 1 origin \"$1\" && git checkout -q FETCH_HEAD && git rev-parse HEAD'";
 
 /// The key is read from stdin into an agent that lives as long as the fetch.
 const QUOTED_AGENT_FETCH: &str = "'ssh-add -q - 2>/dev/null || { echo \"the deploy key was refused by ssh-add\" >&2; exit 90; }; git fetch -q --depth 1 origin \"$1\" && git checkout -q FETCH_HEAD && git rev-parse HEAD'";

@@ -76,9 +76,13 @@ impl<'a> On<'a> {
         let lines = self.lines.clone();
         let output = self
             .session
-            .exec_with_input(command, input, deadline, self.cancel, move |stream, line| {
-                lines(stream, line)
-            })
+            .exec_with_input(
+                command,
+                input,
+                deadline,
+                self.cancel,
+                move |stream, line| lines(stream, line),
+            )
             .await?;
         succeeded(what, output)
     }
@@ -159,7 +163,10 @@ mod tests {
         )
         .unwrap_err();
         let text = err.to_string();
-        assert!(text.starts_with("docker build failed (exit status 2): …"), "{text}");
+        assert!(
+            text.starts_with("docker build failed (exit status 2): …"),
+            "{text}"
+        );
         assert!(text.ends_with("the real error"));
         assert!(text.len() < DETAIL_BYTES + 100);
         let ok = Output {

@@ -44,7 +44,12 @@ impl Nginx {
     /// configuration and reloads. When the check fails, the previous file (or
     /// none) is put back, nginx keeps serving what it served, and the error
     /// carries `nginx -t`'s own words.
-    pub async fn install_site(&self, on: &On<'_>, path: &Arg, content: &str) -> Result<(), OpError> {
+    pub async fn install_site(
+        &self,
+        on: &On<'_>,
+        path: &Arg,
+        content: &str,
+    ) -> Result<(), OpError> {
         let backup = Arg::path(&format!("{}.berth-previous", path.as_str()))?;
         on.run(
             "keeping the previous site",

@@ -16,6 +16,7 @@ mod oauth;
 mod operator;
 mod platform;
 mod preferences_uploads;
+mod remote;
 mod scheduler;
 mod servers;
 mod ssh;
