@@ -4,8 +4,8 @@ use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 
 use crate::batch::{BatchError, Batcher};
-use crate::relay::{Delivery, push_jobs};
 use crate::store::{self, Enqueued, JobRow, NewJob};
+use crate::transport::{Delivery, push_jobs};
 use crate::{JobPayload, Policies, Queue};
 
 /// Concurrent standalone enqueues share one insert, and concurrent pushes one

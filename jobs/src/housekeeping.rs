@@ -7,8 +7,7 @@ use apalis_redis::RedisStorage;
 use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 
-use crate::relay::Delivery;
-use crate::runtime::apalis_config;
+use crate::transport::{Delivery, apalis_config};
 use crate::{Queue, store};
 
 /// Postgres is the record of every job; Redis keeps a finished delivery's task

@@ -16,6 +16,7 @@ pub mod redis_conn;
 pub mod relay;
 pub mod runtime;
 pub mod store;
+pub mod transport;
 
 pub use client::JobClient;
 pub use kinds::{
