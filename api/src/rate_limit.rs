@@ -42,58 +42,126 @@ impl RateDecision {
     }
 }
 
-/// Counts one hit of `subject` against `scope`'s limit. The window starts with
-/// the first hit; INCR and its expiry are one script so no counter lives forever.
-pub async fn hit(
-    redis: &ConnectionManager,
-    scope: &str,
-    subject: &str,
-    limit: RateLimit,
-) -> Result<RateDecision, redis::RedisError> {
-    let script = Script::new(
-        r#"
-        local n = redis.call('INCR', KEYS[1])
-        if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
-        return {n, redis.call('PTTL', KEYS[1])}
-        "#,
-    );
-    let (count, ttl_ms): (u64, i64) = script
-        .key(key(scope, subject))
-        .arg(limit.window.as_millis() as u64)
-        .invoke_async(&mut redis.clone())
-        .await?;
-    let max = u64::from(limit.max);
-    Ok(RateDecision {
-        limit: limit.max,
-        remaining: max.saturating_sub(count) as u32,
-        reset_secs: (ttl_ms.max(0) as u64).div_ceil(1000).max(1),
-        allowed: count <= max,
-    })
+/// The rate limiter: counters in Redis, shared by every api process. A value
+/// in the api's state, so a route asks it instead of reaching for Redis.
+#[derive(Clone)]
+pub struct RateLimiter {
+    redis: ConnectionManager,
+}
+
+impl RateLimiter {
+    pub fn new(redis: ConnectionManager) -> Self {
+        Self { redis }
+    }
+
+    /// Counts one hit of `subject` against `scope`'s limit. The window starts with
+    /// the first hit; INCR and its expiry are one script so no counter lives forever.
+    pub async fn hit(
+        &self,
+        scope: &str,
+        subject: &str,
+        limit: RateLimit,
+    ) -> Result<RateDecision, redis::RedisError> {
+        let script = Script::new(
+            r#"
+            local n = redis.call('INCR', KEYS[1])
+            if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+            return {n, redis.call('PTTL', KEYS[1])}
+            "#,
+        );
+        let (count, ttl_ms): (u64, i64) = script
+            .key(key(scope, subject))
+            .arg(limit.window.as_millis() as u64)
+            .invoke_async(&mut self.redis.clone())
+            .await?;
+        let max = u64::from(limit.max);
+        Ok(RateDecision {
+            limit: limit.max,
+            remaining: max.saturating_sub(count) as u32,
+            reset_secs: (ttl_ms.max(0) as u64).div_ceil(1000).max(1),
+            allowed: count <= max,
+        })
+    }
+
+    /// Counts a hit and refuses past the limit with `message`; answers the
+    /// decision, for the `X-RateLimit-*` headers ([`Limited`]). While Redis is
+    /// unreachable the hit is let through and logged (see [`per_ip`]).
+    pub async fn enforce(
+        &self,
+        scope: &str,
+        subject: &str,
+        limit: RateLimit,
+        message: &str,
+    ) -> Result<Option<RateDecision>, ApiError> {
+        match self.hit(scope, subject, limit).await {
+            Ok(decision) if !decision.allowed => Err(decision.refusal(message)),
+            Ok(decision) => Ok(Some(decision)),
+            Err(e) => {
+                tracing::warn!(error = %e, scope, "rate limit not checked: Redis unavailable");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Refuses when `subject` is already at its limit, without counting a hit: for
+    /// limits on failures, which are counted with [`Self::hit`] only when one happens.
+    pub async fn ensure_below(
+        &self,
+        scope: &str,
+        subject: &str,
+        limit: RateLimit,
+        message: &str,
+    ) -> Result<(), ApiError> {
+        let mut conn = self.redis.clone();
+        let read: Result<(Option<u64>, i64), redis::RedisError> = redis::pipe()
+            .get(key(scope, subject))
+            .pttl(key(scope, subject))
+            .query_async(&mut conn)
+            .await;
+        match read {
+            Ok((Some(count), ttl_ms)) if count >= u64::from(limit.max) => {
+                Err(ApiError::RateLimited {
+                    message: message.to_owned(),
+                    limit: limit.max,
+                    retry_after_secs: (ttl_ms.max(0) as u64).div_ceil(1000).max(1),
+                })
+            }
+            Ok(_) => Ok(()),
+            Err(e) => {
+                tracing::warn!(error = %e, scope, "rate limit not checked: Redis unavailable");
+                Ok(())
+            }
+        }
+    }
+
+    /// Whether `subject` has reached `limit` (false while Redis is unreachable).
+    pub async fn at_limit(&self, scope: &str, subject: &str, limit: RateLimit) -> bool {
+        let count: Result<Option<u64>, redis::RedisError> = redis::cmd("GET")
+            .arg(key(scope, subject))
+            .query_async(&mut self.redis.clone())
+            .await;
+        count
+            .ok()
+            .flatten()
+            .is_some_and(|n| n >= u64::from(limit.max))
+    }
+
+    /// Forgets `subject`'s count (a successful sign-in clears its failures).
+    pub async fn reset(&self, scope: &str, subject: &str) {
+        let mut conn = self.redis.clone();
+        let cleared: Result<(), redis::RedisError> = redis::cmd("DEL")
+            .arg(key(scope, subject))
+            .query_async(&mut conn)
+            .await;
+        if let Err(e) = cleared {
+            tracing::warn!(error = %e, scope, "rate limit not reset: Redis unavailable");
+        }
+    }
 }
 
 /// The Redis key of a limit's counter.
 fn key(scope: &str, subject: &str) -> String {
     format!("berth:ratelimit:{scope}:{subject}")
-}
-
-/// Counts a hit and refuses past the limit with `message`; answers the
-/// decision, for the `X-RateLimit-*` headers ([`Limited`]). While Redis is
-/// unreachable the hit is let through and logged (see [`per_ip`]).
-pub async fn enforce(
-    redis: &ConnectionManager,
-    scope: &str,
-    subject: &str,
-    limit: RateLimit,
-    message: &str,
-) -> Result<Option<RateDecision>, ApiError> {
-    match hit(redis, scope, subject, limit).await {
-        Ok(decision) if !decision.allowed => Err(decision.refusal(message)),
-        Ok(decision) => Ok(Some(decision)),
-        Err(e) => {
-            tracing::warn!(error = %e, scope, "rate limit not checked: Redis unavailable");
-            Ok(None)
-        }
-    }
 }
 
 /// A response of a route limited inside its handler (per account), with the
@@ -125,64 +193,6 @@ pub fn address_subject(ip: std::net::IpAddr) -> String {
     }
 }
 
-/// Refuses when `subject` is already at its limit, without counting a hit: for
-/// limits on failures, which are counted with [`hit`] only when one happens.
-pub async fn ensure_below(
-    redis: &ConnectionManager,
-    scope: &str,
-    subject: &str,
-    limit: RateLimit,
-    message: &str,
-) -> Result<(), ApiError> {
-    let mut conn = redis.clone();
-    let read: Result<(Option<u64>, i64), redis::RedisError> = redis::pipe()
-        .get(key(scope, subject))
-        .pttl(key(scope, subject))
-        .query_async(&mut conn)
-        .await;
-    match read {
-        Ok((Some(count), ttl_ms)) if count >= u64::from(limit.max) => Err(ApiError::RateLimited {
-            message: message.to_owned(),
-            limit: limit.max,
-            retry_after_secs: (ttl_ms.max(0) as u64).div_ceil(1000).max(1),
-        }),
-        Ok(_) => Ok(()),
-        Err(e) => {
-            tracing::warn!(error = %e, scope, "rate limit not checked: Redis unavailable");
-            Ok(())
-        }
-    }
-}
-
-/// Whether `subject` has reached `limit` (false while Redis is unreachable).
-pub async fn at_limit(
-    redis: &ConnectionManager,
-    scope: &str,
-    subject: &str,
-    limit: RateLimit,
-) -> bool {
-    let count: Result<Option<u64>, redis::RedisError> = redis::cmd("GET")
-        .arg(key(scope, subject))
-        .query_async(&mut redis.clone())
-        .await;
-    count
-        .ok()
-        .flatten()
-        .is_some_and(|n| n >= u64::from(limit.max))
-}
-
-/// Forgets `subject`'s count (a successful sign-in clears its failures).
-pub async fn reset(redis: &ConnectionManager, scope: &str, subject: &str) {
-    let mut conn = redis.clone();
-    let cleared: Result<(), redis::RedisError> = redis::cmd("DEL")
-        .arg(key(scope, subject))
-        .query_async(&mut conn)
-        .await;
-    if let Err(e) = cleared {
-        tracing::warn!(error = %e, scope, "rate limit not reset: Redis unavailable");
-    }
-}
-
 /// Per-client-address limit for one route group: `from_fn_with_state((state, scope, limit), per_ip)`.
 /// While Redis is unreachable requests are let through (and logged): a public
 /// form staying up matters more than its limit for that time.
@@ -196,7 +206,11 @@ pub async fn per_ip(
         Ok(ip) => ip,
         Err(e) => return e.into_response(),
     };
-    let decision = match hit(&state.redis, scope, &address_subject(ip), limit).await {
+    let decision = match state
+        .rate_limiter
+        .hit(scope, &address_subject(ip), limit)
+        .await
+    {
         Ok(decision) => decision,
         Err(e) => {
             tracing::warn!(error = %e, scope, "rate limit not checked: Redis unavailable");

@@ -5,6 +5,8 @@ use anyhow::Context;
 use berth_config::ApiConfig;
 use berth_jobs::{JobClient, Policies};
 use redis::aio::ConnectionManager;
+
+use crate::rate_limit::RateLimiter;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
@@ -31,6 +33,8 @@ impl std::ops::Deref for AppState {
 pub struct Shared {
     pub pool: PgPool,
     pub redis: ConnectionManager,
+    /// Counters of every rate limit, in Redis.
+    pub rate_limiter: RateLimiter,
     pub config: Arc<ApiConfig>,
     pub jobs: JobClient,
     pub metrics: Arc<Metrics>,
@@ -88,6 +92,7 @@ impl AppState {
             http,
             hub: Hub::default(),
             pool,
+            rate_limiter: RateLimiter::new(redis.clone()),
             redis,
             config: Arc::new(config),
             metrics: Arc::new(Metrics::new()),

@@ -112,7 +112,7 @@ async fn main() -> anyhow::Result<()> {
 }
 
 pub async fn reset(setup: &Setup) -> anyhow::Result<()> {
-    sqlx::query("TRUNCATE jobs, job_outcome_totals")
+    sqlx::query("TRUNCATE jobs, job_outcome_totals CASCADE")
         .execute(&setup.pool)
         .await?;
     let mut redis = berth_jobs::redis_conn::connect(&setup.redis_url).await?;

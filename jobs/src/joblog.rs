@@ -122,7 +122,7 @@ async fn write(pool: &PgPool, entries: &[Entry]) -> Result<(), sqlx::Error> {
     let streams: Vec<LogStream> = entries.iter().map(|e| e.line.stream).collect();
     let lines: Vec<&str> = entries.iter().map(|e| e.line.line.as_str()).collect();
     let truncated: Vec<bool> = entries.iter().map(|e| e.truncated).collect();
-    sqlx::query(
+    sqlx::query!(
         "WITH e AS (SELECT * FROM unnest($1::text[], $2::bigint[], $3::timestamptz[], $4::text[], \
                                           $5::text[], $6::bool[]) AS e(job_id, seq, at, stream, line, cut)), \
               ins AS (INSERT INTO job_logs (job_id, seq, at, stream, line) \
@@ -132,13 +132,13 @@ async fn write(pool: &PgPool, entries: &[Entry]) -> Result<(), sqlx::Error> {
          FROM (SELECT job_id, max(seq) AS seq, sum(octet_length(line)) AS bytes, bool_or(cut) AS cut \
                FROM e GROUP BY job_id) m \
          WHERE j.id = m.job_id",
+        &job_ids as &[&str],
+        &seqs as &[i64],
+        &ats as &[DateTime<Utc>],
+        &streams as &[LogStream],
+        &lines as &[&str],
+        &truncated as &[bool],
     )
-    .bind(&job_ids)
-    .bind(&seqs)
-    .bind(&ats)
-    .bind(&streams)
-    .bind(&lines)
-    .bind(&truncated)
     .execute(pool)
     .await?;
     Ok(())
@@ -248,13 +248,14 @@ pub async fn read(
     after: i64,
     limit: i64,
 ) -> Result<Vec<LogLine>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT seq, at, stream, line FROM job_logs WHERE job_id = $1 AND seq > $2 \
-         ORDER BY seq LIMIT $3",
+    sqlx::query_as!(
+        LogLine,
+        r#"SELECT seq, at, stream AS "stream: LogStream", line FROM job_logs
+           WHERE job_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"#,
+        job_id,
+        after,
+        limit,
     )
-    .bind(job_id)
-    .bind(after)
-    .bind(limit)
     .fetch_all(pool)
     .await
 }

@@ -5,8 +5,11 @@ use serde::{Deserialize, Serialize};
 
 /// Where jobs wait for a worker (SPEC §1), so workers scale per queue. A queue
 /// carries one or more job kinds (`probe`: `server.validate`, `server.probe`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema, sqlx::Type,
+)]
 #[serde(rename_all = "lowercase")]
+#[sqlx(type_name = "text", rename_all = "lowercase")]
 pub enum Queue {
     Deploy,
     Rollback,

@@ -73,33 +73,32 @@ impl Relay {
 
     async fn relay_batch(&mut self) -> anyhow::Result<usize> {
         let mut tx = self.pool.begin().await?;
-        let rows: Vec<(String, String, String)> = sqlx::query_as(
-            "SELECT delivery_id, id, queue FROM jobs \
-             WHERE state = 'queued' AND pushed_at IS NULL AND run_after <= now() \
-               AND (attempts > 0 OR waiting_for IS NOT NULL \
-                    OR updated_at < now() - make_interval(secs => $2)) \
-             ORDER BY run_after LIMIT $1 FOR UPDATE SKIP LOCKED",
+        let rows = sqlx::query!(
+            r#"SELECT delivery_id, id, queue AS "queue: Queue" FROM jobs
+               WHERE state = 'queued' AND pushed_at IS NULL AND run_after <= now()
+                 AND (attempts > 0 OR waiting_for IS NOT NULL
+                      OR updated_at < now() - make_interval(secs => $2))
+               ORDER BY run_after LIMIT $1 FOR UPDATE SKIP LOCKED"#,
+            BATCH,
+            SWEEP_GRACE.as_secs_f64(),
         )
-        .bind(BATCH)
-        .bind(SWEEP_GRACE.as_secs_f64())
         .fetch_all(&mut *tx)
         .await?;
         if rows.is_empty() {
             return Ok(0);
         }
-        let deliveries = rows
+        let deliveries: Vec<(Queue, Delivery)> = rows
             .into_iter()
-            .map(|(delivery_id, job_id, queue)| {
-                let queue: Queue = queue.parse()?;
-                Ok((
-                    queue,
+            .map(|row| {
+                (
+                    row.queue,
                     Delivery {
-                        job_id,
-                        delivery_id,
+                        job_id: row.id,
+                        delivery_id: row.delivery_id,
                     },
-                ))
+                )
             })
-            .collect::<anyhow::Result<Vec<_>>>()?;
+            .collect();
         push_jobs(&mut self.redis, &deliveries).await?;
         let pushed: Vec<String> = deliveries.into_iter().map(|(_, d)| d.job_id).collect();
         crate::store::mark_pushed(&mut *tx, &pushed).await?;

@@ -78,12 +78,13 @@ impl Remote {
     }
 
     pub async fn load(&self, id: Uuid) -> Result<Option<Server>, sqlx::Error> {
-        sqlx::query_as(
+        sqlx::query_as!(
+            Server,
             "SELECT id, owner_user_id, name, host, port, username, auth_type, secret, passphrase, \
                     host_key, build_slots \
              FROM servers WHERE id = $1",
+            id,
         )
-        .bind(id)
         .fetch_optional(&self.pool)
         .await
     }
@@ -91,12 +92,14 @@ impl Remote {
     /// Pins `host_key` as the server's, unless one is pinned already (a
     /// re-pin is the owner's decision, through the api).
     pub async fn pin_host_key(&self, id: Uuid, host_key: &str) -> Result<(), sqlx::Error> {
-        sqlx::query("UPDATE servers SET host_key = COALESCE(host_key, $2) WHERE id = $1")
-            .bind(id)
-            .bind(host_key)
-            .execute(&self.pool)
-            .await
-            .map(|_| ())
+        sqlx::query!(
+            "UPDATE servers SET host_key = COALESCE(host_key, $2) WHERE id = $1",
+            id,
+            host_key
+        )
+        .execute(&self.pool)
+        .await
+        .map(|_| ())
     }
 
     /// The connection settings, credentials opened. A credential that does not

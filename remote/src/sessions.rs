@@ -218,17 +218,8 @@ impl Session {
         cancel: &CancellationToken,
         on_line: impl FnMut(Stream, &str) + Send + 'static,
     ) -> Result<Output, SshError> {
-        let on_line = Arc::new(Mutex::new(on_line));
-        self.with_connection(|conn| {
-            let on_line = on_line.clone();
-            async move {
-                conn.exec_streaming(command, deadline, cancel, move |stream, line| {
-                    (on_line.lock().unwrap_or_else(|e| e.into_inner()))(stream, line)
-                })
-                .await
-            }
-        })
-        .await
+        self.streaming(command, None, deadline, cancel, on_line)
+            .await
     }
 
     /// See [`Connection::exec_with_input`].
@@ -240,15 +231,38 @@ impl Session {
         cancel: &CancellationToken,
         on_line: impl FnMut(Stream, &str) + Send + 'static,
     ) -> Result<Output, SshError> {
+        self.streaming(command, Some(input), deadline, cancel, on_line)
+            .await
+    }
+
+    /// `on_line` is shared by both tries: a lost session's try never ran, so
+    /// it printed nothing.
+    async fn streaming(
+        &self,
+        command: &ShellCommand,
+        input: Option<&SecretString>,
+        deadline: Duration,
+        cancel: &CancellationToken,
+        on_line: impl FnMut(Stream, &str) + Send + 'static,
+    ) -> Result<Output, SshError> {
         let on_line = Arc::new(Mutex::new(on_line));
         self.with_connection(|conn| {
             let on_line = on_line.clone();
-            let input = input.clone();
+            let forward = move |stream: Stream, line: &str| {
+                (on_line.lock().unwrap_or_else(|e| e.into_inner()))(stream, line)
+            };
+            let input = input.cloned();
             async move {
-                conn.exec_with_input(command, input, deadline, cancel, move |stream, line| {
-                    (on_line.lock().unwrap_or_else(|e| e.into_inner()))(stream, line)
-                })
-                .await
+                match input {
+                    Some(input) => {
+                        conn.exec_with_input(command, input, deadline, cancel, forward)
+                            .await
+                    }
+                    None => {
+                        conn.exec_streaming(command, deadline, cancel, forward)
+                            .await
+                    }
+                }
             }
         })
         .await

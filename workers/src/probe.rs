@@ -1,5 +1,7 @@
 //! What one probe asks a server, in one command, and how its answer is read.
 //! CPU use needs two `/proc/stat` samples; they are half a second apart.
+//! Docker is asked once (`docker ps`: it fails when the daemon is down),
+//! not twice: `docker info` alone costs more than the rest of the probe.
 
 /// Fixed text: one round trip collects everything.
 /// How long one probe command may take on the server.
@@ -10,8 +12,8 @@ pub const PROBE_COMMAND: &str = "echo \"stat1 $(head -n 1 /proc/stat)\"; sleep 0
     grep -E '^(MemTotal|MemAvailable|SwapTotal|SwapFree):' /proc/meminfo | sed 's/^/mem /'; \
     echo \"df $(df -P / | tail -n 1)\"; echo \"load $(cat /proc/loadavg)\"; \
     echo \"uptime $(cut -d ' ' -f 1 /proc/uptime)\"; \
-    if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then \
-    echo \"docker running $(docker ps -q | wc -l)\"; else echo 'docker stopped 0'; fi";
+    if command -v docker >/dev/null 2>&1 && ids=$(docker ps -q 2>/dev/null); then \
+    echo \"docker running $(printf '%s' \"$ids\" | grep -c .)\"; else echo 'docker stopped 0'; fi";
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Sample {

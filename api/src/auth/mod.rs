@@ -195,30 +195,33 @@ pub async fn verify_password_limited(
     use crate::rate_limit;
     let limits = state.config.auth.limits;
     let pair = format!("{subject}:{}", rate_limit::address_subject(client_ip));
-    rate_limit::ensure_below(
-        &state.redis,
-        "login_failures",
-        &pair,
-        limits.login_failures,
-        "too many wrong passwords for this account from your address; try again later",
-    )
-    .await?;
-    if rate_limit::at_limit(
-        &state.redis,
-        "login_failures_account",
-        subject,
-        limits.login_failures_account,
-    )
-    .await
-    {
-        rate_limit::enforce(
-            &state.redis,
-            "login_slow_lane",
-            subject,
-            limits.login_slow_lane,
-            "this account is under attack and sign-ins are slowed; try again in a few seconds",
+    state
+        .rate_limiter
+        .ensure_below(
+            "login_failures",
+            &pair,
+            limits.login_failures,
+            "too many wrong passwords for this account from your address; try again later",
         )
         .await?;
+    if state
+        .rate_limiter
+        .at_limit(
+            "login_failures_account",
+            subject,
+            limits.login_failures_account,
+        )
+        .await
+    {
+        state
+            .rate_limiter
+            .enforce(
+                "login_slow_lane",
+                subject,
+                limits.login_slow_lane,
+                "this account is under attack and sign-ins are slowed; try again in a few seconds",
+            )
+            .await?;
     }
     if password::verify_password(password, hash).await? {
         return Ok(true);
@@ -231,7 +234,7 @@ pub async fn verify_password_limited(
             limits.login_failures_account,
         ),
     ] {
-        if let Err(e) = rate_limit::hit(&state.redis, scope, key, limit).await {
+        if let Err(e) = state.rate_limiter.hit(scope, key, limit).await {
             tracing::warn!(error = %e, "password failure not counted: Redis unavailable");
         }
     }
@@ -245,7 +248,7 @@ pub async fn clear_password_failures(state: &AppState, subject: &str, client_ip:
         "{subject}:{}",
         crate::rate_limit::address_subject(client_ip)
     );
-    crate::rate_limit::reset(&state.redis, "login_failures", &pair).await;
+    state.rate_limiter.reset("login_failures", &pair).await;
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {

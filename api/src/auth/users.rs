@@ -7,8 +7,11 @@ use serde::Serialize;
 use sqlx::PgExecutor;
 use uuid::Uuid;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+/// Stored as text; a value Berth does not know fails to decode (an error,
+/// never a silent demotion or promotion).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema, sqlx::Type)]
 #[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
 pub enum Role {
     User,
     Admin,
@@ -16,14 +19,6 @@ pub enum Role {
 }
 
 impl Role {
-    pub fn parse(s: &str) -> Role {
-        match s {
-            "super_admin" => Role::SuperAdmin,
-            "admin" => Role::Admin,
-            _ => Role::User,
-        }
-    }
-
     pub fn is_admin(self) -> bool {
         matches!(self, Role::Admin | Role::SuperAdmin)
     }
@@ -36,7 +31,7 @@ pub struct UserRow {
     pub username: Option<String>,
     pub name: String,
     pub password_hash: Option<String>,
-    pub role: String,
+    pub role: Role,
     pub status: String,
     pub email_verified: bool,
     pub avatar_url: Option<String>,
@@ -58,7 +53,7 @@ pub static USER_COLUMNS_OF_U: LazyLock<String> = LazyLock::new(|| {
 
 impl UserRow {
     pub fn role(&self) -> Role {
-        Role::parse(&self.role)
+        self.role
     }
 
     pub fn is_active(&self) -> bool {

@@ -306,6 +306,7 @@ pub async fn list_jobs(
         queues: Some(queues),
         kind: kind.map(|k| k.name.to_owned()),
         state: query.state,
+        id: None,
     };
     let (items, total) = store::list(&state.pool, &filter, page.offset(), page.limit).await?;
     Ok(Envelope::ok(JobsPage {

@@ -13,7 +13,6 @@ use crate::auth::sessions::{self, Client, SignInAnswer};
 use crate::auth::users::{self, UserRow};
 use crate::envelope::{Envelope, Json};
 use crate::error::{ApiError, FieldError};
-use crate::rate_limit;
 use crate::routes::auth::{EmailRequest, Sent, limit_mail_to, require_password_login};
 use crate::state::AppState;
 use crate::validate::{self, email_field, secret_field, text_field, username_field};
@@ -203,14 +202,15 @@ pub async fn resend_otp(
     let mut errors = Vec::new();
     let email = email_field("email", &req.email, &mut errors);
     validate::finish(errors)?;
-    rate_limit::enforce(
-        &state.redis,
-        "otp_resend",
-        &email.to_lowercase(),
-        state.config.auth.limits.otp_resend,
-        "a code was sent moments ago; wait before asking again",
-    )
-    .await?;
+    state
+        .rate_limiter
+        .enforce(
+            "otp_resend",
+            &email.to_lowercase(),
+            state.config.auth.limits.otp_resend,
+            "a code was sent moments ago; wait before asking again",
+        )
+        .await?;
     limit_mail_to(&state, "verify", &email).await?;
     let mut tx = state.pool.begin().await?;
     let pending = users::by_email(&mut *tx, &email)

@@ -22,18 +22,14 @@ pub async fn cancel(
     id: &str,
     reason: &str,
 ) -> Result<CancelOutcome, sqlx::Error> {
-    let state: Option<String> = sqlx::query_scalar(
-        "WITH queued AS (UPDATE jobs SET state = 'cancelled', last_error = $2, finished_at = now(), \
+    let state: Option<String> = sqlx::query_scalar!("WITH queued AS (UPDATE jobs SET state = 'cancelled', last_error = $2, finished_at = now(), \
                              updated_at = now() WHERE id = $1 AND state = 'queued' RETURNING 'cancelled'::text AS s), \
               running AS (UPDATE jobs SET cancel_requested_at = COALESCE(cancel_requested_at, now()), \
                              last_error = $2, updated_at = now() \
                           WHERE id = $1 AND state = 'running' RETURNING 'requested'::text AS s) \
-         SELECT s FROM queued UNION ALL SELECT s FROM running \
+         SELECT s AS \"s!\" FROM queued UNION ALL SELECT s FROM running \
          UNION ALL SELECT 'finished' FROM jobs WHERE id = $1 AND state NOT IN ('queued', 'running') \
-         LIMIT 1",
-    )
-    .bind(id)
-    .bind(reason)
+         LIMIT 1", id, reason)
     .fetch_optional(conn)
     .await?;
     Ok(match state.as_deref() {
@@ -46,10 +42,7 @@ pub async fn cancel(
 
 /// Of `ids` (jobs running here), those whose cancellation was asked for.
 pub async fn cancel_requested(pool: &PgPool, ids: &[String]) -> Result<Vec<String>, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT id FROM jobs WHERE id = ANY($1) AND state = 'running' AND cancel_requested_at IS NOT NULL",
-    )
-    .bind(ids)
+    sqlx::query_scalar!("SELECT id FROM jobs WHERE id = ANY($1) AND state = 'running' AND cancel_requested_at IS NOT NULL", ids)
     .fetch_all(pool)
     .await
 }
@@ -60,13 +53,13 @@ pub async fn mark_cancelled(
     job_id: &str,
     delivery_id: &str,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         "UPDATE jobs SET state = 'cancelled', finished_at = now(), updated_at = now(), \
              last_error = COALESCE(last_error, 'cancelled') \
          WHERE id = $1 AND delivery_id = $2 AND state = 'running'",
+        job_id,
+        delivery_id
     )
-    .bind(job_id)
-    .bind(delivery_id)
     .execute(pool)
     .await?;
     Ok(())

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 use ulid::Ulid;
 use uuid::Uuid;
 
@@ -91,8 +91,7 @@ pub async fn claim_many(
     // delivery id, due later, without using an attempt; a key's or a slot's
     // release makes the next in its line due at once. A job may be put back
     // holding its key while it waits for a slot: it was first in that line.
-    let rows = sqlx::query(
-        "WITH d AS (SELECT DISTINCT ON (id, delivery_id) id, delivery_id, fresh \
+    let rows = sqlx::query!("WITH d AS (SELECT DISTINCT ON (id, delivery_id) id, delivery_id, fresh \
                     FROM unnest($1::text[], $2::text[], $4::text[]) AS d(id, delivery_id, fresh)), \
          cand AS (SELECT j.id, d.fresh, j.owner_user_id, \
                          row_number() OVER (PARTITION BY j.owner_user_id ORDER BY j.id) AS nth \
@@ -155,36 +154,26 @@ pub async fn claim_many(
          WHERE j.id = d.id AND j.delivery_id = d.delivery_id AND j.state IN ('queued', 'running') \
            AND j.cancel_requested_at IS NULL AND j.id NOT IN (SELECT id FROM deferred) \
          RETURNING j.id, j.delivery_id, j.kind, j.payload, j.attempts, j.max_attempts, j.timeout_ms, \
-             j.owner_user_id, j.server_id, j.deployment_id, j.log_seq, j.log_bytes",
-    )
-    .bind(&job_ids)
-    .bind(&delivery_ids)
-    .bind(worker)
-    .bind(&fresh)
-    .bind(fairness.queue.name())
-    .bind(i64::try_from(fairness.per_user_running).unwrap_or(i64::MAX))
-    .bind(fairness.deferral.as_secs_f64())
-    .bind(KEY_WAIT.as_secs_f64())
+             j.owner_user_id, j.server_id, j.deployment_id, j.log_seq, j.log_bytes", &job_ids, &delivery_ids, worker, &fresh, fairness.queue.name(), i64::try_from(fairness.per_user_running).unwrap_or(i64::MAX), fairness.deferral.as_secs_f64(), KEY_WAIT.as_secs_f64())
     .fetch_all(pool)
     .await?;
     let mut claimed = std::collections::HashMap::new();
     for row in rows {
-        let key: (String, String) = (row.try_get("id")?, row.try_get("delivery_id")?);
         claimed.insert(
-            key,
+            (row.id, row.delivery_id),
             Claimed {
-                kind: row.try_get("kind")?,
-                payload: row.try_get("payload")?,
-                attempts: row.try_get("attempts")?,
-                max_attempts: row.try_get("max_attempts")?,
-                timeout: Duration::from_millis(row.try_get::<i64, _>("timeout_ms")?.max(1) as u64),
-                owner_user_id: row.try_get("owner_user_id")?,
+                kind: row.kind,
+                payload: row.payload,
+                attempts: row.attempts,
+                max_attempts: row.max_attempts,
+                timeout: Duration::from_millis(row.timeout_ms.max(1) as u64),
+                owner_user_id: row.owner_user_id,
                 targets: crate::events::JobTargets {
-                    server_id: row.try_get("server_id")?,
-                    deployment_id: row.try_get("deployment_id")?,
+                    server_id: row.server_id,
+                    deployment_id: row.deployment_id,
                 },
-                log_seq: row.try_get("log_seq")?,
-                log_bytes: row.try_get("log_bytes")?,
+                log_seq: row.log_seq,
+                log_bytes: row.log_bytes,
             },
         );
     }

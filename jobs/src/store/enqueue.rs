@@ -2,6 +2,7 @@
 //! dedupe and superseding, and marking deliveries pushed.
 
 use sqlx::PgConnection;
+use uuid::Uuid;
 
 use super::*;
 use crate::JobPayload;
@@ -32,8 +33,7 @@ pub async fn insert(
     fn column<'r, T>(rows: &'r [JobRow], field: impl Fn(&'r JobRow) -> T) -> Vec<T> {
         rows.iter().map(field).collect()
     }
-    let inserted: Vec<String> = sqlx::query_scalar(
-        "INSERT INTO jobs (id, kind, queue, payload, delivery_id, max_attempts, timeout_ms, \
+    let inserted: Vec<String> = sqlx::query_scalar!("INSERT INTO jobs (id, kind, queue, payload, delivery_id, max_attempts, timeout_ms, \
                            owner_user_id, server_id, deployment_id, dedupe_key, concurrency_key, supersedable, \
                            slot_pool, slot_capacity) \
          SELECT id, kind, queue, payload, id, max_attempts, timeout_ms, owner_user_id, server_id, deployment_id, \
@@ -45,21 +45,21 @@ pub async fn insert(
                    queue, concurrency_key, supersedable, slot_pool, slot_capacity) \
          ON CONFLICT (dedupe_key) WHERE dedupe_key IS NOT NULL AND state IN ('queued', 'running') \
          DO NOTHING RETURNING id",
+        &column(&rows, |r| r.id.as_str()) as &[&str],
+        &column(&rows, |r| r.kind) as &[&str],
+        &column(&rows, |r| &r.payload) as &[&serde_json::Value],
+        &column(&rows, |r| r.max_attempts) as &[i32],
+        &column(&rows, |r| r.timeout_ms) as &[i64],
+        &column(&rows, |r| r.owner_user_id) as &[Option<Uuid>],
+        &column(&rows, |r| r.server_id) as &[Option<Uuid>],
+        &column(&rows, |r| r.deployment_id) as &[Option<Uuid>],
+        &column(&rows, |r| r.dedupe_key.as_deref()) as &[Option<&str>],
+        &column(&rows, |r| r.queue.name()) as &[&str],
+        &column(&rows, |r| r.concurrency_key.as_deref()) as &[Option<&str>],
+        &column(&rows, |r| r.supersedable) as &[bool],
+        &column(&rows, |r| r.slot_pool.as_deref()) as &[Option<&str>],
+        &column(&rows, |r| r.slot_capacity) as &[Option<i32>],
     )
-    .bind(column(&rows, |r| r.id.as_str()))
-    .bind(column(&rows, |r| r.kind))
-    .bind(column(&rows, |r| &r.payload))
-    .bind(column(&rows, |r| r.max_attempts))
-    .bind(column(&rows, |r| r.timeout_ms))
-    .bind(column(&rows, |r| r.owner_user_id))
-    .bind(column(&rows, |r| r.server_id))
-    .bind(column(&rows, |r| r.deployment_id))
-    .bind(column(&rows, |r| r.dedupe_key.as_deref()))
-    .bind(column(&rows, |r| r.queue.name()))
-    .bind(column(&rows, |r| r.concurrency_key.as_deref()))
-    .bind(column(&rows, |r| r.supersedable))
-    .bind(column(&rows, |r| r.slot_pool.as_deref()))
-    .bind(column(&rows, |r| r.slot_capacity))
     .fetch_all(&mut *conn)
     .await?;
     let inserted: std::collections::HashSet<String> = inserted.into_iter().collect();
@@ -71,15 +71,11 @@ pub async fn insert(
         .filter_map(|r| Some((r.concurrency_key.clone()?, r.id.clone())))
         .unzip();
     if !keys.is_empty() {
-        sqlx::query(
-            "WITH n AS (SELECT key, max(id) AS id FROM unnest($1::text[], $2::text[]) AS n(key, id) GROUP BY key) \
+        sqlx::query!("WITH n AS (SELECT key, max(id) AS id FROM unnest($1::text[], $2::text[]) AS n(key, id) GROUP BY key) \
              UPDATE jobs j SET state = 'cancelled', finished_at = now(), updated_at = now(), \
                  last_error = 'superseded by job ' || n.id \
              FROM n WHERE j.concurrency_key = n.key AND j.state = 'queued' AND j.supersedable \
-               AND j.id < n.id",
-        )
-        .bind(&keys)
-        .bind(&newest)
+               AND j.id < n.id", &keys, &newest)
         .execute(&mut *conn)
         .await?;
     }
@@ -91,14 +87,15 @@ pub async fn insert(
     let existing: std::collections::HashMap<String, String> = if deduped.is_empty() {
         Default::default()
     } else {
-        sqlx::query_as(
-            "SELECT dedupe_key, id FROM jobs \
-             WHERE dedupe_key = ANY($1) AND state IN ('queued', 'running')",
+        sqlx::query!(
+            r#"SELECT dedupe_key AS "dedupe_key!", id FROM jobs
+               WHERE dedupe_key = ANY($1) AND state IN ('queued', 'running')"#,
+            &deduped,
         )
-        .bind(&deduped)
         .fetch_all(&mut *conn)
         .await?
         .into_iter()
+        .map(|r| (r.dedupe_key, r.id))
         .collect()
     };
     rows.into_iter()
@@ -131,9 +128,11 @@ pub async fn mark_pushed<'c, E>(executor: E, job_ids: &[String]) -> Result<(), s
 where
     E: sqlx::Executor<'c, Database = sqlx::Postgres>,
 {
-    sqlx::query("UPDATE jobs SET pushed_at = now() WHERE id = ANY($1) AND pushed_at IS NULL")
-        .bind(job_ids)
-        .execute(executor)
-        .await?;
+    sqlx::query!(
+        "UPDATE jobs SET pushed_at = now() WHERE id = ANY($1) AND pushed_at IS NULL",
+        job_ids
+    )
+    .execute(executor)
+    .await?;
     Ok(())
 }

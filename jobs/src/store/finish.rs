@@ -20,13 +20,9 @@ pub async fn mark_succeeded_many(
     deliveries: Vec<(String, String)>,
 ) -> Result<Vec<()>, sqlx::Error> {
     let (job_ids, delivery_ids): (Vec<String>, Vec<String>) = deliveries.iter().cloned().unzip();
-    sqlx::query(
-        "UPDATE jobs j SET state = 'succeeded', last_error = NULL, finished_at = now(), updated_at = now() \
+    sqlx::query!("UPDATE jobs j SET state = 'succeeded', last_error = NULL, finished_at = now(), updated_at = now() \
          FROM unnest($1::text[], $2::text[]) AS d(id, delivery_id) \
-         WHERE j.id = d.id AND j.delivery_id = d.delivery_id AND j.state = 'running'",
-    )
-    .bind(&job_ids)
-    .bind(&delivery_ids)
+         WHERE j.id = d.id AND j.delivery_id = d.delivery_id AND j.state = 'running'", &job_ids, &delivery_ids)
     .execute(pool)
     .await?;
     Ok(vec![(); deliveries.len()])
@@ -38,13 +34,8 @@ pub async fn mark_failed(
     delivery_id: &str,
     error: &str,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE jobs SET state = 'failed', last_error = $3, finished_at = now(), updated_at = now() \
-         WHERE id = $1 AND delivery_id = $2 AND state = 'running'",
-    )
-    .bind(job_id)
-    .bind(delivery_id)
-    .bind(error)
+    sqlx::query!("UPDATE jobs SET state = 'failed', last_error = $3, finished_at = now(), updated_at = now() \
+         WHERE id = $1 AND delivery_id = $2 AND state = 'running'", job_id, delivery_id, error)
     .execute(pool)
     .await?;
     Ok(())
@@ -59,16 +50,16 @@ pub async fn schedule_retry(
     error: &str,
     delay: Duration,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         "UPDATE jobs SET state = 'queued', last_error = $3, delivery_id = $4, pushed_at = NULL, \
              run_after = now() + make_interval(secs => $5), worker = NULL, updated_at = now() \
          WHERE id = $1 AND delivery_id = $2 AND state = 'running'",
+        job_id,
+        delivery_id,
+        error,
+        Ulid::generate().to_string(),
+        delay.as_secs_f64()
     )
-    .bind(job_id)
-    .bind(delivery_id)
-    .bind(error)
-    .bind(Ulid::generate().to_string())
-    .bind(delay.as_secs_f64())
     .execute(pool)
     .await?;
     Ok(())
@@ -83,17 +74,17 @@ pub async fn defer(
     reason: &str,
     after: Duration,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         "UPDATE jobs SET state = 'queued', attempts = attempts - 1, waiting_for = $3, \
              delivery_id = $4, pushed_at = NULL, run_after = now() + make_interval(secs => $5), \
              worker = NULL, updated_at = now() \
          WHERE id = $1 AND delivery_id = $2 AND state = 'running'",
+        job_id,
+        delivery_id,
+        reason,
+        Ulid::generate().to_string(),
+        after.as_secs_f64()
     )
-    .bind(job_id)
-    .bind(delivery_id)
-    .bind(reason)
-    .bind(Ulid::generate().to_string())
-    .bind(after.as_secs_f64())
     .execute(pool)
     .await?;
     Ok(())

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 use ulid::Ulid;
 
 use super::*;
@@ -25,9 +25,11 @@ pub struct JobStat {
 /// Live jobs plus the totals folded in by pruning, so the finished counters never
 /// go down when old rows are deleted.
 pub async fn stats(pool: &PgPool) -> Result<Vec<JobStat>, sqlx::Error> {
-    let rows = sqlx::query(
+    sqlx::query_as!(
+        JobStat,
         r#"
-        SELECT kind, queue, state, bucket, SUM(n)::bigint AS jobs, SUM(s)::float8 AS duration_sum FROM (
+        SELECT kind AS "kind!", queue, state AS "state!", bucket AS "bucket!", SUM(n)::bigint AS "jobs!",
+               SUM(s)::float8 AS "duration_seconds_sum!" FROM (
             SELECT kind, queue, state,
                    CASE WHEN finished_at IS NULL THEN -1
                         ELSE width_bucket(COALESCE(EXTRACT(EPOCH FROM finished_at - started_at)::float8, 0), $1::float8[])
@@ -40,22 +42,10 @@ pub async fn stats(pool: &PgPool) -> Result<Vec<JobStat>, sqlx::Error> {
         ) AS all_jobs
         GROUP BY 1, 2, 3, 4
         "#,
+        &DURATION_BUCKETS[..],
     )
-    .bind(&DURATION_BUCKETS[..])
     .fetch_all(pool)
-    .await?;
-    rows.iter()
-        .map(|row| {
-            Ok(JobStat {
-                kind: row.try_get("kind")?,
-                queue: row.try_get("queue")?,
-                state: row.try_get("state")?,
-                bucket: row.try_get("bucket")?,
-                jobs: row.try_get("jobs")?,
-                duration_seconds_sum: row.try_get("duration_sum")?,
-            })
-        })
-        .collect()
+    .await
 }
 
 /// Deletes finished jobs (and schedule ticks) older than `retention`, folding the
@@ -65,8 +55,7 @@ pub async fn prune(pool: &PgPool, retention: Duration) -> Result<u64, sqlx::Erro
     const BATCH: i64 = 5000;
     let mut deleted = 0u64;
     loop {
-        let n: i64 = sqlx::query_scalar(
-            r#"
+        let n: i64 = sqlx::query_scalar!(r#"
             WITH doomed AS (
                 SELECT id FROM jobs
                 WHERE finished_at < now() - make_interval(secs => $1)
@@ -84,12 +73,8 @@ pub async fn prune(pool: &PgPool, retention: Duration) -> Result<u64, sqlx::Erro
                 SET finished = t.finished + EXCLUDED.finished,
                     duration_seconds_sum = t.duration_seconds_sum + EXCLUDED.duration_seconds_sum
             )
-            SELECT count(*) FROM gone
-            "#,
-        )
-        .bind(retention.as_secs_f64())
-        .bind(&DURATION_BUCKETS[..])
-        .bind(BATCH)
+            SELECT count(*) AS "deleted!" FROM gone
+            "#, retention.as_secs_f64(), &DURATION_BUCKETS[..], BATCH)
         .fetch_one(pool)
         .await?;
         deleted += n as u64;
@@ -97,10 +82,12 @@ pub async fn prune(pool: &PgPool, retention: Duration) -> Result<u64, sqlx::Erro
             break;
         }
     }
-    sqlx::query("DELETE FROM schedule_ticks WHERE tick < now() - make_interval(secs => $1)")
-        .bind(retention.as_secs_f64())
-        .execute(pool)
-        .await?;
+    sqlx::query!(
+        "DELETE FROM schedule_ticks WHERE tick < now() - make_interval(secs => $1)",
+        retention.as_secs_f64()
+    )
+    .execute(pool)
+    .await?;
     Ok(deleted)
 }
 
@@ -127,45 +114,53 @@ pub async fn reconcile(
     lost_after: Duration,
 ) -> Result<Reconciled, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let stuck: Vec<String> = sqlx::query_scalar(
+    let stuck: Vec<String> = sqlx::query_scalar!(
         r#"
         SELECT id FROM jobs
         WHERE (state = 'running'
-               AND started_at < now() - make_interval(secs => timeout_ms / 1000.0 + $1))
+               AND started_at < now() - make_interval(secs => timeout_ms / 1000.0 + $1::float8))
            OR (state = 'queued' AND pushed_at IS NOT NULL
                AND updated_at < now() - make_interval(secs => $2))
         LIMIT 1000
         FOR UPDATE SKIP LOCKED
         "#,
+        grace.as_secs_f64(),
+        lost_after.as_secs_f64()
     )
-    .bind(grace.as_secs_f64())
-    .bind(lost_after.as_secs_f64())
     .fetch_all(&mut *tx)
     .await?;
     let mut outcome = Reconciled::default();
     for id in stuck {
-        sqlx::query(
+        sqlx::query!(
             "UPDATE jobs SET state = 'queued', delivery_id = $2, pushed_at = NULL, worker = NULL, \
                  updated_at = now() WHERE id = $1",
+            &id,
+            Ulid::generate().to_string()
         )
-        .bind(&id)
-        .bind(Ulid::generate().to_string())
         .execute(&mut *tx)
         .await?;
         outcome.requeued += 1;
     }
     // A job whose cancellation was asked for while it ran, and that is back
     // in the queue (its worker died or retried it first), is not run again.
-    sqlx::query(
+    sqlx::query!(
         "UPDATE jobs SET state = 'cancelled', finished_at = now(), updated_at = now() \
-         WHERE state = 'queued' AND cancel_requested_at IS NOT NULL",
+         WHERE state = 'queued' AND cancel_requested_at IS NOT NULL"
     )
     .execute(&mut *tx)
     .await?;
-    // A claim that took a key but lost its row to a concurrent change (a
-    // cancel between the two) leaves the key with a job that is not running.
-    sqlx::query(
-        "DELETE FROM job_keys k USING jobs j WHERE j.id = k.job_id AND j.state <> 'running'",
+    // A claim that took a key or a slot but lost its row to a concurrent
+    // change (a cancel between the two) leaves it with a job that is not
+    // running. (A job put back holding its key while it waits for a slot
+    // loses that key here too; it is still first in the key's line and takes
+    // it again at its next claim.)
+    sqlx::query!(
+        "DELETE FROM job_keys k USING jobs j WHERE j.id = k.job_id AND j.state <> 'running'"
+    )
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query!(
+        "DELETE FROM job_slots s USING jobs j WHERE j.id = s.job_id AND j.state <> 'running'"
     )
     .execute(&mut *tx)
     .await?;

@@ -366,8 +366,20 @@ async fn typed_operations_on_a_real_server() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// nginx's master, stopped with SIGTERM (which stops its workers too; a
+/// SIGKILL would leave them running).
+struct NginxMaster(std::process::Child);
+
+impl Drop for NginxMaster {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let _ = self.0.wait();
+    }
+}
+
 /// An nginx of the test's own on the test server, including `sites/*.conf`.
-async fn private_nginx(dir: &std::path::Path) -> (std::path::PathBuf, tokio::process::Child) {
+async fn private_nginx(dir: &std::path::Path) -> (std::path::PathBuf, NginxMaster) {
     let d = dir.display();
     std::fs::create_dir_all(dir.join("sites")).unwrap();
     std::fs::create_dir_all(dir.join("nginx-temp")).unwrap();
@@ -382,19 +394,21 @@ async fn private_nginx(dir: &std::path::Path) -> (std::path::PathBuf, tokio::pro
         ),
     )
     .unwrap();
-    let child = tokio::process::Command::new("/usr/sbin/nginx")
+    let child = std::process::Command::new("/usr/sbin/nginx")
         .arg("-c")
         .arg(&conf)
-        .kill_on_drop(true)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
         .spawn()
         .expect("nginx (scripts/test.sh installs it)");
+    let master = NginxMaster(child);
     let pid = dir.join("nginx.pid");
     eventually(Duration::from_secs(15), "nginx to start", || {
         let pid = pid.clone();
         async move { pid.exists() }
     })
     .await;
-    (conf, child)
+    (conf, master)
 }
 
 /// A bare repository with one commit on `main`, reachable over SSH at the
