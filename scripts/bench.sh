@@ -29,4 +29,6 @@ BENCH_REDIS_URL="redis://127.0.0.1:$redis_port" \
 BENCH_PGBENCH="$(berth_pg_bin)/pgbench" \
 BENCH_WORKER_BIN="$PWD/target/release/berth-worker" \
 BENCH_API_BIN="$PWD/target/release/berth-api" \
+BERTH_TEST_DATABASE_URL="postgres://postgres@127.0.0.1:$pg_port/postgres" \
+BERTH_BIN_PROFILE=release \
     ./target/release/berth-bench "$@"

@@ -5,6 +5,7 @@
 mod auth;
 mod bare_me;
 mod probes;
+mod remote_jobs;
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -107,6 +108,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if wanted(5) {
         probes::probes(&setup).await?;
+    }
+    if wanted(6) {
+        remote_jobs::remote_jobs(&setup).await?;
     }
     Ok(())
 }

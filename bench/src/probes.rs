@@ -2,7 +2,8 @@
 //! machine, with its CPU and memory, beside a plain `ssh` client loop running
 //! the same command against the same servers at the same concurrency. The
 //! servers are one real sshd answering on 200 loopback addresses (the test
-//! harness's `TestSshd`).
+//! harness's `TestSshd`), without a container engine: on these two cores one
+//! podman answering every server's `docker ps` would be what is measured.
 
 use std::process::Stdio;
 use std::sync::Arc;
@@ -49,7 +50,7 @@ pub async fn probes(setup: &Setup) -> anyhow::Result<()> {
     sqlx::query("TRUNCATE users CASCADE")
         .execute(&setup.pool)
         .await?;
-    let sshd = TestSshd::start(count).await;
+    let sshd = TestSshd::start_without_containers(count).await;
     let fingerprint = sshd.host_key_fingerprint().await;
 
     let keys = berth_secrets::Keyring::new(&base64_key(MASTER_KEY)?, &[]);
@@ -131,6 +132,21 @@ pub async fn probes(setup: &Setup) -> anyhow::Result<()> {
         let elapsed = started.elapsed().as_secs_f64();
         let cpu_seconds = (cpu_ticks(pid)? - before) as f64 / 100.0;
         rounds.push((elapsed, cpu_seconds));
+        // Where a probe's time goes: waiting to start, and running.
+        let (wait, run, most): (f64, f64, i64) = sqlx::query_as(
+            "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY EXTRACT(EPOCH FROM started_at - created_at))::float8, \
+                    percentile_cont(0.5) WITHIN GROUP (ORDER BY EXTRACT(EPOCH FROM finished_at - started_at))::float8, \
+                    (SELECT max(n) FROM (SELECT (SELECT count(*) FROM jobs o WHERE o.started_at <= j.started_at \
+                                                  AND o.finished_at > j.started_at) AS n FROM jobs j) c) \
+             FROM jobs",
+        )
+        .fetch_one(&setup.pool)
+        .await?;
+        println!(
+            "   round: {elapsed:.1} s; a probe waited {:.0} ms (median) to start and ran {:.0} ms; at most {most} at once",
+            wait * 1000.0,
+            run * 1000.0
+        );
     }
     let rss = peak_rss_kib(pid)?;
     worker.kill().await?;
@@ -211,7 +227,42 @@ pub async fn probes(setup: &Setup) -> anyhow::Result<()> {
         100.0 * ssh_elapsed / elapsed,
         100.0 * cpu / ssh_cpu
     );
+    one_session(&sshd).await?;
     flood(&sshd).await
+}
+
+/// What one probe command costs on a kept session, in this process: the
+/// command sleeps 500 ms between its two CPU samples.
+async fn one_session(sshd: &TestSshd) -> anyhow::Result<()> {
+    use berth_ssh::{AddressPolicy, Auth, Limits, ShellCommand, Target};
+    let target = Target {
+        host: sshd.host(0),
+        port: sshd.port,
+        username: "root".into(),
+        auth: Auth::Key {
+            private_key: berth_config::SecretString::from(sshd.key.clone()),
+            passphrase: None,
+        },
+        pinned_host_key: None,
+    };
+    let started = Instant::now();
+    let conn = berth_ssh::connect(&target, &AddressPolicy::default(), Limits::default()).await?;
+    let connect = started.elapsed();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let command = ShellCommand::new(berth_workers::probe::PROBE_COMMAND);
+    let mut runs = Vec::new();
+    for _ in 0..10 {
+        let started = Instant::now();
+        conn.exec(&command, Duration::from_secs(30), &cancel)
+            .await?;
+        runs.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    println!(
+        "   one server, one kept session: connect {:.0} ms, then the probe command {:.0} ms (median of 10; it sleeps 500 ms)",
+        connect.as_secs_f64() * 1000.0,
+        crate::median(runs)
+    );
+    Ok(())
 }
 
 /// A server that answers a command with 400 MB: what `berth-ssh` (the

@@ -44,7 +44,18 @@ impl JobPolicy {
             backoff_max: Duration::from_secs(600),
             timeout: Duration::from_secs(timeout_secs),
             concurrency,
-            per_user_running: concurrency.div_ceil(2),
+            per_user_running: Self::default_share(queue, concurrency),
+        }
+    }
+
+    /// How many of a queue's `concurrency` one user may hold by default: half.
+    /// Probes come from the scheduler, one per server per tick and deduped,
+    /// not from what a user does: a share per user would only slow the probes
+    /// of a large fleet, not protect anyone.
+    fn default_share(queue: Queue, concurrency: usize) -> usize {
+        match queue {
+            Queue::Probe => concurrency,
+            _ => concurrency.div_ceil(2),
         }
     }
 
@@ -66,7 +77,8 @@ impl JobPolicy {
 /// Every queue's policy, read from the environment with per-queue overrides
 /// (`BERTH_EMAIL_MAX_ATTEMPTS`, `BERTH_EMAIL_BACKOFF_MS`, `BERTH_EMAIL_BACKOFF_MAX_MS`,
 /// `BERTH_EMAIL_TIMEOUT_SECS`, `BERTH_EMAIL_CONCURRENCY`,
-/// `BERTH_EMAIL_PER_USER_RUNNING` (default: half the concurrency, rounded up),
+/// `BERTH_EMAIL_PER_USER_RUNNING` (default: half the concurrency, rounded up;
+/// all of it for `probe`),
 /// and the same for each queue).
 /// Shared, not copied: the api's state (which holds one) is cloned for every
 /// request.
@@ -90,7 +102,7 @@ impl Policies {
                 concurrency,
                 per_user_running: env.parsed(
                     &format!("{prefix}_PER_USER_RUNNING"),
-                    concurrency.div_ceil(2),
+                    JobPolicy::default_share(queue, concurrency),
                 )?,
             };
             for (field, value) in [

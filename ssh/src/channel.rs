@@ -4,16 +4,19 @@
 //! run side by side on different threads (a build and its health checks, a
 //! probe and a deploy): libssh2 calls are serialised per call by `ssh2`, never
 //! held for a command's whole run, and no call can block past its deadline.
-//! A call that would block is repeated after a short pause (1 ms, doubling to
-//! 20 ms while nothing moves).
+//! A call that would block is repeated when the server sends something, or
+//! after at most 1 ms, doubling to 20 ms while nothing moves.
 
 use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use berth_config::{ExposeSecret, SecretString};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use tokio_util::sync::CancellationToken;
 
-use crate::{Arg, ShellCommand, SshError, Stream, TRUNCATED_MARKER, protocol};
+use crate::{Arg, ShellCommand, SshError, Stream, TRUNCATED_MARKER, Wire, protocol};
 
 /// libssh2's "would block" on a non-blocking session.
 const EAGAIN: ssh2::ErrorCode = ssh2::ErrorCode::Session(-37);
@@ -21,32 +24,52 @@ const EAGAIN: ssh2::ErrorCode = ssh2::ErrorCode::Session(-37);
 /// The longest pause between two tries of a call that would block.
 const MAX_PAUSE: Duration = Duration::from_millis(20);
 
-/// A pause that grows while nothing moves and starts small again when
-/// something does.
-pub(crate) struct Backoff(Duration);
+/// A wait that ends when the server sends something, or after a bound that
+/// grows while nothing moves (data another thread's channel took off the
+/// socket wakes nobody here, so the wait is bounded). A socket that stays
+/// readable while the caller makes no progress is slept on instead, so the
+/// loop never spins.
+pub(crate) struct Backoff<'w> {
+    socket: &'w TcpStream,
+    bound: Duration,
+    woke_without_progress: bool,
+}
 
-impl Backoff {
-    pub(crate) fn new() -> Self {
-        Backoff(Duration::from_millis(1))
+impl<'w> Backoff<'w> {
+    pub(crate) fn new(wire: &'w Wire) -> Self {
+        Backoff {
+            socket: &wire.socket,
+            bound: Duration::from_millis(1),
+            woke_without_progress: false,
+        }
     }
 
     pub(crate) fn reset(&mut self) {
-        self.0 = Duration::from_millis(1);
+        self.bound = Duration::from_millis(1);
+        self.woke_without_progress = false;
     }
 
     pub(crate) fn pause(&mut self) {
-        std::thread::sleep(self.0);
-        self.0 = (self.0 * 2).min(MAX_PAUSE);
+        if self.woke_without_progress {
+            std::thread::sleep(self.bound);
+            self.woke_without_progress = false;
+        } else {
+            let mut fds = [PollFd::new(self.socket.as_fd(), PollFlags::POLLIN)];
+            let timeout = PollTimeout::try_from(self.bound).unwrap_or(PollTimeout::MAX);
+            self.woke_without_progress = matches!(poll(&mut fds, timeout), Ok(n) if n > 0);
+        }
+        self.bound = (self.bound * 2).min(MAX_PAUSE);
     }
 }
 
 /// Repeats `call` while it would block, until `deadline`.
 pub(crate) fn retry<T>(
+    wire: &Wire,
     deadline: Instant,
     what: &str,
     mut call: impl FnMut() -> Result<T, ssh2::Error>,
 ) -> Result<T, SshError> {
-    let mut backoff = Backoff::new();
+    let mut backoff = Backoff::new(wire);
     loop {
         match call() {
             Ok(value) => return Ok(value),
@@ -63,11 +86,11 @@ pub(crate) fn retry<T>(
 
 /// Opens a channel; a session that cannot open one is gone (the server
 /// dropped it, the network broke), and nothing ran.
-pub(crate) fn open_channel(
-    session: &ssh2::Session,
-    deadline: Instant,
-) -> Result<ssh2::Channel, SshError> {
-    retry(deadline, "opening a channel", || session.channel_session()).map_err(|e| match e {
+pub(crate) fn open_channel(wire: &Wire, deadline: Instant) -> Result<ssh2::Channel, SshError> {
+    retry(wire, deadline, "opening a channel", || {
+        wire.session.channel_session()
+    })
+    .map_err(|e| match e {
         SshError::Protocol(reason) => SshError::Disconnected(reason),
         other => other,
     })
@@ -84,16 +107,16 @@ pub(crate) struct Run {
 
 /// Runs `run` on a new channel of `session`; see [`crate::Connection::exec_streaming`].
 pub(crate) fn run(
-    session: &ssh2::Session,
+    wire: &Wire,
     run: Run,
     cancel: &CancellationToken,
     on_line: &mut impl FnMut(Stream, &str),
 ) -> Result<(i32, String, String), SshError> {
     let io_deadline = || Instant::now() + run.io;
-    let mut channel = open_channel(session, io_deadline())?;
+    let mut channel = open_channel(wire, io_deadline())?;
     // The first stderr line names the process group; `pump` takes it out.
     let command = format!("echo \"{PGID_TAG}$$\" >&2; {}", run.command);
-    retry(io_deadline(), "starting the command", || {
+    retry(wire, io_deadline(), "starting the command", || {
         channel.exec(&command)
     })
     .map_err(|e| match e {
@@ -101,17 +124,19 @@ pub(crate) fn run(
         other => other,
     })?;
     let stdin = run.stdin.as_ref().map(|s| s.expose_secret().as_bytes());
-    let (stdout, stderr) = match pump(&mut channel, &run, stdin, cancel, on_line) {
+    let (stdout, stderr) = match pump(wire, &mut channel, &run, stdin, cancel, on_line) {
         Ok(output) => output,
         Err(Stopped { pgid, error }) => {
             if let Some(pgid) = pgid {
-                kill_group(session, pgid, run.io);
+                kill_group(wire, pgid, run.io);
             }
-            let _ = retry(io_deadline(), "closing the channel", || channel.close());
+            let _ = retry(wire, io_deadline(), "closing the channel", || {
+                channel.close()
+            });
             return Err(error);
         }
     };
-    retry(io_deadline(), "closing the channel", || {
+    retry(wire, io_deadline(), "closing the channel", || {
         channel.wait_close()
     })?;
     let status = channel.exit_status().map_err(protocol)?;
@@ -185,7 +210,7 @@ struct Stopped {
 /// Kills a stopped command's process group over a second channel of the same
 /// session: SIGTERM now, SIGKILL after the grace (left running remotely, in a
 /// session of its own, so the channel need not wait for it).
-fn kill_group(session: &ssh2::Session, pgid: u32, io: Duration) {
+fn kill_group(wire: &Wire, pgid: u32, io: Duration) {
     let group = Arg::process_group(pgid);
     let kill = ShellCommand::new("kill -TERM --")
         .arg(&group)
@@ -195,9 +220,9 @@ fn kill_group(session: &ssh2::Session, pgid: u32, io: Duration) {
         .arg(&group)
         .raw("2>/dev/null) >/dev/null 2>&1 </dev/null & true");
     let deadline = Instant::now() + io;
-    let sent = open_channel(session, deadline).and_then(|mut channel| {
-        retry(deadline, "signalling", || channel.exec(kill.as_str()))?;
-        retry(deadline, "signalling", || channel.wait_close())
+    let sent = open_channel(wire, deadline).and_then(|mut channel| {
+        retry(wire, deadline, "signalling", || channel.exec(kill.as_str()))?;
+        retry(wire, deadline, "signalling", || channel.wait_close())
     });
     if let Err(e) = sent {
         tracing::warn!(error = %e, pgid, "could not signal a stopped command's process group");
@@ -207,6 +232,7 @@ fn kill_group(session: &ssh2::Session, pgid: u32, io: Duration) {
 /// Feeds `stdin` (then end of file) and reads both output streams as they
 /// come, so a command that fills one while waiting on the other never stalls.
 fn pump(
+    wire: &Wire,
     channel: &mut ssh2::Channel,
     run: &Run,
     stdin: Option<&[u8]>,
@@ -216,7 +242,7 @@ fn pump(
     let started = Instant::now();
     let mut streams = [Captured::new(), Captured::new()];
     let mut buf = [0u8; 16 * 1024];
-    let mut backoff = Backoff::new();
+    let mut backoff = Backoff::new(wire);
     let mut pgid: Option<u32> = None;
     let mut tag_seen = false;
     let mut input = stdin.unwrap_or_default();

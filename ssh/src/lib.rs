@@ -170,11 +170,18 @@ pub enum Stream {
     Stderr,
 }
 
+/// A session and its socket: the socket is only ever waited on (`poll`), so
+/// a thread that would block sleeps until the server sends something.
+pub(crate) struct Wire {
+    pub(crate) session: ssh2::Session,
+    pub(crate) socket: TcpStream,
+}
+
 /// An authenticated SSH session. Cheap to clone; clones share the session,
 /// and each command runs on a channel of its own, side by side with others.
 #[derive(Clone)]
 pub struct Connection {
-    session: ssh2::Session,
+    wire: Arc<Wire>,
     host_key: String,
     address: SocketAddr,
     limits: Limits,
@@ -233,6 +240,9 @@ pub async fn connect(
                 reason,
             }
         })?;
+        let socket = tcp
+            .try_clone()
+            .map_err(|e| SshError::Protocol(format!("cannot share the socket: {e}")))?;
         let mut session = ssh2::Session::new().map_err(protocol)?;
         session.set_timeout(limits.handshake.as_millis() as u32);
         session.set_tcp_stream(tcp);
@@ -288,7 +298,7 @@ pub async fn connect(
         session.set_keepalive(true, 30);
         session.set_blocking(false);
         Ok(Connection {
-            session,
+            wire: Arc::new(Wire { session, socket }),
             host_key,
             address,
             limits,
@@ -317,11 +327,11 @@ impl Connection {
     /// session lost.
     async fn on_session<T: Send + 'static>(
         &self,
-        work: impl FnOnce(&ssh2::Session, Limits) -> Result<T, SshError> + Send + 'static,
+        work: impl FnOnce(&Wire, Limits) -> Result<T, SshError> + Send + 'static,
     ) -> Result<T, SshError> {
-        let (session, limits, lost) = (self.session.clone(), self.limits, self.lost.clone());
+        let (wire, limits, lost) = (self.wire.clone(), self.limits, self.lost.clone());
         blocking(move || {
-            let result = work(&session, limits);
+            let result = work(&wire, limits);
             if matches!(result, Err(SshError::Disconnected(_))) {
                 lost.store(true, Ordering::Relaxed);
             }
@@ -389,7 +399,7 @@ impl Connection {
     ) -> Result<Output, SshError> {
         let command = command.as_str().to_owned();
         let cancel = cancel.clone();
-        self.on_session(move |session, limits| {
+        self.on_session(move |wire, limits| {
             let run = channel::Run {
                 command,
                 deadline,
@@ -397,7 +407,7 @@ impl Connection {
                 cap: limits.max_output_bytes,
                 stdin,
             };
-            let (exit_status, stdout, stderr) = channel::run(session, run, &cancel, &mut on_line)?;
+            let (exit_status, stdout, stderr) = channel::run(wire, run, &cancel, &mut on_line)?;
             Ok(Output {
                 exit_status,
                 stdout,
@@ -410,14 +420,14 @@ impl Connection {
     /// Writes `data` to `remote` over SFTP with `mode` (e.g. `0o600`).
     pub async fn upload(&self, data: Vec<u8>, remote: &Arg, mode: i32) -> Result<(), SshError> {
         let remote = remote.as_str().to_owned();
-        self.on_session(move |session, limits| sftp::put(session, &data, &remote, mode, limits.io))
+        self.on_session(move |wire, limits| sftp::put(wire, &data, &remote, mode, limits.io))
             .await
     }
 
     /// Reads `remote` over SFTP, refusing files larger than `max_bytes`.
     pub async fn download(&self, remote: &Arg, max_bytes: u64) -> Result<Vec<u8>, SshError> {
         let remote = remote.as_str().to_owned();
-        self.on_session(move |session, limits| sftp::get(session, &remote, max_bytes, limits.io))
+        self.on_session(move |wire, limits| sftp::get(wire, &remote, max_bytes, limits.io))
             .await
     }
 }

@@ -6,11 +6,14 @@ use std::io::{ErrorKind, Read, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::SshError;
 use crate::channel::{Backoff, retry};
+use crate::{SshError, Wire};
 
-fn open_sftp(session: &ssh2::Session, io: Duration) -> Result<ssh2::Sftp, SshError> {
-    retry(Instant::now() + io, "opening SFTP", || session.sftp()).map_err(|e| match e {
+fn open_sftp(wire: &Wire, io: Duration) -> Result<ssh2::Sftp, SshError> {
+    retry(wire, Instant::now() + io, "opening SFTP", || {
+        wire.session.sftp()
+    })
+    .map_err(|e| match e {
         SshError::Protocol(reason) => SshError::Disconnected(reason),
         other => other,
     })
@@ -22,19 +25,19 @@ fn stalled(what: &str, io: Duration) -> SshError {
 
 /// Writes `data` to `remote` with `mode`, replacing what was there.
 pub(crate) fn put(
-    session: &ssh2::Session,
+    wire: &Wire,
     data: &[u8],
     remote: &str,
     mode: i32,
     io: Duration,
 ) -> Result<(), SshError> {
-    let sftp = open_sftp(session, io)?;
+    let sftp = open_sftp(wire, io)?;
     let flags = ssh2::OpenFlags::WRITE | ssh2::OpenFlags::CREATE | ssh2::OpenFlags::TRUNCATE;
-    let mut file = retry(Instant::now() + io, "opening the file", || {
+    let mut file = retry(wire, Instant::now() + io, "opening the file", || {
         sftp.open_mode(Path::new(remote), flags, mode, ssh2::OpenType::File)
     })?;
     let mut written = 0;
-    let mut backoff = Backoff::new();
+    let mut backoff = Backoff::new(wire);
     let mut moved = Instant::now();
     while written < data.len() {
         match file.write(&data[written..]) {
@@ -52,21 +55,23 @@ pub(crate) fn put(
             Err(e) => return Err(SshError::Protocol(format!("writing {remote}: {e}"))),
         }
     }
-    retry(Instant::now() + io, "closing the file", || file.close())
+    retry(wire, Instant::now() + io, "closing the file", || {
+        file.close()
+    })
 }
 
 /// Reads `remote`, refusing a file larger than `max_bytes`.
 pub(crate) fn get(
-    session: &ssh2::Session,
+    wire: &Wire,
     remote: &str,
     max_bytes: u64,
     io: Duration,
 ) -> Result<Vec<u8>, SshError> {
-    let sftp = open_sftp(session, io)?;
-    let mut file = retry(Instant::now() + io, "opening the file", || {
+    let sftp = open_sftp(wire, io)?;
+    let mut file = retry(wire, Instant::now() + io, "opening the file", || {
         sftp.open(Path::new(remote))
     })?;
-    let size = retry(Instant::now() + io, "reading the file's size", || {
+    let size = retry(wire, Instant::now() + io, "reading the file's size", || {
         file.stat()
     })?
     .size
@@ -78,7 +83,7 @@ pub(crate) fn get(
     }
     let mut data = Vec::with_capacity(size as usize);
     let mut buf = [0u8; 32 * 1024];
-    let mut backoff = Backoff::new();
+    let mut backoff = Backoff::new(wire);
     let mut moved = Instant::now();
     loop {
         match file.read(&mut buf) {
@@ -102,6 +107,8 @@ pub(crate) fn get(
             Err(e) => return Err(SshError::Protocol(format!("reading {remote}: {e}"))),
         }
     }
-    let _ = retry(Instant::now() + io, "closing the file", || file.close());
+    let _ = retry(wire, Instant::now() + io, "closing the file", || {
+        file.close()
+    });
     Ok(data)
 }

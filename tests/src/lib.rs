@@ -18,8 +18,11 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use berth_config::Env;
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::process::{Child, Command};
+use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 pub const JWT_SECRET: &str = "test-secret-test-secret-test-secret!";
@@ -347,7 +350,9 @@ pub fn binary(name: &str) -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    let path = target.join("debug").join(name);
+    // The benchmarks run the harness with release binaries.
+    let profile = std::env::var("BERTH_BIN_PROFILE").unwrap_or_else(|_| "debug".into());
+    let path = target.join(profile).join(name);
     assert!(
         path.exists(),
         "{} is missing: build the binaries first (scripts/test.sh does)",
@@ -392,10 +397,7 @@ impl BerthProcess {
 }
 
 /// A WebSocket to `base`'s realtime channel, signed in with `token`.
-pub async fn connect_ws(
-    base: &str,
-    token: &str,
-) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+pub async fn connect_ws(base: &str, token: &str) -> Socket {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let url = format!("{}/api/v1/ws", base.replace("http://", "ws://"));
     let mut request = url.into_client_request().unwrap();
@@ -406,6 +408,50 @@ pub async fn connect_ws(
         .await
         .expect("ws connect")
         .0
+}
+
+/// A WebSocket to the api.
+pub type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The next JSON message on `socket`, within `within`.
+pub async fn next_json(socket: &mut Socket, within: Duration) -> Value {
+    loop {
+        let message = tokio::time::timeout(within, socket.next())
+            .await
+            .expect("a message in time")
+            .expect("the socket is open")
+            .expect("a frame");
+        if let Message::Text(text) = message {
+            return serde_json::from_str(text.as_str()).unwrap();
+        }
+    }
+}
+
+/// Asks to follow `topic`; answers `subscribed` or `error`.
+pub async fn subscribe(socket: &mut Socket, topic: &str) -> Value {
+    socket
+        .send(Message::Text(
+            json!({"type": "subscribe", "topic": topic})
+                .to_string()
+                .into(),
+        ))
+        .await
+        .unwrap();
+    loop {
+        let answer = next_json(socket, Duration::from_secs(5)).await;
+        if matches!(answer["type"].as_str(), Some("subscribed" | "error")) {
+            return answer;
+        }
+    }
+}
+
+/// Nanoseconds since the epoch, as the test servers' `date +%s%N` prints them.
+pub fn now_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64
 }
 
 /// Processes on this machine (the test servers are local sshd processes)

@@ -134,7 +134,8 @@ const ADDRESSES_PER_SSHD: usize = 16;
 
 pub struct TestSshd {
     dir: PathBuf,
-    podman: Child,
+    /// `None` for servers without a container engine.
+    podman: Option<Child>,
     children: Vec<Child>,
     pub port: u16,
     pub addresses: Vec<Ipv4Addr>,
@@ -145,11 +146,28 @@ pub struct TestSshd {
 }
 
 impl TestSshd {
-    /// An sshd answering on `count` loopback addresses of a random 127.x.y.0/24.
+    /// An sshd answering on `count` loopback addresses of a random 127.x.y.0/24,
+    /// with podman behind `docker` on it.
     pub async fn start(count: u8) -> TestSshd {
+        Self::start_with(count, true).await
+    }
+
+    /// [`Self::start`] without a container engine (`docker` answers that
+    /// there is none): for benchmarks of Berth's side, where one podman on
+    /// the same two cores answering every server's `docker ps` would be what
+    /// is measured.
+    pub async fn start_without_containers(count: u8) -> TestSshd {
+        Self::start_with(count, false).await
+    }
+
+    async fn start_with(count: u8, containers: bool) -> TestSshd {
         ensure_password_user().await;
         let dir = scratch_dir("sshd");
-        let podman = podman_service(&dir).await;
+        let podman = if containers {
+            Some(podman_service(&dir).await)
+        } else {
+            None
+        };
         keygen(&dir.join("client_key"), "ed25519", "", &[]).await;
         keygen(
             &dir.join("client_key_rsa"),
@@ -290,7 +308,9 @@ impl Drop for TestSshd {
         for child in &mut self.children {
             let _ = child.start_kill();
         }
-        let _ = self.podman.start_kill();
+        if let Some(podman) = &mut self.podman {
+            let _ = podman.start_kill();
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -5,52 +5,8 @@
 use std::time::Duration;
 
 use berth_e2e::accounts::{NewUser, access_token, create_user, get_as};
-use berth_e2e::connect_ws;
 use berth_e2e::fleet::Fleet;
-use futures::{SinkExt, StreamExt};
-use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite::Message;
-
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// The next JSON message on `socket`, within `within`.
-async fn next_json(socket: &mut Socket, within: Duration) -> Value {
-    loop {
-        let message = tokio::time::timeout(within, socket.next())
-            .await
-            .expect("a message in time")
-            .expect("the socket is open")
-            .expect("a frame");
-        if let Message::Text(text) = message {
-            return serde_json::from_str(text.as_str()).unwrap();
-        }
-    }
-}
-
-async fn subscribe(socket: &mut Socket, topic: &str) -> Value {
-    socket
-        .send(Message::Text(
-            json!({"type": "subscribe", "topic": topic})
-                .to_string()
-                .into(),
-        ))
-        .await
-        .unwrap();
-    loop {
-        let answer = next_json(socket, Duration::from_secs(5)).await;
-        if matches!(answer["type"].as_str(), Some("subscribed" | "error")) {
-            return answer;
-        }
-    }
-}
-
-fn now_nanos() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as i64
-}
+use berth_e2e::{connect_ws, next_json, now_nanos, subscribe};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_jobs_log_streams_live_and_replays_after() {
