@@ -1,23 +1,48 @@
 //! What one probe asks a server, in one command, and how its answer is read.
-//! CPU use needs two `/proc/stat` samples; they are half a second apart.
-//! Docker is asked once (`docker ps`: it fails when the daemon is down),
-//! not twice: `docker info` alone costs more than the rest of the probe.
+//!
+//! CPU use is the change of `/proc/stat`'s counters between two readings: a
+//! probe reads them once and compares with the previous probe's reading
+//! (kept on the server's row), so the figure covers the whole minute between
+//! probes and the command does not wait. The first probe of a server (or one
+//! after a reboot reset the counters) has nothing to compare with and takes
+//! two readings half a second apart instead ([`FIRST_PROBE_COMMAND`]).
+//! Docker is asked once (`docker ps`: it fails when the daemon is down).
 
-/// Fixed text: one round trip collects everything.
 /// How long one probe command may take on the server.
 pub const PROBE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(20);
 
-pub const PROBE_COMMAND: &str = "echo \"stat1 $(head -n 1 /proc/stat)\"; sleep 0.5; \
-    echo \"stat2 $(head -n 1 /proc/stat)\"; \
-    grep -E '^(MemTotal|MemAvailable|SwapTotal|SwapFree):' /proc/meminfo | sed 's/^/mem /'; \
-    echo \"df $(df -P / | tail -n 1)\"; echo \"load $(cat /proc/loadavg)\"; \
-    echo \"uptime $(cut -d ' ' -f 1 /proc/uptime)\"; \
-    if command -v docker >/dev/null 2>&1 && ids=$(docker ps -q 2>/dev/null); then \
-    echo \"docker running $(printf '%s' \"$ids\" | grep -c .)\"; else echo 'docker stopped 0'; fi";
+/// What every probe reads after the CPU counters. Fixed text.
+macro_rules! probe_rest {
+    () => {
+        "grep -E '^(MemTotal|MemAvailable|SwapTotal|SwapFree):' /proc/meminfo | sed 's/^/mem /'; \
+         echo \"df $(df -P / | tail -n 1)\"; echo \"load $(cat /proc/loadavg)\"; \
+         echo \"uptime $(cut -d ' ' -f 1 /proc/uptime)\"; \
+         if command -v docker >/dev/null 2>&1 && ids=$(docker ps -q 2>/dev/null); then \
+         echo \"docker running $(printf '%s' \"$ids\" | grep -c .)\"; else echo 'docker stopped 0'; fi"
+    };
+}
+
+/// A probe with the previous reading to compare with: one reading, no wait.
+pub const PROBE_COMMAND: &str = concat!("echo \"stat1 $(head -n 1 /proc/stat)\"; ", probe_rest!());
+
+/// A probe with nothing to compare with: two readings half a second apart.
+pub const FIRST_PROBE_COMMAND: &str = concat!(
+    "echo \"stat1 $(head -n 1 /proc/stat)\"; sleep 0.5; echo \"stat2 $(head -n 1 /proc/stat)\"; ",
+    probe_rest!()
+);
+
+/// `/proc/stat`'s CPU counters (jiffies since boot): all, and idle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuCounters {
+    pub total: u64,
+    pub idle: u64,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Sample {
     pub cpu_percent: f32,
+    /// The last reading, for the next probe to compare with.
+    pub cpu_counters: CpuCounters,
     pub memory_percent: f32,
     pub swap_percent: f32,
     pub disk_percent: f32,
@@ -27,7 +52,7 @@ pub struct Sample {
     pub containers: i32,
 }
 
-fn cpu_counters(line: &str) -> Option<(u64, u64)> {
+fn cpu_counters(line: &str) -> Option<CpuCounters> {
     let fields: Vec<u64> = line
         .split_whitespace()
         .skip(1)
@@ -40,7 +65,7 @@ fn cpu_counters(line: &str) -> Option<(u64, u64)> {
     // user nice system idle iowait irq softirq steal (guest is inside user).
     let total: u64 = fields.iter().take(8).sum();
     let idle = fields[3] + fields.get(4).copied().unwrap_or(0);
-    Some((total, idle))
+    Some(CpuCounters { total, idle })
 }
 
 fn percent(part: f64, whole: f64) -> f32 {
@@ -51,8 +76,9 @@ fn percent(part: f64, whole: f64) -> f32 {
     }
 }
 
-/// Reads the probe's output; `None` names what was missing.
-pub fn parse(output: &str) -> Result<Sample, String> {
+/// Reads the probe's output; the error names what was missing. `previous`
+/// is the last probe's reading, used when the answer has only one.
+pub fn parse(output: &str, previous: Option<CpuCounters>) -> Result<Sample, String> {
     let mut stat = [None, None];
     let (mut mem_total, mut mem_available, mut swap_total, mut swap_free) =
         (None, None, None, None);
@@ -108,11 +134,20 @@ pub fn parse(output: &str) -> Result<Sample, String> {
         }
     }
     let missing = |what: &str| format!("the probe's answer has no {what}");
-    let ((t1, i1), (t2, i2)) = (
-        stat[0].ok_or_else(|| missing("first CPU sample"))?,
-        stat[1].ok_or_else(|| missing("second CPU sample"))?,
+    let first = stat[0].ok_or_else(|| missing("CPU reading"))?;
+    // Two readings in the answer, or the previous probe's and this one's; a
+    // reboot (counters went back) leaves the average since boot.
+    let (from, to) = match (stat[1], previous) {
+        (Some(second), _) => (first, second),
+        (None, Some(previous)) if previous.total <= first.total && previous.idle <= first.idle => {
+            (previous, first)
+        }
+        (None, _) => (CpuCounters { total: 0, idle: 0 }, first),
+    };
+    let (dt, di) = (
+        to.total.saturating_sub(from.total) as f64,
+        to.idle.saturating_sub(from.idle) as f64,
     );
-    let (dt, di) = (t2.saturating_sub(t1) as f64, i2.saturating_sub(i1) as f64);
     let (total, available) = (
         mem_total.ok_or_else(|| missing("MemTotal"))?,
         mem_available.ok_or_else(|| missing("MemAvailable"))?,
@@ -121,6 +156,7 @@ pub fn parse(output: &str) -> Result<Sample, String> {
     let (docker_running, containers) = docker.ok_or_else(|| missing("docker state"))?;
     Ok(Sample {
         cpu_percent: percent(dt - di, dt),
+        cpu_counters: to,
         memory_percent: percent(total - available, total),
         swap_percent: percent(swap_total - swap_free.unwrap_or(swap_total), swap_total),
         disk_percent: disk.ok_or_else(|| missing("disk usage"))?,
@@ -143,7 +179,7 @@ mod tests {
             mem SwapTotal:       1000000 kB\nmem SwapFree:         750000 kB\n\
             df /dev/sda1 100 60 40 60% /\nload 0.50 0.40 0.30 1/200 1234\n\
             uptime 12345.67\ndocker running 3\n";
-        let sample = parse(output).unwrap();
+        let sample = parse(output, None).unwrap();
         assert_eq!(sample.cpu_percent, 50.0);
         assert_eq!(sample.memory_percent, 75.0);
         assert_eq!(sample.swap_percent, 25.0);
@@ -152,11 +188,36 @@ mod tests {
         assert_eq!(sample.uptime_secs, 12345);
         assert!(sample.docker_running);
         assert_eq!(sample.containers, 3);
-        assert!(parse("garbage").unwrap_err().contains("CPU"));
+        assert!(parse("garbage", None).unwrap_err().contains("CPU"));
+        assert_eq!(
+            sample.cpu_counters,
+            CpuCounters {
+                total: 1200,
+                idle: 900
+            }
+        );
+        // One reading: compared with the previous probe's.
+        let one = output.replace("stat2 cpu  150 0 150 900 0 0 0 0 0 0\n", "");
+        let previous = CpuCounters {
+            total: 800,
+            idle: 700,
+        };
+        let later = parse(&one, Some(previous)).unwrap();
+        assert_eq!(later.cpu_percent, 50.0, "(1000-800) ticks, (800-700) idle");
+        // Counters that went back (a reboot): the average since boot.
+        let rebooted = parse(
+            &one,
+            Some(CpuCounters {
+                total: 5000,
+                idle: 4000,
+            }),
+        )
+        .unwrap();
+        assert_eq!(rebooted.cpu_percent, 20.0);
         let no_swap = output.replace(
             "mem SwapTotal:       1000000 kB\nmem SwapFree:         750000 kB\n",
             "",
         );
-        assert_eq!(parse(&no_swap).unwrap().swap_percent, 0.0);
+        assert_eq!(parse(&no_swap, None).unwrap().swap_percent, 0.0);
     }
 }

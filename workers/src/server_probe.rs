@@ -25,16 +25,17 @@ impl JobHandler for ProbeServer {
         if row.host_key.is_none() {
             return Ok(());
         }
+        let previous = servers.cpu_counters(row.id).await;
+        let command = match previous {
+            Some(_) => probe::PROBE_COMMAND,
+            None => probe::FIRST_PROBE_COMMAND,
+        };
         let sample = async {
             let conn = servers.connect(&row).await?;
             let output = conn
-                .exec(
-                    &ShellCommand::new(probe::PROBE_COMMAND),
-                    PROBE_DEADLINE,
-                    &ctx.cancel,
-                )
+                .exec(&ShellCommand::new(command), PROBE_DEADLINE, &ctx.cancel)
                 .await?;
-            probe::parse(&output.stdout).map_err(SshError::Protocol)
+            probe::parse(&output.stdout, previous).map_err(SshError::Protocol)
         }
         .await;
         let recorded = match &sample {

@@ -66,12 +66,12 @@ impl JobHandler for ValidateServer {
             // The first sample, on the same connection, so health is there at once.
             let sample = match conn
                 .exec(
-                    &ShellCommand::new(probe::PROBE_COMMAND),
+                    &ShellCommand::new(probe::FIRST_PROBE_COMMAND),
                     PROBE_DEADLINE,
                     &ctx.cancel,
                 )
                 .await
-                .and_then(|out| probe::parse(&out.stdout).map_err(SshError::Protocol))
+                .and_then(|out| probe::parse(&out.stdout, None).map_err(SshError::Protocol))
             {
                 Ok(sample) => Some(sample),
                 Err(e) => {

@@ -21,7 +21,7 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::alerts::{self, Notice, ServerRef};
-use crate::probe::Sample;
+use crate::probe::{CpuCounters, Sample};
 
 pub struct ServerJobs {
     pub(crate) pool: PgPool,
@@ -45,6 +45,26 @@ impl ServerJobs {
             .load(id)
             .await
             .map_err(|e| JobFailure::retryable(format!("cannot read the server: {e}")))
+    }
+
+    /// The last probe's CPU counters, for this probe to compare with.
+    pub(crate) async fn cpu_counters(&self, id: Uuid) -> Option<CpuCounters> {
+        let row: Option<(Option<i64>, Option<i64>)> =
+            sqlx::query_as("SELECT cpu_ticks_total, cpu_ticks_idle FROM servers WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, server = %id, "cannot read the last CPU counters");
+                    None
+                });
+        match row {
+            Some((Some(total), Some(idle))) => Some(CpuCounters {
+                total: total as u64,
+                idle: idle as u64,
+            }),
+            _ => None,
+        }
     }
 
     /// A session to the server: the one kept from its last job, or a new one.
@@ -80,6 +100,14 @@ impl ServerJobs {
                 alerts::set_host_key_changed(&mut tx, row.id, false).await?;
                 if let Some(sample) = sample {
                     insert_sample(&mut tx, row.id, sample).await?;
+                    sqlx::query(
+                        "UPDATE servers SET cpu_ticks_total = $2, cpu_ticks_idle = $3 WHERE id = $1",
+                    )
+                    .bind(row.id)
+                    .bind(sample.cpu_counters.total as i64)
+                    .bind(sample.cpu_counters.idle as i64)
+                    .execute(&mut *tx)
+                    .await?;
                     notices =
                         alerts::evaluate(&mut tx, &server, &rules, Some(sample), None).await?;
                 }
