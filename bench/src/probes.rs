@@ -30,6 +30,24 @@ fn children_cpu_ticks() -> anyhow::Result<u64> {
     Ok(fields[13].parse::<u64>()? + fields[14].parse::<u64>()?)
 }
 
+/// The whole machine's busy and total CPU ticks (`/proc/stat`): whether the
+/// test servers, on the same cores, are what sets the pace.
+fn machine_ticks() -> anyhow::Result<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .context("/proc/stat")?
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    let total: u64 = fields.iter().sum();
+    let idle = fields[3] + fields.get(4).copied().unwrap_or(0);
+    Ok((total - idle, total))
+}
+
 fn peak_rss_kib(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let line = status
@@ -101,6 +119,7 @@ pub async fn probes(setup: &Setup) -> anyhow::Result<()> {
     for _ in 0..2 {
         sqlx::query("DELETE FROM jobs").execute(&setup.pool).await?;
         let before = cpu_ticks(pid)?;
+        let machine_before = machine_ticks()?;
         let started = Instant::now();
         let enqueued = futures::future::join_all(servers.iter().map(|id| {
             jobs.enqueue(
@@ -142,8 +161,12 @@ pub async fn probes(setup: &Setup) -> anyhow::Result<()> {
         )
         .fetch_one(&setup.pool)
         .await?;
+        let machine_after = machine_ticks()?;
+        let busy = 100.0 * (machine_after.0 - machine_before.0) as f64
+            / (machine_after.1 - machine_before.1).max(1) as f64;
         println!(
-            "   round: {elapsed:.1} s; a probe waited {:.0} ms (median) to start and ran {:.0} ms; at most {most} at once",
+            "   round: {elapsed:.1} s; a probe waited {:.0} ms (median) to start and ran {:.0} ms; \
+             at most {most} at once; the machine's cores {busy:.0} % busy",
             wait * 1000.0,
             run * 1000.0
         );

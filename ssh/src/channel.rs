@@ -112,6 +112,7 @@ pub(crate) fn run(
     cancel: &CancellationToken,
     on_line: &mut impl FnMut(Stream, &str),
 ) -> Result<(i32, String, String), SshError> {
+    let _turn = wire.turn.lock().unwrap_or_else(|e| e.into_inner());
     let io_deadline = || Instant::now() + run.io;
     let mut channel = open_channel(wire, io_deadline())?;
     // The first stderr line names the process group; `pump` takes it out.

@@ -175,6 +175,13 @@ pub enum Stream {
 pub(crate) struct Wire {
     pub(crate) session: ssh2::Session,
     pub(crate) socket: TcpStream,
+    /// Commands and SFTP operations on one session take turns. Measured:
+    /// channels side by side on one non-blocking ssh2 session fail under
+    /// load (libssh2 keeps a half-sent or half-read packet's state in the
+    /// session, so another thread's call in between breaks it: a healthy
+    /// session reported lost). A cancel's kill still goes over a second
+    /// channel, from the thread holding the turn.
+    pub(crate) turn: std::sync::Mutex<()>,
 }
 
 /// An authenticated SSH session. Cheap to clone; clones share the session,
@@ -298,7 +305,11 @@ pub async fn connect(
         session.set_keepalive(true, 30);
         session.set_blocking(false);
         Ok(Connection {
-            wire: Arc::new(Wire { session, socket }),
+            wire: Arc::new(Wire {
+                session,
+                socket,
+                turn: std::sync::Mutex::new(()),
+            }),
             host_key,
             address,
             limits,

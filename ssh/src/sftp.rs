@@ -31,6 +31,7 @@ pub(crate) fn put(
     mode: i32,
     io: Duration,
 ) -> Result<(), SshError> {
+    let _turn = wire.turn.lock().unwrap_or_else(|e| e.into_inner());
     let sftp = open_sftp(wire, io)?;
     let flags = ssh2::OpenFlags::WRITE | ssh2::OpenFlags::CREATE | ssh2::OpenFlags::TRUNCATE;
     let mut file = retry(wire, Instant::now() + io, "opening the file", || {
@@ -67,6 +68,7 @@ pub(crate) fn get(
     max_bytes: u64,
     io: Duration,
 ) -> Result<Vec<u8>, SshError> {
+    let _turn = wire.turn.lock().unwrap_or_else(|e| e.into_inner());
     let sftp = open_sftp(wire, io)?;
     let mut file = retry(wire, Instant::now() + io, "opening the file", || {
         sftp.open(Path::new(remote))
