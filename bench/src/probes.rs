@@ -254,20 +254,25 @@ pub async fn probes(setup: &Setup) -> anyhow::Result<()> {
     flood(&sshd).await
 }
 
-/// What one probe command costs on a kept session, in this process: the
-/// command reads the CPU counters once (the previous probe has the other).
-async fn one_session(sshd: &TestSshd) -> anyhow::Result<()> {
-    use berth_ssh::{AddressPolicy, Auth, Limits, ShellCommand, Target};
-    let target = Target {
+/// The test sshd's first address, as root with its key, not pinned.
+fn first_server(sshd: &TestSshd) -> berth_ssh::Target {
+    berth_ssh::Target {
         host: sshd.host(0),
         port: sshd.port,
         username: "root".into(),
-        auth: Auth::Key {
+        auth: berth_ssh::Auth::Key {
             private_key: berth_config::SecretString::from(sshd.key.clone()),
             passphrase: None,
         },
         pinned_host_key: None,
-    };
+    }
+}
+
+/// What one probe command costs on a kept session, in this process: the
+/// command reads the CPU counters once (the previous probe has the other).
+async fn one_session(sshd: &TestSshd) -> anyhow::Result<()> {
+    use berth_ssh::{AddressPolicy, Limits, ShellCommand};
+    let target = first_server(sshd);
     let started = Instant::now();
     let conn = berth_ssh::connect(&target, &AddressPolicy::default(), Limits::default()).await?;
     let connect = started.elapsed();
@@ -292,17 +297,8 @@ async fn one_session(sshd: &TestSshd) -> anyhow::Result<()> {
 /// worker's SSH layer, here in this process) keeps of it, and this process's
 /// peak memory before and after.
 async fn flood(sshd: &TestSshd) -> anyhow::Result<()> {
-    use berth_ssh::{AddressPolicy, Auth, Limits, ShellCommand, Target};
-    let target = Target {
-        host: sshd.host(0),
-        port: sshd.port,
-        username: "root".into(),
-        auth: Auth::Key {
-            private_key: berth_config::SecretString::from(sshd.key.clone()),
-            passphrase: None,
-        },
-        pinned_host_key: None,
-    };
+    use berth_ssh::{AddressPolicy, Limits, ShellCommand};
+    let target = first_server(sshd);
     let limits = Limits::default();
     let conn = berth_ssh::connect(&target, &AddressPolicy::default(), limits).await?;
     let before = peak_rss_kib(std::process::id())?;

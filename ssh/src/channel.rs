@@ -84,16 +84,22 @@ pub(crate) fn retry<T>(
     }
 }
 
+/// A protocol failure before a command started: the session is gone and
+/// nothing ran ([`SshError::Disconnected`]).
+pub(crate) fn lost_session(error: SshError) -> SshError {
+    match error {
+        SshError::Protocol(reason) => SshError::Disconnected(reason),
+        other => other,
+    }
+}
+
 /// Opens a channel; a session that cannot open one is gone (the server
 /// dropped it, the network broke), and nothing ran.
 pub(crate) fn open_channel(wire: &Wire, deadline: Instant) -> Result<ssh2::Channel, SshError> {
     retry(wire, deadline, "opening a channel", || {
         wire.session.channel_session()
     })
-    .map_err(|e| match e {
-        SshError::Protocol(reason) => SshError::Disconnected(reason),
-        other => other,
-    })
+    .map_err(lost_session)
 }
 
 /// What one command is given.
@@ -120,10 +126,7 @@ pub(crate) fn run(
     retry(wire, io_deadline(), "starting the command", || {
         channel.exec(&command)
     })
-    .map_err(|e| match e {
-        SshError::Protocol(reason) => SshError::Disconnected(reason),
-        other => other,
-    })?;
+    .map_err(lost_session)?;
     let stdin = run.stdin.as_ref().map(|s| s.expose_secret().as_bytes());
     let (stdout, stderr) = match pump(wire, &mut channel, &run, stdin, cancel, on_line) {
         Ok(output) => output,

@@ -6,17 +6,14 @@ use std::io::{ErrorKind, Read, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::channel::{Backoff, retry};
+use crate::channel::{Backoff, lost_session, retry};
 use crate::{SshError, Wire};
 
 fn open_sftp(wire: &Wire, io: Duration) -> Result<ssh2::Sftp, SshError> {
     retry(wire, Instant::now() + io, "opening SFTP", || {
         wire.session.sftp()
     })
-    .map_err(|e| match e {
-        SshError::Protocol(reason) => SshError::Disconnected(reason),
-        other => other,
-    })
+    .map_err(lost_session)
 }
 
 fn stalled(what: &str, io: Duration) -> SshError {
