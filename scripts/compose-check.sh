@@ -65,7 +65,7 @@ rm -rf "$work/builder/toolchain/share/doc"
 cp /etc/ssl/certs/ca-certificates.crt "$work/builder/ca-certificates.crt"
 cat > "$work/builder/Dockerfile" <<EOT
 FROM $base
-RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev pkg-config libssl-dev ca-certificates && rm -rf /var/lib/apt/lists/*
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev ca-certificates && rm -rf /var/lib/apt/lists/*
 COPY ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
 COPY toolchain /usr/local/rust
 ENV PATH=/usr/local/rust/bin:\$PATH CARGO_HOME=/usr/local/cargo

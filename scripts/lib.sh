@@ -17,16 +17,14 @@ berth_apt() {
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
 
-# What running Berth needs: Postgres, Redis, and the OpenSSL headers and
-# pkg-config that libssh2 (the ssh2 crate) builds against.
+# What running Berth needs: Postgres, Redis and curl (Berth's SSH is pure
+# Rust, russh with ring: no C library to build against).
 berth_runtime_missing() {
     local pg
     pg=$(berth_pg_bin)
     { [ -n "$pg" ] && [ -x "$pg/initdb" ]; } || echo postgresql
     command -v redis-server >/dev/null 2>&1 || echo redis-server
     command -v curl >/dev/null 2>&1 || echo curl
-    command -v pkg-config >/dev/null 2>&1 || echo pkg-config
-    pkg-config --exists openssl 2>/dev/null || echo libssl-dev
 }
 
 berth_install_runtime_packages() {

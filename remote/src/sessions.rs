@@ -50,7 +50,8 @@ pub struct SessionStats {
     pub connects: u64,
     /// Times a kept session served a job.
     pub reuses: u64,
-    /// Kept sessions found lost and replaced under a command.
+    /// Kept sessions found lost (closed when checked out, or failing under
+    /// a command before it started) and replaced.
     pub replaced: u64,
 }
 
@@ -77,7 +78,14 @@ impl SessionPool {
     pub(crate) fn checkout(&self, server_id: Uuid, identity: &str) -> Option<Connection> {
         let mut kept = self.kept();
         let idle = self.0.idle;
-        kept.retain(|_, k| k.last_used.elapsed() < idle && !k.conn.is_lost());
+        let replaced = &self.0.replaced;
+        kept.retain(|_, k| {
+            let lost = k.conn.is_lost();
+            if lost {
+                replaced.fetch_add(1, Ordering::Relaxed);
+            }
+            !lost && k.last_used.elapsed() < idle
+        });
         let entry = kept.get_mut(&server_id)?;
         if entry.identity != identity {
             kept.remove(&server_id);

@@ -1,150 +1,24 @@
-//! Running one command on a channel of a shared session.
-//!
-//! A session is non-blocking for its whole life, so channels of one session
-//! run side by side on different threads (a build and its health checks, a
-//! probe and a deploy): libssh2 calls are serialised per call by `ssh2`, never
-//! held for a command's whole run, and no call can block past its deadline.
-//! A call that would block is repeated when the server sends something, or
-//! after at most 1 ms, doubling to 20 ms while nothing moves.
+//! Running one command on a channel of its own: the session task moves the
+//! bytes, this side waits on the channel's messages, the job's cancellation
+//! and the command's deadline at once, so a stalled server holds no thread
+//! and nothing past the deadline.
 
-use std::io::{ErrorKind, Read, Write};
-use std::net::TcpStream;
-use std::os::fd::AsFd;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use berth_config::{ExposeSecret, SecretString};
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use russh::ChannelMsg;
 use tokio_util::sync::CancellationToken;
 
-use crate::{Arg, ShellCommand, SshError, Stream, TRUNCATED_MARKER, Wire, protocol};
-
-/// libssh2's "would block" on a non-blocking session.
-const EAGAIN: ssh2::ErrorCode = ssh2::ErrorCode::Session(-37);
-
-/// The longest pause between two tries of a call that would block.
-const MAX_PAUSE: Duration = Duration::from_millis(20);
-
-/// A wait that ends when the server sends something, or after a bound that
-/// grows while nothing moves (data another thread's channel took off the
-/// socket wakes nobody here, so the wait is bounded). A socket that stays
-/// readable while the caller makes no progress is slept on instead, so the
-/// loop never spins.
-pub(crate) struct Backoff<'w> {
-    socket: &'w TcpStream,
-    bound: Duration,
-    woke_without_progress: bool,
-}
-
-impl<'w> Backoff<'w> {
-    pub(crate) fn new(wire: &'w Wire) -> Self {
-        Backoff {
-            socket: &wire.socket,
-            bound: Duration::from_millis(1),
-            woke_without_progress: false,
-        }
-    }
-
-    pub(crate) fn reset(&mut self) {
-        self.bound = Duration::from_millis(1);
-        self.woke_without_progress = false;
-    }
-
-    pub(crate) fn pause(&mut self) {
-        if self.woke_without_progress {
-            std::thread::sleep(self.bound);
-            self.woke_without_progress = false;
-        } else {
-            let mut fds = [PollFd::new(self.socket.as_fd(), PollFlags::POLLIN)];
-            let timeout = PollTimeout::try_from(self.bound).unwrap_or(PollTimeout::MAX);
-            self.woke_without_progress = matches!(poll(&mut fds, timeout), Ok(n) if n > 0);
-        }
-        self.bound = (self.bound * 2).min(MAX_PAUSE);
-    }
-}
-
-/// Repeats `call` while it would block, until `deadline`.
-pub(crate) fn retry<T>(
-    wire: &Wire,
-    deadline: Instant,
-    what: &str,
-    mut call: impl FnMut() -> Result<T, ssh2::Error>,
-) -> Result<T, SshError> {
-    let mut backoff = Backoff::new(wire);
-    loop {
-        match call() {
-            Ok(value) => return Ok(value),
-            Err(e) if e.code() == EAGAIN => {
-                if Instant::now() >= deadline {
-                    return Err(SshError::Timeout(format!("{what} took too long")));
-                }
-                backoff.pause();
-            }
-            Err(e) => return Err(protocol(e)),
-        }
-    }
-}
-
-/// A protocol failure before a command started: the session is gone and
-/// nothing ran ([`SshError::Disconnected`]).
-pub(crate) fn lost_session(error: SshError) -> SshError {
-    match error {
-        SshError::Protocol(reason) => SshError::Disconnected(reason),
-        other => other,
-    }
-}
-
-/// Opens a channel; a session that cannot open one is gone (the server
-/// dropped it, the network broke), and nothing ran.
-pub(crate) fn open_channel(wire: &Wire, deadline: Instant) -> Result<ssh2::Channel, SshError> {
-    retry(wire, deadline, "opening a channel", || {
-        wire.session.channel_session()
-    })
-    .map_err(lost_session)
-}
+use crate::connection::Shared;
+use crate::{Arg, Output, ShellCommand, SshError, Stream, TRUNCATED_MARKER};
 
 /// What one command is given.
-pub(crate) struct Run {
-    pub command: String,
+pub(crate) struct Run<'c> {
+    pub command: &'c str,
     pub deadline: Duration,
-    pub io: Duration,
     pub cap: usize,
     pub stdin: Option<SecretString>,
-}
-
-/// Runs `run` on a new channel of `session`; see [`crate::Connection::exec_streaming`].
-pub(crate) fn run(
-    wire: &Wire,
-    run: Run,
-    cancel: &CancellationToken,
-    on_line: &mut impl FnMut(Stream, &str),
-) -> Result<(i32, String, String), SshError> {
-    let _turn = wire.turn.lock().unwrap_or_else(|e| e.into_inner());
-    let io_deadline = || Instant::now() + run.io;
-    let mut channel = open_channel(wire, io_deadline())?;
-    // The first stderr line names the process group; `pump` takes it out.
-    let command = format!("echo \"{PGID_TAG}$$\" >&2; {}", run.command);
-    retry(wire, io_deadline(), "starting the command", || {
-        channel.exec(&command)
-    })
-    .map_err(lost_session)?;
-    let stdin = run.stdin.as_ref().map(|s| s.expose_secret().as_bytes());
-    let (stdout, stderr) = match pump(wire, &mut channel, &run, stdin, cancel, on_line) {
-        Ok(output) => output,
-        Err(Stopped { pgid, error }) => {
-            if let Some(pgid) = pgid {
-                kill_group(wire, pgid, run.io);
-            }
-            let _ = retry(wire, io_deadline(), "closing the channel", || {
-                channel.close()
-            });
-            return Err(error);
-        }
-    };
-    retry(wire, io_deadline(), "closing the channel", || {
-        channel.wait_close()
-    })?;
-    let status = channel.exit_status().map_err(protocol)?;
-    Ok((status, stdout, stderr))
 }
 
 /// A line handed to `on_line` is at most this long; a longer one (a flood
@@ -205,16 +79,202 @@ const PGID_TAG: &str = "berth-pgid:";
 /// How long a stopped command's process group has between SIGTERM and SIGKILL.
 pub const KILL_GRACE: Duration = Duration::from_secs(5);
 
-/// Why `pump` stopped before the command ended, and whom to kill.
-struct Stopped {
-    pgid: Option<u32>,
-    error: SshError,
+/// Runs `run` on a new channel; see [`crate::Connection::exec_streaming`].
+pub(crate) async fn run(
+    shared: &Arc<Shared>,
+    run: Run<'_>,
+    cancel: &CancellationToken,
+    on_line: &mut impl FnMut(Stream, &str),
+) -> Result<Output, SshError> {
+    let _turn = shared.channel_turn().await;
+    let channel = shared.open_channel().await?;
+    // The first stderr line names the process group; `Lines` takes it out.
+    let command = format!("echo \"{PGID_TAG}$$\" >&2; {}", run.command);
+    if let Err(e) = channel.exec(true, command).await {
+        return Err(shared.lost(e.to_string()));
+    }
+    let (mut read, write) = channel.split();
+    let input = async {
+        if let Some(secret) = &run.stdin {
+            write.data(secret.expose_secret().as_bytes()).await?;
+        }
+        write.eof().await
+    };
+    tokio::pin!(input);
+    let mut input_sent = false;
+    let deadline = tokio::time::sleep(run.deadline);
+    tokio::pin!(deadline);
+    let mut lines = Lines::new(run.cap);
+    let mut status = None;
+    let mut dropped = StopIfDropped {
+        shared: shared.clone(),
+        pgid: None,
+    };
+    let stopped = loop {
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => {
+                break Some(SshError::Cancelled("the command was stopped".into()));
+            }
+            _ = &mut deadline => {
+                break Some(SshError::Timeout(format!(
+                    "the command ran longer than {:?}",
+                    run.deadline
+                )));
+            }
+            sent = &mut input, if !input_sent => {
+                input_sent = true;
+                if let Err(e) = sent {
+                    break Some(SshError::Protocol(format!("writing input: {e}")));
+                }
+            }
+            message = read.wait() => match message {
+                Some(ChannelMsg::Data { data }) => lines.push(Stream::Stdout, &data, on_line),
+                Some(ChannelMsg::ExtendedData { data, ext: 1 }) => {
+                    lines.push(Stream::Stderr, &data, on_line);
+                    dropped.pgid = lines.pgid;
+                }
+                Some(ChannelMsg::ExitStatus { exit_status }) => status = Some(exit_status as i32),
+                Some(ChannelMsg::ExitSignal { signal_name, .. }) => {
+                    status = Some(128 + signal_number(&signal_name));
+                }
+                Some(ChannelMsg::Failure) if status.is_none() => {
+                    break Some(SshError::Protocol("the server refused to run the command".into()));
+                }
+                Some(ChannelMsg::Close) | None => break None,
+                Some(_) => {}
+            },
+        }
+    };
+    dropped.pgid = None;
+    if let Some(error) = stopped {
+        if let Some(pgid) = lines.pgid {
+            kill_group(shared, pgid).await;
+        }
+        let _ = write.close().await;
+        return Err(error);
+    }
+    let Some(exit_status) = status else {
+        return Err(SshError::Protocol(
+            "the connection was lost while the command ran".into(),
+        ));
+    };
+    let (stdout, stderr) = lines.finish(on_line);
+    Ok(Output {
+        exit_status,
+        stdout,
+        stderr,
+    })
 }
 
-/// Kills a stopped command's process group over a second channel of the same
-/// session: SIGTERM now, SIGKILL after the grace (left running remotely, in a
-/// session of its own, so the channel need not wait for it).
-fn kill_group(wire: &Wire, pgid: u32, io: Duration) {
+/// A command whose caller stopped waiting for it (its future dropped, say
+/// a job's task aborted) is stopped like a cancelled one, so no remote
+/// process outlives the one waiting for it.
+struct StopIfDropped {
+    shared: Arc<Shared>,
+    pgid: Option<u32>,
+}
+
+impl Drop for StopIfDropped {
+    fn drop(&mut self) {
+        if let (Some(pgid), Ok(runtime)) = (self.pgid, tokio::runtime::Handle::try_current()) {
+            let shared = self.shared.clone();
+            runtime.spawn(async move { kill_group(&shared, pgid).await });
+        }
+    }
+}
+
+/// The shell's number for a signal that ended a command (`128 + n` is its
+/// exit status).
+fn signal_number(signal: &russh::Sig) -> i32 {
+    use russh::Sig;
+    match signal {
+        Sig::HUP => 1,
+        Sig::INT => 2,
+        Sig::QUIT => 3,
+        Sig::ILL => 4,
+        Sig::ABRT => 6,
+        Sig::FPE => 8,
+        Sig::KILL => 9,
+        Sig::USR1 => 10,
+        Sig::SEGV => 11,
+        Sig::PIPE => 13,
+        Sig::ALRM => 14,
+        Sig::TERM => 15,
+        Sig::Custom(_) => 127,
+    }
+}
+
+/// Both output streams of a command, with the process-group line taken out.
+struct Lines {
+    streams: [Captured; 2],
+    cap: usize,
+    pgid: Option<u32>,
+    tag_seen: bool,
+}
+
+impl Lines {
+    fn new(cap: usize) -> Self {
+        Lines {
+            streams: [Captured::new(), Captured::new()],
+            cap,
+            pgid: None,
+            tag_seen: false,
+        }
+    }
+
+    fn push(&mut self, stream: Stream, data: &[u8], on_line: &mut impl FnMut(Stream, &str)) {
+        let Lines {
+            streams,
+            cap,
+            pgid,
+            tag_seen,
+        } = self;
+        let index = stream as usize;
+        streams[index].push(data, *cap, |line| {
+            emit(stream, line, pgid, tag_seen, on_line)
+        });
+    }
+
+    fn finish(self, on_line: &mut impl FnMut(Stream, &str)) -> (String, String) {
+        let Lines {
+            streams: [stdout, stderr],
+            mut pgid,
+            mut tag_seen,
+            ..
+        } = self;
+        let stdout =
+            stdout.finish(|line| emit(Stream::Stdout, line, &mut pgid, &mut tag_seen, on_line));
+        let stderr =
+            stderr.finish(|line| emit(Stream::Stderr, line, &mut pgid, &mut tag_seen, on_line));
+        (stdout, strip_tag(stderr))
+    }
+}
+
+fn emit(
+    stream: Stream,
+    line: &[u8],
+    pgid: &mut Option<u32>,
+    tag_seen: &mut bool,
+    on_line: &mut impl FnMut(Stream, &str),
+) {
+    let text = String::from_utf8_lossy(line);
+    let text = text.trim_end_matches(['\r', '\n']);
+    if stream == Stream::Stderr && !*tag_seen {
+        *tag_seen = true;
+        if let Some(id) = text.strip_prefix(PGID_TAG) {
+            *pgid = id.parse().ok();
+            return;
+        }
+    }
+    on_line(stream, text);
+}
+
+/// Kills a stopped command's process group over a channel of its own (never
+/// waiting for a place among the running ones): SIGTERM now, SIGKILL after
+/// the grace (left running remotely, in a session of its own, so the channel
+/// need not wait for it).
+async fn kill_group(shared: &Shared, pgid: u32) {
     let group = Arg::process_group(pgid);
     let kill = ShellCommand::new("kill -TERM --")
         .arg(&group)
@@ -223,122 +283,30 @@ fn kill_group(wire: &Wire, pgid: u32, io: Duration) {
         .raw("; kill -KILL --")
         .arg(&group)
         .raw("2>/dev/null) >/dev/null 2>&1 </dev/null & true");
-    let deadline = Instant::now() + io;
-    let sent = open_channel(wire, deadline).and_then(|mut channel| {
-        retry(wire, deadline, "signalling", || channel.exec(kill.as_str()))?;
-        retry(wire, deadline, "signalling", || channel.wait_close())
-    });
-    if let Err(e) = sent {
-        tracing::warn!(error = %e, pgid, "could not signal a stopped command's process group");
-    }
-}
-
-/// Feeds `stdin` (then end of file) and reads both output streams as they
-/// come, so a command that fills one while waiting on the other never stalls.
-fn pump(
-    wire: &Wire,
-    channel: &mut ssh2::Channel,
-    run: &Run,
-    stdin: Option<&[u8]>,
-    cancel: &CancellationToken,
-    on_line: &mut impl FnMut(Stream, &str),
-) -> Result<(String, String), Stopped> {
-    let started = Instant::now();
-    let mut streams = [Captured::new(), Captured::new()];
-    let mut buf = [0u8; 16 * 1024];
-    let mut backoff = Backoff::new(wire);
-    let mut pgid: Option<u32> = None;
-    let mut tag_seen = false;
-    let mut input = stdin.unwrap_or_default();
-    let mut input_closed = false;
-    let mut emit_line = |stream: Stream, line: &[u8], pgid: &mut Option<u32>| {
-        let text = String::from_utf8_lossy(line);
-        let text = text.trim_end_matches(['\r', '\n']);
-        if stream == Stream::Stderr && !tag_seen {
-            tag_seen = true;
-            if let Some(id) = text.strip_prefix(PGID_TAG) {
-                *pgid = id.parse().ok();
-                return true;
+    let sent = async {
+        let _turn = shared.kill_turn().await;
+        let mut channel = shared.open_channel().await?;
+        channel
+            .exec(true, kill.as_str())
+            .await
+            .map_err(|e| SshError::Protocol(e.to_string()))?;
+        while let Some(message) = channel.wait().await {
+            if matches!(message, ChannelMsg::Close) {
+                break;
             }
         }
-        on_line(stream, text);
-        false
+        Ok::<_, SshError>(())
     };
-    let stop = |pgid: Option<u32>, error: SshError| Stopped { pgid, error };
-    loop {
-        let mut progressed = false;
-        if !input.is_empty() {
-            match channel.write(input) {
-                Ok(n) => {
-                    input = &input[n..];
-                    progressed |= n > 0;
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-                Err(e) => {
-                    return Err(stop(
-                        pgid,
-                        SshError::Protocol(format!("writing input: {e}")),
-                    ));
-                }
-            }
-        } else if !input_closed {
-            match channel.send_eof() {
-                Ok(()) => input_closed = true,
-                Err(e) if e.code() == EAGAIN => {}
-                Err(e) => return Err(stop(pgid, protocol(e))),
-            }
+    match tokio::time::timeout(shared.limits.io, sent).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, pgid, "could not signal a stopped command's process group")
         }
-        for (i, stream) in [Stream::Stdout, Stream::Stderr].into_iter().enumerate() {
-            let read = match stream {
-                Stream::Stdout => channel.read(&mut buf),
-                Stream::Stderr => channel.stderr().read(&mut buf),
-            };
-            match read {
-                Ok(0) => {}
-                Ok(n) => {
-                    progressed = true;
-                    streams[i].push(&buf[..n], run.cap, |line| {
-                        emit_line(stream, line, &mut pgid);
-                    });
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-                Err(e) => {
-                    return Err(stop(
-                        pgid,
-                        SshError::Protocol(format!("reading output: {e}")),
-                    ));
-                }
-            }
-        }
-        if channel.eof() && !progressed {
-            break;
-        }
-        if cancel.is_cancelled() {
-            return Err(stop(
-                pgid,
-                SshError::Cancelled("the command was stopped".into()),
-            ));
-        }
-        if started.elapsed() > run.deadline {
-            return Err(stop(
-                pgid,
-                SshError::Timeout(format!("the command ran longer than {:?}", run.deadline)),
-            ));
-        }
-        if progressed {
-            backoff.reset();
-        } else {
-            backoff.pause();
-        }
+        Err(_) => tracing::warn!(
+            pgid,
+            "signalling a stopped command's process group timed out"
+        ),
     }
-    let [stdout, stderr] = streams;
-    let stdout = stdout.finish(|line| {
-        emit_line(Stream::Stdout, line, &mut pgid);
-    });
-    let stderr = stderr.finish(|line| {
-        emit_line(Stream::Stderr, line, &mut pgid);
-    });
-    Ok((stdout, strip_tag(stderr)))
 }
 
 /// The captured stderr without the process-group line the wrapper printed.

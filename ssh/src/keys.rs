@@ -1,54 +1,58 @@
-//! Checking a private key before it is stored: it must parse, and an
-//! encrypted key needs its passphrase. The key is only used by libssh2 later,
-//! so this checks the formats libssh2 reads: OpenSSH's own, and PEM (PKCS#1,
-//! PKCS#8, SEC1), encrypted or not.
+//! Private keys: checked before one is stored, and opened to log in, by
+//! the same decoder, so a key Berth accepts is a key it can use: OpenSSH's
+//! own format, PKCS#8 (encrypted or not), PKCS#1 RSA and SEC1 EC, and
+//! encrypted PEM (AES-128-CBC, as `ssh-keygen -m PEM` writes it).
+
+use russh::keys::{Error, PrivateKey, decode_secret_key};
 
 use crate::command::Refused;
 
-/// Whether the key is encrypted, or why it is refused.
-pub fn inspect_private_key(text: &str) -> Result<bool, Refused> {
-    let refused = |rule: &'static str| Refused {
+const MAX_KEY_BYTES: usize = 16 * 1024;
+
+fn refused(rule: &'static str) -> Refused {
+    Refused {
         what: "privateKey",
         value: String::new(),
         rule,
-    };
+    }
+}
+
+/// Whether the key is encrypted (it needs its passphrase), or why it is
+/// refused.
+pub fn inspect_private_key(text: &str) -> Result<bool, Refused> {
     let text = text.trim();
-    if text.len() > 16 * 1024 {
+    if text.len() > MAX_KEY_BYTES {
         return Err(refused("is longer than 16 KiB"));
     }
-    if text.starts_with("-----BEGIN OPENSSH PRIVATE KEY-----") {
-        let key = ssh_key::PrivateKey::from_openssh(text)
-            .map_err(|_| refused("is not a valid OpenSSH private key"))?;
-        return Ok(key.is_encrypted());
+    // PKCS#8 encryption is only told apart from damage by the passphrase.
+    if text.starts_with("-----BEGIN ENCRYPTED PRIVATE KEY-----")
+        && text.ends_with("-----END ENCRYPTED PRIVATE KEY-----")
+    {
+        return Ok(true);
     }
-    // Legacy encrypted PEM carries headers that strict PEM parsing refuses.
-    if text.contains("Proc-Type: 4,ENCRYPTED") {
-        let armored = text.starts_with("-----BEGIN ")
-            && text.ends_with("PRIVATE KEY-----")
-            && text.contains("DEK-Info:");
-        return if armored {
-            Ok(true)
-        } else {
-            Err(refused("is not a valid encrypted PEM private key"))
-        };
+    match decode_secret_key(text, None) {
+        Ok(_) => Ok(false),
+        Err(Error::KeyIsEncrypted) => Ok(true),
+        Err(_) => Err(refused(
+            "is not a private key Berth can use (OpenSSH, PKCS#8, PKCS#1 or SEC1 PEM)",
+        )),
     }
-    let (label, der) = pem_rfc7468::decode_vec(text.as_bytes())
-        .map_err(|_| refused("is not a PEM or OpenSSH private key"))?;
-    let known = [
-        "RSA PRIVATE KEY",
-        "EC PRIVATE KEY",
-        "DSA PRIVATE KEY",
-        "PRIVATE KEY",
-        "ENCRYPTED PRIVATE KEY",
-    ];
-    if !known.contains(&label) {
-        return Err(refused("is a PEM document but not a private key"));
+}
+
+/// The key, decrypted with `passphrase` if it is encrypted.
+pub(crate) fn open(text: &str, passphrase: Option<&str>) -> Result<PrivateKey, Refused> {
+    let text = text.trim();
+    if text.len() > MAX_KEY_BYTES {
+        return Err(refused("is longer than 16 KiB"));
     }
-    // Every one of these is a DER SEQUENCE.
-    if der.first() != Some(&0x30) || der.len() < 32 {
-        return Err(refused("is not a valid DER private key"));
+    match decode_secret_key(text, passphrase) {
+        Ok(key) => Ok(key),
+        Err(Error::KeyIsEncrypted) => Err(refused("is encrypted and no passphrase was given")),
+        Err(_) if passphrase.is_some() => Err(refused(
+            "could not be opened: a wrong passphrase, or a damaged key",
+        )),
+        Err(_) => Err(refused("is not a private key Berth can use")),
     }
-    Ok(label == "ENCRYPTED PRIVATE KEY")
 }
 
 #[cfg(test)]

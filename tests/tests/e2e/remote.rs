@@ -1,5 +1,5 @@
 //! berth-remote against a real sshd test server: kept sessions, commands
-//! taking turns on one, a lost session replaced, a changed host key refused on
+//! side by side on one, a lost session replaced, a changed host key refused on
 //! reconnect, and the typed operations (files, docker on podman, nginx, git
 //! over SSH with a deploy key, HTTP checks from the server).
 
@@ -48,19 +48,28 @@ async fn kept_sessions_run_channels_side_by_side_are_replaced_when_lost_and_chec
         "{stats:?}"
     );
 
-    // Many commands at once on one session take turns (channels side by
-    // side on one ssh2 session broke under load: see berth-ssh's `Wire`);
-    // none fails and no healthy session is replaced.
+    // Eight commands at once on one session run side by side: each marks
+    // itself present and waits until all eight are, which only happens when
+    // all eight channels are open together (commands taking turns would each
+    // give up after 20 s and print fewer). None fails, none is replaced.
+    let rendezvous = scratch_dir("side-by-side");
+    let dir = Arg::path(rendezvous.to_str().unwrap()).unwrap();
+    let together = ShellCommand::new("cd")
+        .arg(&dir)
+        .raw("&& touch \"m$$\" && i=0; while [ \"$(ls | wc -l)\" -lt 8 ] && [ $i -lt 200 ]; do sleep 0.1; i=$((i+1)); done; ls | wc -l");
     let session = remote.session(&server).await.unwrap();
     let outputs = futures::future::join_all((0..8).map(|_| async {
         session
-            .exec(&echo("short"), SHORT, &cancel)
+            .exec(&together, SHORT, &cancel)
             .await
             .unwrap()
             .stdout
     }))
     .await;
-    assert!(outputs.iter().all(|o| o == "short\n"), "{outputs:?}");
+    assert!(
+        outputs.iter().all(|o| o.trim() == "8"),
+        "all eight ran at once: {outputs:?}"
+    );
     assert_eq!(
         remote.stats().replaced,
         0,
@@ -79,9 +88,13 @@ async fn kept_sessions_run_channels_side_by_side_are_replaced_when_lost_and_chec
 
     // Reinstalled with a new host key: the reconnect is refused before any
     // credential is sent, and so is every new session.
+    // The kept session is found closed either at checkout or under the
+    // command; both reconnect, and both are refused.
     fleet.sshd.change_host_key().await;
-    let session = remote.session(&server).await.unwrap();
-    let err = session.exec(&echo("x"), SHORT, &cancel).await.unwrap_err();
+    let err = match remote.session(&server).await {
+        Ok(session) => session.exec(&echo("x"), SHORT, &cancel).await.unwrap_err(),
+        Err(e) => e,
+    };
     assert!(matches!(err, SshError::HostKeyMismatch { .. }), "{err}");
     let err = remote.session(&server).await.err().expect("refused");
     assert!(matches!(err, SshError::HostKeyMismatch { .. }), "{err}");

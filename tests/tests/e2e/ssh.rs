@@ -56,10 +56,14 @@ async fn cancel_and_timeout_kill_the_remote_process_group_and_nothing_else() {
             .await
         }
     });
-    let other = tokio::spawn(async move {
-        sibling
-            .exec(&ShellCommand::new("sleep 612"), LONG, &never())
-            .await
+    let sibling_cancel = CancellationToken::new();
+    let other = tokio::spawn({
+        let cancel = sibling_cancel.clone();
+        async move {
+            sibling
+                .exec(&ShellCommand::new("sleep 612"), LONG, &cancel)
+                .await
+        }
     });
     berth_e2e::eventually(Duration::from_secs(10), "the commands to start", || async {
         ["sleep 610", "sleep 611", "sleep 612"]
@@ -100,7 +104,33 @@ async fn cancel_and_timeout_kill_the_remote_process_group_and_nothing_else() {
     )
     .await;
     assert_eq!(processes_running("sleep 612"), 1);
-    other.abort();
+
+    // A command nobody waits for any more (its task aborted) is stopped too.
+    let abandoned = tokio::spawn(async move {
+        timed
+            .exec(&ShellCommand::new("sleep 614"), LONG, &never())
+            .await
+    });
+    berth_e2e::eventually(Duration::from_secs(10), "the command to start", || async {
+        processes_running("sleep 614") == 1
+    })
+    .await;
+    abandoned.abort();
+    berth_e2e::eventually(
+        Duration::from_secs(10),
+        "the abandoned command to be gone",
+        || async { processes_running("sleep 614") == 0 },
+    )
+    .await;
+    assert_eq!(processes_running("sleep 612"), 1);
+
+    // The sibling is stopped the same way, so no test leaves it behind.
+    sibling_cancel.cancel();
+    assert_eq!(other.await.unwrap().unwrap_err().code(), "CANCELLED");
+    berth_e2e::eventually(Duration::from_secs(5), "the sibling to be gone", || async {
+        processes_running("sleep 612") == 0
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
