@@ -4,13 +4,19 @@
 //! servers are one real sshd answering on 200 loopback addresses (the test
 //! harness's `TestSshd`), without a container engine: on these two cores one
 //! podman answering every server's `docker ps` would be what is measured.
+//!
+//! Both log in as the harness's user with a plain `/bin/sh` login, as on a
+//! stock server. This machine's root runs `bash`, and bash reads
+//! `~/.bashrc` for every command sshd starts; root's `~/.bashrc` here runs
+//! `pyenv init` (about a hundred processes, over 100 ms of CPU per command),
+//! which would be what is measured. The one-server line shows both.
 
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use berth_e2e::ssh_servers::TestSshd;
+use berth_e2e::ssh_servers::{PASSWORD_USER, TestSshd};
 use berth_jobs::store::NewJob;
 use berth_jobs::{JobClient, Policies, ServerProbe};
 use berth_secrets::server_secret_binding;
@@ -84,13 +90,14 @@ pub async fn probes(setup: &Setup) -> anyhow::Result<()> {
         let sealed = keys.seal(sshd.key.as_bytes(), server_secret_binding(&row, "secret"));
         sqlx::query(
             "INSERT INTO servers (id, owner_user_id, name, host, port, username, auth_type, secret, \
-             secret_key_id, host_key, status) VALUES ($1, $2, $3, $4, $5, 'root', 'key', $6, $7, $8, 'online')",
+             secret_key_id, host_key, status) VALUES ($1, $2, $3, $4, $5, $6, 'key', $7, $8, $9, 'online')",
         )
         .bind(id)
         .bind(user)
         .bind(format!("bench-{i}"))
         .bind(sshd.host(i))
         .bind(sshd.port as i32)
+        .bind(PASSWORD_USER)
         .bind(sealed)
         .bind(keys.current_key_id())
         .bind(&fingerprint)
@@ -209,7 +216,7 @@ pub async fn probes(setup: &Setup) -> anyhow::Result<()> {
                 .args([
                     "-p",
                     &port.to_string(),
-                    &format!("root@{host}"),
+                    &format!("{PASSWORD_USER}@{host}"),
                     berth_workers::probe::PROBE_COMMAND,
                 ])
                 .stdout(Stdio::null())
@@ -254,12 +261,13 @@ pub async fn probes(setup: &Setup) -> anyhow::Result<()> {
     flood(&sshd).await
 }
 
-/// The test sshd's first address, as root with its key, not pinned.
-fn first_server(sshd: &TestSshd) -> berth_ssh::Target {
+/// The test sshd's first address, as `username` with the harness's key, not
+/// pinned.
+fn first_server(sshd: &TestSshd, username: &str) -> berth_ssh::Target {
     berth_ssh::Target {
         host: sshd.host(0),
         port: sshd.port,
-        username: "root".into(),
+        username: username.into(),
         auth: berth_ssh::Auth::Key {
             private_key: berth_config::SecretString::from(sshd.key.clone()),
             passphrase: None,
@@ -268,14 +276,30 @@ fn first_server(sshd: &TestSshd) -> berth_ssh::Target {
     }
 }
 
-/// What one probe command costs on a kept session, in this process: the
-/// command reads the CPU counters once (the previous probe has the other).
+/// What one probe command costs on a kept session, in this process (the
+/// command reads the CPU counters once; the previous probe has the other),
+/// with a plain `/bin/sh` login and as this machine's root.
 async fn one_session(sshd: &TestSshd) -> anyhow::Result<()> {
+    let mut costs = Vec::new();
+    for user in [PASSWORD_USER, "root"] {
+        costs.push(probe_cost(&first_server(sshd, user)).await?);
+    }
+    let [(connect, plain), (_, root)] = costs[..] else {
+        unreachable!("two logins measured")
+    };
+    println!(
+        "   one server, one kept session: connect {connect:.0} ms, then the probe command {plain:.0} ms \
+         (median of 10); as this machine's root, whose ~/.bashrc runs pyenv init: {root:.0} ms"
+    );
+    Ok(())
+}
+
+/// Connect time and the median of ten probe commands, in milliseconds.
+async fn probe_cost(target: &berth_ssh::Target) -> anyhow::Result<(f64, f64)> {
     use berth_ssh::{AddressPolicy, Limits, ShellCommand};
-    let target = first_server(sshd);
     let started = Instant::now();
-    let conn = berth_ssh::connect(&target, &AddressPolicy::default(), Limits::default()).await?;
-    let connect = started.elapsed();
+    let conn = berth_ssh::connect(target, &AddressPolicy::default(), Limits::default()).await?;
+    let connect = started.elapsed().as_secs_f64() * 1000.0;
     let cancel = tokio_util::sync::CancellationToken::new();
     let command = ShellCommand::new(berth_workers::probe::PROBE_COMMAND);
     let mut runs = Vec::new();
@@ -285,12 +309,7 @@ async fn one_session(sshd: &TestSshd) -> anyhow::Result<()> {
             .await?;
         runs.push(started.elapsed().as_secs_f64() * 1000.0);
     }
-    println!(
-        "   one server, one kept session: connect {:.0} ms, then the probe command {:.0} ms (median of 10)",
-        connect.as_secs_f64() * 1000.0,
-        crate::median(runs)
-    );
-    Ok(())
+    Ok((connect, crate::median(runs)))
 }
 
 /// A server that answers a command with 400 MB: what `berth-ssh` (the
@@ -298,7 +317,7 @@ async fn one_session(sshd: &TestSshd) -> anyhow::Result<()> {
 /// peak memory before and after.
 async fn flood(sshd: &TestSshd) -> anyhow::Result<()> {
     use berth_ssh::{AddressPolicy, Limits, ShellCommand};
-    let target = first_server(sshd);
+    let target = first_server(sshd, PASSWORD_USER);
     let limits = Limits::default();
     let conn = berth_ssh::connect(&target, &AddressPolicy::default(), limits).await?;
     let before = peak_rss_kib(std::process::id())?;
