@@ -12,30 +12,16 @@ use crate::envelope::{Envelope, Json};
 use crate::error::{ApiError, FieldError};
 use crate::state::AppState;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+/// Stored as text; a value Berth does not know fails to decode.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, sqlx::Type,
+)]
 #[serde(rename_all = "lowercase")]
+#[sqlx(type_name = "text", rename_all = "lowercase")]
 pub enum Theme {
     System,
     Light,
     Dark,
-}
-
-impl Theme {
-    fn name(self) -> &'static str {
-        match self {
-            Theme::System => "system",
-            Theme::Light => "light",
-            Theme::Dark => "dark",
-        }
-    }
-
-    fn parse(s: &str) -> Theme {
-        match s {
-            "light" => Theme::Light,
-            "dark" => Theme::Dark,
-            _ => Theme::System,
-        }
-    }
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -60,7 +46,7 @@ pub struct Preferences {
 
 #[derive(sqlx::FromRow)]
 struct PreferencesRow {
-    theme: String,
+    theme: Theme,
     timezone: String,
     notify_server_status: bool,
     notify_recoveries: bool,
@@ -70,7 +56,7 @@ struct PreferencesRow {
 impl From<PreferencesRow> for Preferences {
     fn from(row: PreferencesRow) -> Self {
         Preferences {
-            theme: Theme::parse(&row.theme),
+            theme: row.theme,
             timezone: row.timezone,
             notifications: NotificationChoices {
                 server_status: row.notify_server_status,
@@ -186,7 +172,7 @@ pub async fn put_preferences(
          WHERE user_id = $1 RETURNING {COLUMNS}"
     ))
     .bind(principal.user_id())
-    .bind(req.theme.map(Theme::name))
+    .bind(req.theme)
     .bind(&timezone)
     .bind(choices.server_status)
     .bind(choices.recoveries)

@@ -4,21 +4,23 @@
 //! token), and is audited.
 
 use axum::extract::State;
-use axum_extra::extract::CookieJar;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::audit;
-use crate::auth::codes::{self, CodeCheck, Purpose};
-use crate::auth::password::{PASSWORD_MAX_CHARS, check_new_password, hash_password};
-use crate::auth::sessions::{self, Client};
+use crate::auth::Principal;
+use crate::auth::sessions::Client;
 use crate::auth::users::{self, UserRow, UserView};
-use crate::auth::{Principal, clear_password_failures, verify_password_limited};
 use crate::envelope::{Envelope, Json};
 use crate::error::{ApiError, FieldError};
-use crate::routes::auth::{Sent, limit_mail_to};
 use crate::state::AppState;
-use crate::validate::{self, secret_field, text_field, username_field};
+use crate::validate::{self, text_field, username_field};
+
+mod deletion;
+mod password;
+
+pub use deletion::*;
+pub use password::*;
 
 #[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -208,229 +210,6 @@ pub async fn update_profile(
     .await?;
     tx.commit().await?;
     Ok(Envelope::ok(profile_of(&state, &user).await?))
-}
-
-/// Checks the caller's password, counting failures against the same
-/// per-account limit as sign-in. `field` names it in the error.
-pub(crate) async fn confirm_password(
-    state: &AppState,
-    user: &UserRow,
-    password: &str,
-    field: &str,
-    client: &Client,
-) -> Result<(), ApiError> {
-    let subject = user.id.to_string();
-    let hash = user.password_hash.as_deref();
-    if verify_password_limited(state, &subject, client.ip, password, hash).await? {
-        clear_password_failures(state, &subject, client.ip).await;
-        return Ok(());
-    }
-    let mut conn = state.pool.acquire().await?;
-    audit::record(
-        &mut conn,
-        client.audit(
-            Some(user.id),
-            "auth.password_confirm_failed",
-            "user",
-            user.id,
-            serde_json::json!({ "field": field }),
-        ),
-    )
-    .await?;
-    Err(ApiError::validation(vec![FieldError::new(
-        field, "is wrong",
-    )]))
-}
-
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct PasswordChange {
-    #[schema(min_length = 1, max_length = 128)]
-    current_password: String,
-    /// 8 to 128 characters, not among the most common passwords.
-    #[schema(min_length = 8, max_length = 128)]
-    new_password: String,
-}
-
-#[derive(Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct PasswordChanged {
-    sessions_revoked: u64,
-}
-
-/// Change the password; every other session is revoked.
-#[utoipa::path(post, path = "/profile/password", tag = "account", request_body = PasswordChange, responses(
-    (status = 200, description = "Changed", body = PasswordChanged),
-    (status = 400, description = "Wrong current password, or a refused new one", body = crate::error::ErrorEnvelope),
-    (status = 403, description = "API tokens cannot change passwords", body = crate::error::ErrorEnvelope)))]
-pub async fn change_password(
-    State(state): State<AppState>,
-    principal: Principal,
-    client: Client,
-    Json(req): Json<PasswordChange>,
-) -> Result<Envelope<PasswordChanged>, ApiError> {
-    let session_id = principal.require_session()?;
-    let user = &principal.user;
-    let mut errors = Vec::new();
-    secret_field(
-        "currentPassword",
-        &req.current_password,
-        PASSWORD_MAX_CHARS,
-        &mut errors,
-    );
-    validate::finish(errors)?;
-    if user.password_hash.is_none() {
-        return Err(ApiError::bad_request(
-            "this account has no password yet: set one with /auth/forgot-password",
-        ));
-    }
-    check_new_password("newPassword", &req.new_password)?;
-    if req.new_password == req.current_password {
-        return Err(ApiError::validation(vec![FieldError::new(
-            "newPassword",
-            "must differ from the current password",
-        )]));
-    }
-    confirm_password(
-        &state,
-        user,
-        &req.current_password,
-        "currentPassword",
-        &client,
-    )
-    .await?;
-    let hash = hash_password(&req.new_password).await?;
-    let mut tx = state.pool.begin().await?;
-    sqlx::query(
-        "UPDATE users SET password_hash = $2, password_changed_at = now(), updated_at = now() WHERE id = $1",
-    )
-    .bind(user.id)
-    .bind(&hash)
-    .execute(&mut *tx)
-    .await?;
-    let revoked =
-        sessions::revoke_all(&mut tx, user.id, Some(session_id), "password_change").await?;
-    audit::record(
-        &mut tx,
-        client.audit(
-            Some(user.id),
-            "auth.password_change",
-            "user",
-            user.id,
-            serde_json::json!({ "sessionsRevoked": revoked }),
-        ),
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(Envelope::ok(PasswordChanged {
-        sessions_revoked: revoked,
-    }))
-}
-
-/// Mail a 6-digit code that confirms deleting the account (for accounts
-/// without a password, or instead of it).
-#[utoipa::path(post, path = "/account/delete-code", tag = "account", responses(
-    (status = 200, description = "Sent", body = Sent),
-    (status = 429, description = "Too many messages to this address", body = crate::error::ErrorEnvelope)))]
-pub async fn account_delete_code(
-    State(state): State<AppState>,
-    principal: Principal,
-) -> Result<Envelope<Sent>, ApiError> {
-    principal.require_session()?;
-    limit_mail_to(&state, "account_delete", &principal.user.email).await?;
-    let mut tx = state.pool.begin().await?;
-    let mail = codes::issue(&mut tx, &state, &principal.user, Purpose::DeleteAccount).await?;
-    tx.commit().await?;
-    state.jobs.dispatch(&mail).await;
-    Ok(Envelope::ok(Sent { sent: true }))
-}
-
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct AccountDeletion {
-    /// The account's password…
-    password: Option<String>,
-    /// …or the code from `POST /account/delete-code`.
-    code: Option<String>,
-}
-
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct Deleted {
-    deleted: bool,
-}
-
-/// Delete the caller's account and everything it owns.
-#[utoipa::path(delete, path = "/account", tag = "account", request_body = AccountDeletion, responses(
-    (status = 200, description = "Deleted; cookies cleared", body = Deleted),
-    (status = 400, description = "Missing or wrong confirmation", body = crate::error::ErrorEnvelope),
-    (status = 409, description = "The last super admin cannot delete their account", body = crate::error::ErrorEnvelope)))]
-pub async fn delete_account(
-    State(state): State<AppState>,
-    principal: Principal,
-    client: Client,
-    jar: CookieJar,
-    Json(req): Json<AccountDeletion>,
-) -> Result<(CookieJar, Envelope<Deleted>), ApiError> {
-    principal.require_session()?;
-    let user = &principal.user;
-    let mut tx = state.pool.begin().await?;
-    match (req.password.as_deref(), req.code.as_deref()) {
-        (Some(password), None) => {
-            let mut errors = Vec::new();
-            secret_field("password", password, PASSWORD_MAX_CHARS, &mut errors);
-            validate::finish(errors)?;
-            confirm_password(&state, user, password, "password", &client).await?;
-        }
-        (None, Some(code)) => {
-            let check =
-                codes::check(&mut tx, &state, user.id, Purpose::DeleteAccount, code).await?;
-            if check != CodeCheck::Accepted {
-                tx.commit().await?;
-                return Err(check.refusal("code"));
-            }
-        }
-        _ => {
-            return Err(ApiError::bad_request(
-                "confirm with exactly one of password or code (POST /account/delete-code sends one)",
-            ));
-        }
-    }
-    if user.role() == users::Role::SuperAdmin {
-        let others: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM users WHERE role = 'super_admin' AND status = 'active' AND id <> $1",
-        )
-        .bind(user.id)
-        .fetch_one(&mut *tx)
-        .await?;
-        if others == 0 {
-            return Err(ApiError::Conflict(
-                "the last super admin cannot delete their account: make another super admin first"
-                    .into(),
-            ));
-        }
-    }
-    audit::record(
-        &mut tx,
-        client.audit(
-            Some(user.id),
-            "account.delete",
-            "user",
-            user.id,
-            serde_json::json!({ "email": user.email }),
-        ),
-    )
-    .await?;
-    // Owned servers, deployments, sessions, tokens and jobs go with the row
-    // (ON DELETE CASCADE); the audit row stays, its actor set to NULL.
-    sqlx::query("DELETE FROM users WHERE id = $1")
-        .bind(user.id)
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await?;
-    Ok((
-        sessions::clear_cookies(&state, jar),
-        Envelope::ok(Deleted { deleted: true }),
-    ))
 }
 
 #[cfg(test)]
