@@ -98,6 +98,12 @@ pub fn finish(errors: Vec<FieldError>) -> Result<(), ApiError> {
     }
 }
 
+/// For `#[serde(default, deserialize_with = "validate::present")]`: `null`
+/// and absent differ, `Some(None)` clears a field, `None` leaves it.
+pub fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    <Option<String> as serde::Deserialize>::deserialize(d).map(Some)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

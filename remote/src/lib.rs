@@ -39,6 +39,16 @@ pub struct Server {
     pub host_key: Option<String>,
     /// How many builds run on it at once.
     pub build_slots: i32,
+    /// Where Berth writes its nginx sites.
+    pub nginx_conf_dir: String,
+    /// nginx's main config file (`-c`); `None`: nginx's own default.
+    pub nginx_conf_file: Option<String>,
+    pub http_port: i32,
+    pub https_port: i32,
+    /// Berth's directory on the server.
+    pub data_dir: String,
+    /// What generated host names end in; `None`: the address under sslip.io.
+    pub hostname_base: Option<String>,
 }
 
 impl Server {
@@ -81,7 +91,8 @@ impl Remote {
         sqlx::query_as!(
             Server,
             "SELECT id, owner_user_id, name, host, port, username, auth_type, secret, passphrase, \
-                    host_key, build_slots \
+                    host_key, build_slots, nginx_conf_dir, nginx_conf_file, http_port, https_port, \
+                    data_dir, hostname_base \
              FROM servers WHERE id = $1",
             id,
         )

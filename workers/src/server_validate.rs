@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use berth_jobs::ServerValidate;
 use berth_jobs::runtime::{JobContext, JobFailure, JobHandler};
-use berth_ssh::{ShellCommand, SshError};
+use berth_remote::ops::{On, OpError, nginx::Nginx};
+use berth_remote::{Server, Session};
+use berth_ssh::{Arg, ShellCommand, SshError};
+use tokio_util::sync::CancellationToken;
 
 use crate::probe::{self, PROBE_DEADLINE};
 use crate::servers::ServerJobs;
@@ -46,6 +49,25 @@ pub fn parse_facts(output: &str) -> Facts {
     facts
 }
 
+/// Whether nginx accepts its configuration with the server's settings
+/// (`nginx -t`, with `-c` when one is set), and nginx's words when not. Only
+/// a lost connection fails the validation: a refused check is a finding.
+async fn nginx_check(
+    session: &Session,
+    row: &Server,
+    cancel: &CancellationToken,
+) -> Result<Result<(), String>, SshError> {
+    let config = match row.nginx_conf_file.as_deref().map(Arg::path).transpose() {
+        Ok(config) => config,
+        Err(refused) => return Ok(Err(refused.to_string())),
+    };
+    match (Nginx { config }).test(&On::new(session, cancel)).await {
+        Ok(()) => Ok(Ok(())),
+        Err(OpError::Ssh(e)) => Err(e),
+        Err(other) => Ok(Err(other.to_string())),
+    }
+}
+
 pub struct ValidateServer(pub Arc<ServerJobs>);
 
 impl JobHandler for ValidateServer {
@@ -79,10 +101,14 @@ impl JobHandler for ValidateServer {
                     None
                 }
             };
-            Ok::<_, SshError>((conn.host_key(), facts, sample))
+            let nginx = match facts.nginx {
+                Some(_) => Some(nginx_check(&conn, &row, &ctx.cancel).await?),
+                None => None,
+            };
+            Ok::<_, SshError>((conn.host_key(), facts, sample, nginx))
         }
         .await;
-        let (host_key, facts, sample) = match facts {
+        let (host_key, facts, sample, nginx) = match facts {
             Ok(found) => found,
             Err(error) => {
                 if let Err(e) = servers.record(&row, Err(&error), false).await {
@@ -98,15 +124,22 @@ impl JobHandler for ValidateServer {
             .pin_host_key(id, &host_key)
             .await
             .map_err(recorded)?;
+        let (nginx_ok, nginx_error) = match nginx {
+            Some(Ok(())) => (Some(true), None),
+            Some(Err(reason)) => (Some(false), Some(reason)),
+            None => (None, None),
+        };
         sqlx::query(
             "UPDATE servers SET os = $2, arch = $3, docker_version = $4, nginx_version = $5, \
-             validated_at = now() WHERE id = $1",
+             nginx_config_ok = $6, nginx_config_error = $7, validated_at = now() WHERE id = $1",
         )
         .bind(id)
         .bind(&facts.os)
         .bind(&facts.arch)
         .bind(&facts.docker)
         .bind(&facts.nginx)
+        .bind(nginx_ok)
+        .bind(&nginx_error)
         .execute(&servers.pool)
         .await
         .map_err(recorded)?;

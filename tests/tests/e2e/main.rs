@@ -18,5 +18,6 @@ mod platform;
 mod preferences_uploads;
 mod remote;
 mod scheduler;
+mod server_settings;
 mod servers;
 mod ssh;

@@ -40,6 +40,30 @@ pub struct ServerRequest {
     /// How many builds run on the server at once, 1–16 (default 1).
     #[schema(minimum = 1, maximum = 16)]
     pub(super) build_slots: Option<i64>,
+    /// Where Berth writes its nginx sites (default `/etc/nginx/conf.d`).
+    #[schema(max_length = 4096)]
+    pub(super) nginx_conf_dir: Option<String>,
+    /// nginx's main config file, passed as `-c` to `nginx -t` and reload;
+    /// `null` (the default): the one nginx was built with.
+    #[serde(default, deserialize_with = "crate::validate::present")]
+    #[schema(value_type = Option<String>, max_length = 4096)]
+    pub(super) nginx_conf_file: Option<Option<String>>,
+    /// The port nginx serves HTTP on (default 80).
+    #[schema(minimum = 1, maximum = 65535)]
+    pub(super) http_port: Option<i64>,
+    /// The port nginx serves HTTPS on (default 443).
+    #[schema(minimum = 1, maximum = 65535)]
+    pub(super) https_port: Option<i64>,
+    /// Berth's directory on the server: release dirs, env files,
+    /// certificates (default `/var/lib/berth`).
+    #[schema(max_length = 4096)]
+    pub(super) data_dir: Option<String>,
+    /// The DNS name deployments' generated host names end in (a wildcard
+    /// record pointing at the server); `null` (the default): the server's
+    /// address under `sslip.io`.
+    #[serde(default, deserialize_with = "crate::validate::present")]
+    #[schema(value_type = Option<String>, max_length = 200)]
+    pub(super) hostname_base: Option<Option<String>>,
 }
 
 /// Checked connection credentials.
@@ -152,13 +176,6 @@ pub(super) fn check_port(port: i64, errors: &mut Vec<FieldError>) -> i32 {
         errors.push(FieldError::new("port", "must be 1 to 65535"));
     }
     port as i32
-}
-
-pub(super) fn check_build_slots(slots: i64, errors: &mut Vec<FieldError>) -> i32 {
-    if !(1..=16).contains(&slots) {
-        errors.push(FieldError::new("buildSlots", "must be 1–16"));
-    }
-    slots.clamp(1, 16) as i32
 }
 
 pub(super) fn check_username_field(username: &str, errors: &mut Vec<FieldError>) -> String {

@@ -18,12 +18,14 @@ use crate::state::AppState;
 use crate::validate::{self, text_field};
 
 mod input;
+mod settings;
 mod validation;
 
 pub use input::ServerRequest;
 pub use validation::*;
 
 use input::*;
+use settings::Settings;
 
 #[derive(Debug, Serialize, utoipa::ToSchema, sqlx::FromRow)]
 #[serde(rename_all = "camelCase")]
@@ -49,6 +51,21 @@ pub struct ServerView {
     validated_at: Option<DateTime<Utc>>,
     /// How many builds run on this server at once; more wait in line.
     build_slots: i32,
+    /// Where Berth writes its nginx sites.
+    nginx_conf_dir: String,
+    /// nginx's main config file (`-c`), or `null` for nginx's own default.
+    nginx_conf_file: Option<String>,
+    http_port: i32,
+    https_port: i32,
+    /// Berth's directory on the server.
+    data_dir: String,
+    /// What deployments' generated host names end in; `null`: the address under `sslip.io`.
+    hostname_base: Option<String>,
+    /// Whether `nginx -t` passed with these settings at the last validation
+    /// (`null` before one, or without nginx).
+    nginx_config_ok: Option<bool>,
+    /// What `nginx -t` said when it failed.
+    nginx_config_error: Option<String>,
     pub(crate) last_probe_at: Option<DateTime<Utc>>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
@@ -56,7 +73,8 @@ pub struct ServerView {
 
 const VIEW_COLUMNS: &str = "id, name, host, port, username, auth_type, host_key, host_key_offered, \
     status, status_reason, os, arch, docker_version, nginx_version, validated_at, build_slots, \
-    last_probe_at, created_at, updated_at";
+    nginx_conf_dir, nginx_conf_file, http_port, https_port, data_dir, hostname_base, \
+    nginx_config_ok, nginx_config_error, last_probe_at, created_at, updated_at";
 
 /// The caller's server, or 404 (also for another user's id).
 pub(crate) async fn owned(
@@ -100,7 +118,9 @@ pub async fn create(
     let host = check_host_field(&state, req.host.as_deref().unwrap_or(""), &mut errors);
     let port = check_port(req.port.unwrap_or(22), &mut errors);
     let username = check_username_field(req.username.as_deref().unwrap_or(""), &mut errors);
-    let build_slots = check_build_slots(req.build_slots.unwrap_or(1), &mut errors);
+    let settings = Settings::check(&req, &mut errors);
+    // A new server starts from the defaults (HTTP 80, HTTPS 443).
+    errors.extend(settings.port_conflict((80, 443)));
     let credentials = credentials(&req, &mut errors);
     validate::finish(errors)?;
     let credentials = credentials.expect("checked");
@@ -116,9 +136,8 @@ pub async fn create(
     let id = Uuid::new_v4();
     let mut tx = state.pool.begin().await?;
     sqlx::query(
-        "INSERT INTO servers (id, owner_user_id, name, host, port, username, auth_type, secret, secret_key_id, \
-                              build_slots) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, '', '', $8)",
+        "INSERT INTO servers (id, owner_user_id, name, host, port, username, auth_type, secret, secret_key_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, '', '')",
     )
     .bind(id)
     .bind(principal.user_id())
@@ -127,9 +146,9 @@ pub async fn create(
     .bind(port)
     .bind(&username)
     .bind(credentials.auth_type)
-    .bind(build_slots)
     .execute(&mut *tx)
     .await?;
+    settings.apply(&mut tx, id).await?;
     store_credentials(&mut tx, &state, id, &credentials).await?;
     let job = enqueue_validation(&mut tx, &state, &principal, id).await?;
     audit::record(
@@ -139,7 +158,8 @@ pub async fn create(
             "server.create",
             "server",
             id,
-            serde_json::json!({ "name": name, "host": host, "port": port, "authType": credentials.auth_type }),
+            serde_json::json!({ "name": name, "host": host, "port": port, "authType": credentials.auth_type,
+                "settings": settings }),
         ),
     )
     .await?;
@@ -197,7 +217,7 @@ pub async fn get(
 #[serde(rename_all = "camelCase")]
 pub struct ServerUpdated {
     server: ServerView,
-    /// Set when a connection setting changed and the server is validated again.
+    /// Set when a connection or nginx setting changed and the server is validated again.
     job_id: Option<String>,
 }
 
@@ -227,7 +247,7 @@ pub async fn update(
         .as_deref()
         .map(|h| check_host_field(&state, h, &mut errors));
     let port = req.port.map(|p| check_port(p, &mut errors));
-    let build_slots = req.build_slots.map(|n| check_build_slots(n, &mut errors));
+    let settings = Settings::check(&req, &mut errors);
     let username = req
         .username
         .as_deref()
@@ -243,7 +263,7 @@ pub async fn update(
         && port.is_none()
         && username.is_none()
         && req.auth_type.is_none()
-        && build_slots.is_none()
+        && settings.is_empty()
     {
         errors.push(FieldError::new("body", "give at least one field to change"));
     }
@@ -254,6 +274,8 @@ pub async fn update(
         || port.is_some_and(|p| p != current.port);
     let reconnect =
         moved || username.as_ref().is_some_and(|u| *u != current.username) || credentials.is_some();
+    // A new nginx setting is checked by validating again (`nginx -t` there).
+    let revalidate = reconnect || settings.touches_nginx();
     sqlx::query(
         "UPDATE servers SET name = COALESCE($2, name), host = COALESCE($3, host), \
            port = COALESCE($4, port), username = COALESCE($5, username), \
@@ -261,7 +283,7 @@ pub async fn update(
            host_key_offered = CASE WHEN $6 THEN NULL ELSE host_key_offered END, \
            status = CASE WHEN $7 THEN 'pending' ELSE status END, \
            status_reason = CASE WHEN $7 THEN NULL ELSE status_reason END, \
-           build_slots = COALESCE($8, build_slots), updated_at = now() WHERE id = $1",
+           updated_at = now() WHERE id = $1",
     )
     .bind(id)
     .bind(&name)
@@ -270,13 +292,13 @@ pub async fn update(
     .bind(&username)
     .bind(moved)
     .bind(reconnect)
-    .bind(build_slots)
     .execute(&mut *tx)
     .await?;
+    settings.apply(&mut tx, id).await?;
     if let Some(credentials) = &credentials {
         store_credentials(&mut tx, &state, id, credentials).await?;
     }
-    let job = if reconnect {
+    let job = if revalidate {
         Some(enqueue_validation(&mut tx, &state, &principal, id).await?)
     } else {
         None
@@ -290,7 +312,7 @@ pub async fn update(
             id,
             serde_json::json!({ "name": name.is_some(), "host": host, "port": port,
                 "username": username.is_some(), "credentials": credentials.is_some(),
-                "buildSlots": build_slots }),
+                "settings": settings }),
         ),
     )
     .await?;
