@@ -7,6 +7,7 @@ pub mod accounts;
 pub mod fake_oauth;
 pub mod fleet;
 pub mod images;
+pub mod nginx;
 pub mod pipeline;
 pub mod relay;
 pub mod ssh_servers;

@@ -12,6 +12,7 @@ mod job_slots;
 mod jobs_pipeline;
 mod lockout;
 mod monitoring;
+mod nginx_switch;
 mod oauth;
 mod operator;
 mod platform;

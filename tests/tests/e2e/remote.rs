@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use berth_config::{Env, SecretString, SshConfig};
 use berth_e2e::fleet::Fleet;
+use berth_e2e::nginx::PrivateNginx;
 use berth_e2e::{eventually, free_port, scratch_dir};
 use berth_remote::Remote;
 use berth_remote::ops::{self, On, OpError, docker, files, git, http, nginx};
@@ -242,7 +243,8 @@ async fn typed_operations_on_a_real_server() {
 
     // nginx: a site installed atomically, checked, reloaded; a broken one is
     // refused with nginx's own words and the good one stays in place.
-    let (nginx_conf, _nginx) = private_nginx(&dir).await;
+    let nginx_master = PrivateNginx::start(&dir).await;
+    let nginx_conf = nginx_master.conf.clone();
     let nginx = nginx::Nginx {
         config: Some(path(&nginx_conf)),
     };
@@ -377,51 +379,6 @@ async fn typed_operations_on_a_real_server() {
     );
 
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// nginx's master, stopped with SIGTERM (which stops its workers too; a
-/// SIGKILL would leave them running).
-struct NginxMaster(std::process::Child);
-
-impl Drop for NginxMaster {
-    fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let _ = self.0.wait();
-    }
-}
-
-/// An nginx of the test's own on the test server, including `sites/*.conf`.
-async fn private_nginx(dir: &std::path::Path) -> (std::path::PathBuf, NginxMaster) {
-    let d = dir.display();
-    std::fs::create_dir_all(dir.join("sites")).unwrap();
-    std::fs::create_dir_all(dir.join("nginx-temp")).unwrap();
-    let conf = dir.join("nginx.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "daemon off;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log;\nevents {{}}\n\
-             http {{ access_log off; client_body_temp_path {d}/nginx-temp; proxy_temp_path {d}/nginx-temp; \
-             fastcgi_temp_path {d}/nginx-temp; uwsgi_temp_path {d}/nginx-temp; scgi_temp_path {d}/nginx-temp; \
-             include {d}/sites/*.conf; }}\n"
-        ),
-    )
-    .unwrap();
-    let child = std::process::Command::new("/usr/sbin/nginx")
-        .arg("-c")
-        .arg(&conf)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("nginx (scripts/test.sh installs it)");
-    let master = NginxMaster(child);
-    let pid = dir.join("nginx.pid");
-    eventually(Duration::from_secs(15), "nginx to start", || {
-        let pid = pid.clone();
-        async move { pid.exists() }
-    })
-    .await;
-    (conf, master)
 }
 
 /// A bare repository with one commit on `main`, reachable over SSH at the
