@@ -74,11 +74,18 @@ pub fn detect(facts: &SourceFacts, settings: &BuildSettings) -> Detected {
     if settings.dockerfile_path.is_some() {
         notes.push(format!("no Dockerfile at {dockerfile}"));
     }
-    if let Some(text) = facts.read("package.json") {
-        let package = match serde_json::from_str::<serde_json::Value>(text) {
-            Ok(value) => value,
-            Err(e) => {
+    if facts.has("package.json") {
+        let package = match facts
+            .read("package.json")
+            .map(serde_json::from_str::<serde_json::Value>)
+        {
+            Some(Ok(value)) => value,
+            Some(Err(e)) => {
                 notes.push(format!("package.json does not parse: {e}"));
+                serde_json::Value::Null
+            }
+            None => {
+                notes.push("package.json is larger than 64 KiB and was not read".into());
                 serde_json::Value::Null
             }
         };

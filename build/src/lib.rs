@@ -53,6 +53,21 @@ pub struct SourceFacts {
     pub file_count: u64,
 }
 
+/// A path inside the source (a Dockerfile's, say): relative, no `..`, no
+/// empty parts, no quotes, backslashes or control characters, at most 255
+/// bytes.
+pub fn relative_path_ok(path: &str) -> bool {
+    !path.is_empty()
+        && path.len() <= 255
+        && !path.starts_with('/')
+        && path
+            .split('/')
+            .all(|part| !part.is_empty() && part != "." && part != "..")
+        && !path
+            .chars()
+            .any(|c| c.is_control() || matches!(c, '\'' | '"' | '\\'))
+}
+
 impl SourceFacts {
     pub fn has(&self, path: &str) -> bool {
         self.files.contains_key(path) || self.present.iter().any(|p| p == path)

@@ -9,6 +9,7 @@ pub mod files;
 pub mod git;
 pub mod http;
 pub mod nginx;
+pub mod source;
 
 use std::sync::Arc;
 

@@ -21,4 +21,5 @@ mod remote;
 mod scheduler;
 mod server_settings;
 mod servers;
+mod source_facts;
 mod ssh;
