@@ -7,6 +7,7 @@
 pub mod docker;
 pub mod files;
 pub mod git;
+pub mod health;
 pub mod http;
 pub mod nginx;
 pub mod source;

@@ -17,6 +17,7 @@ mod oauth;
 mod operator;
 mod platform;
 mod preferences_uploads;
+mod release_checks;
 mod remote;
 mod scheduler;
 mod server_settings;
