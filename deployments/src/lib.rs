@@ -1,0 +1,7 @@
+//! What a deployment is (SPEC §3.4): one named app on one server, built from
+//! a source and run behind nginx. [`spec`] checks a create request field by
+//! field into the [`spec::DeploymentSpec`] that is stored and that the
+//! deploy job runs; every value that reaches a server passed the same
+//! checks as `berth-ssh`'s arguments.
+
+pub mod spec;
