@@ -4,4 +4,5 @@
 //! deploy job runs; every value that reaches a server passed the same
 //! checks as `berth-ssh`'s arguments.
 
+pub mod env;
 pub mod spec;

@@ -134,12 +134,56 @@ pub struct ContainerConfig {
     pub labels: Option<HashMap<String, String>>,
 }
 
+/// An image as `docker inspect` describes it (the fields Berth reads).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Image {
+    pub id: String,
+    /// Bytes.
+    pub size: u64,
+    /// `name@sha256:…` for images pulled from (or pushed to) a registry.
+    #[serde(default)]
+    pub repo_digests: Option<Vec<String>>,
+    pub config: ImageConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ImageConfig {
+    #[serde(default)]
+    pub labels: Option<HashMap<String, String>>,
+}
+
 /// The container called `name`, or `None` when there is none.
 pub async fn inspect(on: &On<'_>, name: &Arg) -> Result<Option<Container>, OpError> {
+    inspect_json(on, Kind::Container, name).await
+}
+
+/// The image `reference` names, or `None` when there is none: its size (for
+/// pre-flight) and digests (what a release records it ran).
+pub async fn inspect_image(on: &On<'_>, reference: &Arg) -> Result<Option<Image>, OpError> {
+    inspect_json(on, Kind::Image, reference).await
+}
+
+enum Kind {
+    Container,
+    Image,
+}
+
+async fn inspect_json<T: serde::de::DeserializeOwned>(
+    on: &On<'_>,
+    kind: Kind,
+    name: &Arg,
+) -> Result<Option<T>, OpError> {
     // Fixed text: the template is Go's, not a shell's, and in single quotes.
-    let command = ShellCommand::new("docker inspect --type container --format '{{json .}}' --")
-        .arg(name)
-        .raw("2>&1; echo \"exit=$?\"");
+    let command = match kind {
+        Kind::Container => {
+            ShellCommand::new("docker inspect --type container --format '{{json .}}' --")
+        }
+        Kind::Image => ShellCommand::new("docker inspect --type image --format '{{json .}}' --"),
+    }
+    .arg(name)
+    .raw("2>&1; echo \"exit=$?\"");
     let output = on.session.exec(&command, SHORT, on.cancel).await?;
     let (body, status) = match output.stdout.trim_end().rsplit_once('\n') {
         Some((body, status)) => (body, status),

@@ -197,6 +197,24 @@ async fn typed_operations_on_a_real_server() {
         !seen.lock().unwrap().is_empty(),
         "the build's output streamed"
     );
+    // The image: its size (pre-flight's figure) and Berth's labels on it.
+    let image = docker::inspect_image(&on, &tag)
+        .await
+        .unwrap()
+        .expect("the image");
+    assert!(image.size > 0, "{image:?}");
+    let image_labels = image.config.labels.unwrap_or_default();
+    assert_eq!(
+        image_labels.get("berth.deployment").map(String::as_str),
+        Some(deployment.as_str())
+    );
+    let missing = Arg::image("localhost/berth-e2e-none:missing").unwrap();
+    assert!(
+        docker::inspect_image(&on, &missing)
+            .await
+            .unwrap()
+            .is_none()
+    );
     let name = Arg::name(&deployment).unwrap();
     let port = free_port();
     let container = docker::run(
