@@ -124,6 +124,23 @@ async fn cancel_and_timeout_kill_the_remote_process_group_and_nothing_else() {
     .await;
     assert_eq!(processes_running("sleep 612"), 1);
 
+    // Cancelled at once, before its process group is known: nothing is
+    // left running either.
+    let early = CancellationToken::new();
+    early.cancel();
+    let err = connect()
+        .await
+        .exec(&ShellCommand::new("sleep 615"), LONG, &early)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "CANCELLED", "{err}");
+    berth_e2e::eventually(
+        Duration::from_secs(10),
+        "the command cancelled at once to be gone",
+        || async { processes_running("sleep 615") == 0 },
+    )
+    .await;
+
     // The sibling is stopped the same way, so no test leaves it behind.
     sibling_cancel.cancel();
     assert_eq!(other.await.unwrap().unwrap_err().code(), "CANCELLED");
