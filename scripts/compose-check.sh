@@ -41,6 +41,10 @@ cleanup() {
         podman ps -aq --filter "label=com.docker.compose.project=$project" | xargs -r podman rm -f -t 1 >/dev/null 2>&1 || true
         podman network rm "${project}_default" >/dev/null 2>&1 || true
         podman volume ls -q --filter "label=com.docker.compose.project=$project" | xargs -r podman volume rm -f >/dev/null 2>&1 || true
+        # The stack's images and the build stage left untagged: gigabytes
+        # that would pile up run after run.
+        podman images -q --filter "reference=*${project}*" | xargs -r podman rmi -f >/dev/null 2>&1 || true
+        podman image prune -f >/dev/null 2>&1 || true
     fi
     kill "$service_pid" 2>/dev/null || true
     rm -rf "$work"
