@@ -206,15 +206,7 @@ mod tests {
     use super::*;
 
     fn facts(files: &[(&str, &str)], present: &[&str]) -> SourceFacts {
-        SourceFacts {
-            files: files
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            present: present.iter().map(|p| p.to_string()).collect(),
-            total_bytes: 1000,
-            file_count: 10,
-        }
+        crate::test_facts(files, present, 1000)
     }
 
     fn settings() -> BuildSettings {

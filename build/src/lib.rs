@@ -107,3 +107,21 @@ impl Default for BaseImages {
         }
     }
 }
+
+/// Facts for tests: `files` read, `present` found, `total_bytes` in all.
+#[cfg(test)]
+pub(crate) fn test_facts(
+    files: &[(&str, &str)],
+    present: &[&str],
+    total_bytes: u64,
+) -> SourceFacts {
+    SourceFacts {
+        files: files
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        present: present.iter().map(|p| p.to_string()).collect(),
+        total_bytes,
+        file_count: 12,
+    }
+}

@@ -219,17 +219,7 @@ mod tests {
     use super::*;
     use crate::detect;
 
-    fn facts(files: &[(&str, &str)], present: &[&str], bytes: u64) -> SourceFacts {
-        SourceFacts {
-            files: files
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            present: present.iter().map(|p| p.to_string()).collect(),
-            total_bytes: bytes,
-            file_count: 12,
-        }
-    }
+    use crate::test_facts as facts;
 
     fn run(facts: &SourceFacts, port: u16, context: Context) -> Preflight {
         let settings = BuildSettings {

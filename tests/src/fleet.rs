@@ -99,6 +99,15 @@ impl Fleet {
 
     /// Enqueues `diagnostic.remote_sleep` on `server` (the worker must serve
     /// the `diagnostic` queue); answers the job id.
+    /// `berth-remote` as the fleet's worker has it: its database, master
+    /// key and SSH settings.
+    pub fn remote(&self) -> berth_remote::Remote {
+        let ssh =
+            berth_config::SshConfig::from_env(&berth_config::Env::from_map(self.stack.env.clone()))
+                .expect("the fleet's SSH settings");
+        berth_remote::Remote::new(self.stack.db.pool.clone(), crate::keyring(), &ssh)
+    }
+
     pub async fn remote_sleep(&self, server: &str, seconds: u32) -> String {
         let server: uuid::Uuid = server.parse().unwrap();
         let job = NewJob::new(berth_jobs::RemoteSleep {

@@ -9,9 +9,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::get;
-use berth_config::{Env, SshConfig};
 use berth_e2e::fleet::Fleet;
-use berth_remote::Remote;
 use berth_remote::ops::health::{self, Health, HealthCheck};
 use berth_remote::ops::{Lines, On, OpError};
 use berth_ssh::{SshError, Stream};
@@ -56,8 +54,7 @@ fn check(path: &str, retries: u32, interval: Duration) -> HealthCheck {
 async fn ports_in_use_are_seen_and_health_checks_keep_their_budget() {
     let fleet = Fleet::start("probe", &[]).await;
     let id: uuid::Uuid = fleet.onboard(0).await.parse().unwrap();
-    let ssh = SshConfig::from_env(&Env::from_map(fleet.stack.env.clone())).unwrap();
-    let remote = Remote::new(fleet.stack.db.pool.clone(), berth_e2e::keyring(), &ssh);
+    let remote = fleet.remote();
     let server = remote.load(id).await.unwrap().unwrap();
     let session = remote.session(&server).await.unwrap();
     let cancel = CancellationToken::new();

@@ -7,20 +7,14 @@ use std::os::unix::fs::PermissionsExt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use berth_config::{Env, SecretString, SshConfig};
+use berth_config::SecretString;
 use berth_e2e::fleet::Fleet;
 use berth_e2e::nginx::PrivateNginx;
 use berth_e2e::{eventually, free_port, scratch_dir};
-use berth_remote::Remote;
 use berth_remote::ops::{self, On, OpError, docker, files, git, http, nginx};
 use berth_ssh::{Arg, ShellCommand, SshError, Stream};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
-
-fn remote(fleet: &Fleet) -> Remote {
-    let ssh = SshConfig::from_env(&Env::from_map(fleet.stack.env.clone())).unwrap();
-    Remote::new(fleet.stack.db.pool.clone(), berth_e2e::keyring(), &ssh)
-}
 
 fn echo(text: &'static str) -> ShellCommand {
     ShellCommand::new("echo").raw(text)
@@ -33,7 +27,7 @@ async fn kept_sessions_run_channels_side_by_side_are_replaced_when_lost_and_chec
     let mut fleet = Fleet::start("probe", &[]).await;
     fleet.quiet_alerts().await;
     let id: Uuid = fleet.onboard(0).await.parse().unwrap();
-    let remote = remote(&fleet);
+    let remote = fleet.remote();
     let server = remote.load(id).await.unwrap().expect("the server");
     let cancel = CancellationToken::new();
 
@@ -125,7 +119,7 @@ async fn typed_operations_on_a_real_server() {
     fleet.quiet_alerts().await;
     let base = berth_e2e::images::busybox().await;
     let id: Uuid = fleet.onboard(0).await.parse().unwrap();
-    let remote = remote(&fleet);
+    let remote = fleet.remote();
     let server = remote.load(id).await.unwrap().unwrap();
     let session = remote.session(&server).await.unwrap();
     let cancel = CancellationToken::new();

@@ -3,10 +3,8 @@
 //! pre-flight step and `GET /deployments/{id}/preflight` work from.
 
 use berth_build::{BuildSettings, Stack, detect, preflight};
-use berth_config::{Env, SshConfig};
 use berth_e2e::fleet::Fleet;
 use berth_e2e::scratch_dir;
-use berth_remote::Remote;
 use berth_remote::ops::{On, OpError, source};
 use berth_ssh::Arg;
 use tokio_util::sync::CancellationToken;
@@ -15,8 +13,7 @@ use tokio_util::sync::CancellationToken;
 async fn a_source_is_read_detected_and_preflighted() {
     let fleet = Fleet::start("probe", &[]).await;
     let id: uuid::Uuid = fleet.onboard(0).await.parse().unwrap();
-    let ssh = SshConfig::from_env(&Env::from_map(fleet.stack.env.clone())).unwrap();
-    let remote = Remote::new(fleet.stack.db.pool.clone(), berth_e2e::keyring(), &ssh);
+    let remote = fleet.remote();
     let server = remote.load(id).await.unwrap().unwrap();
     let session = remote.session(&server).await.unwrap();
     let cancel = CancellationToken::new();

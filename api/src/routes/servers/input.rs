@@ -171,13 +171,6 @@ pub(super) fn check_host_field(
     host
 }
 
-pub(super) fn check_port(port: i64, errors: &mut Vec<FieldError>) -> i32 {
-    if !(1..=65535).contains(&port) {
-        errors.push(FieldError::new("port", "must be 1 to 65535"));
-    }
-    port as i32
-}
-
 pub(super) fn check_username_field(username: &str, errors: &mut Vec<FieldError>) -> String {
     if let Err(refused) = check_username(username) {
         errors.push(FieldError::new("username", refused.rule));

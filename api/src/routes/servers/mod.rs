@@ -116,7 +116,7 @@ pub async fn create(
     let mut errors = Vec::new();
     let name = text_field("name", req.name.as_deref().unwrap_or(""), 100, &mut errors);
     let host = check_host_field(&state, req.host.as_deref().unwrap_or(""), &mut errors);
-    let port = check_port(req.port.unwrap_or(22), &mut errors);
+    let port = settings::port("port", req.port.unwrap_or(22), &mut errors);
     let username = check_username_field(req.username.as_deref().unwrap_or(""), &mut errors);
     let settings = Settings::check(&req, &mut errors);
     // A new server starts from the defaults (HTTP 80, HTTPS 443).
@@ -246,7 +246,7 @@ pub async fn update(
         .host
         .as_deref()
         .map(|h| check_host_field(&state, h, &mut errors));
-    let port = req.port.map(|p| check_port(p, &mut errors));
+    let port = req.port.map(|p| settings::port("port", p, &mut errors));
     let settings = Settings::check(&req, &mut errors);
     let username = req
         .username

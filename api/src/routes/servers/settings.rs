@@ -52,7 +52,7 @@ fn file(field: &str, value: &str, errors: &mut Vec<FieldError>) -> String {
     value.to_owned()
 }
 
-fn port(field: &str, value: i64, errors: &mut Vec<FieldError>) -> i32 {
+pub(super) fn port(field: &str, value: i64, errors: &mut Vec<FieldError>) -> i32 {
     if !(1..=65535).contains(&value) {
         errors.push(FieldError::new(field, "must be 1 to 65535"));
     }
