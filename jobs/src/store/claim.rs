@@ -91,6 +91,8 @@ pub async fn claim_many(
     // delivery id, due later, without using an attempt; a key's or a slot's
     // release makes the next in its line due at once. A job may be put back
     // holding its key while it waits for a slot: it was first in that line.
+    // `started_at` is the clock, not `now()`: the key insert may wait for the
+    // previous holder's release to commit, and the start is after that wait.
     let rows = sqlx::query!("WITH d AS (SELECT DISTINCT ON (id, delivery_id) id, delivery_id, fresh \
                     FROM unnest($1::text[], $2::text[], $4::text[]) AS d(id, delivery_id, fresh)), \
          cand AS (SELECT j.id, d.fresh, j.owner_user_id, \
@@ -148,7 +150,7 @@ pub async fn claim_many(
          deferred AS (UPDATE jobs j SET delivery_id = b.fresh, pushed_at = NULL, waiting_for = b.why, \
                           run_after = now() + make_interval(secs => b.secs), updated_at = now() \
                       FROM held_back b WHERE j.id = b.id RETURNING j.id) \
-         UPDATE jobs j SET state = 'running', attempts = j.attempts + 1, started_at = now(), waiting_for = NULL, \
+         UPDATE jobs j SET state = 'running', attempts = j.attempts + 1, started_at = clock_timestamp(), waiting_for = NULL, \
              worker = $3, pushed_at = COALESCE(j.pushed_at, now()), updated_at = now() \
          FROM d \
          WHERE j.id = d.id AND j.delivery_id = d.delivery_id AND j.state IN ('queued', 'running') \
