@@ -35,6 +35,7 @@ const PUBLIC_ROUTES: &[&str] = &[
     "GET /api/v1/auth/oauth/{provider}",
     "GET /api/v1/auth/oauth/{provider}/callback",
     "GET /api/v1/uploads/{id}",
+    "POST /api/v1/webhooks/github",
     "GET /metrics",
 ];
 

@@ -49,6 +49,7 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
         (name = "account", description = "The signed-in user's profile, sessions, 2FA and API tokens"),
         (name = "jobs", description = "Job status (SPEC §3.1)"),
         (name = "servers", description = "Users' servers over SSH (SPEC §3.3)"),
+        (name = "deployments", description = "Apps built and run on users' servers, and their releases (SPEC §3.4)"),
         (name = "alerts", description = "Alert rules, notifications and the realtime channel (SPEC §3.6)")
     )
 )]
@@ -76,6 +77,38 @@ fn server_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(servers::repin))
         .routes(routes!(routes::server_metrics::health))
         .routes(routes!(routes::server_metrics::metrics))
+}
+
+fn deployment_routes(state: &AppState) -> OpenApiRouter<AppState> {
+    use routes::deployments as d;
+    OpenApiRouter::new()
+        .routes(routes!(d::list, d::create))
+        .routes(routes!(d::get, d::delete))
+        .routes(routes!(d::list_releases))
+        .routes(routes!(d::release_logs))
+        .routes(routes!(d::logs_stream))
+        .routes(routes!(d::redeploy))
+        .routes(routes!(d::rollback))
+        .routes(routes!(d::stop))
+        .routes(routes!(d::restart))
+        .routes(routes!(d::cancel))
+        .routes(routes!(d::get_env, d::put_env))
+        .routes(routes!(d::deploy_key))
+        .routes(routes!(d::webhook))
+        .routes(routes!(d::rotate_webhook))
+        .routes(routes!(d::preflight))
+        .routes(routes!(d::github))
+        .merge(
+            OpenApiRouter::new()
+                .routes(routes!(d::upload))
+                .layer(DefaultBodyLimit::max(
+                    state.config.deploy_archive_max_bytes + uploads_overhead(),
+                )),
+        )
+}
+
+fn uploads_overhead() -> usize {
+    routes::uploads::MULTIPART_OVERHEAD_BYTES * 64
 }
 
 fn account_routes() -> OpenApiRouter<AppState> {
@@ -178,6 +211,7 @@ pub fn router(state: AppState) -> Router {
         .merge(account_routes())
         .merge(upload_routes(&state))
         .merge(server_routes())
+        .merge(deployment_routes(&state))
         .routes(routes!(
             routes::notifications::get_rules,
             routes::notifications::put_rules

@@ -33,6 +33,11 @@ pub struct ApiConfig {
     pub server_validate_rate_limit: RateLimit,
     pub http: HttpLimits,
     pub uploads: UploadLimits,
+    /// `POST /deployments/upload`: bytes of the archive as sent
+    /// (`BERTH_DEPLOY_ARCHIVE_MAX_BYTES`, 100 MiB) and of its files unpacked
+    /// (`BERTH_DEPLOY_ARCHIVE_MAX_UNPACKED_BYTES`, 1 GiB).
+    pub deploy_archive_max_bytes: usize,
+    pub deploy_archive_max_unpacked_bytes: u64,
 }
 
 /// What one user may keep in `POST /uploads`.
@@ -337,6 +342,12 @@ impl ApiConfig {
             )?,
             http: HttpLimits::from_env(env)?,
             uploads: UploadLimits::from_env(env)?,
+            deploy_archive_max_bytes: env
+                .parsed("BERTH_DEPLOY_ARCHIVE_MAX_BYTES", 100 * 1024 * 1024)?,
+            deploy_archive_max_unpacked_bytes: env.parsed(
+                "BERTH_DEPLOY_ARCHIVE_MAX_UNPACKED_BYTES",
+                1024 * 1024 * 1024,
+            )?,
         })
     }
 }

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use berth_ssh::Arg;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 /// `POST /deployments`' body.
@@ -54,6 +54,9 @@ pub enum SourceRequest {
     },
     /// An image reference, pulled on the server.
     Image { image: String },
+    /// An archive: only `POST /deployments/upload` takes it (the archive is
+    /// its `file` part).
+    Upload {},
 }
 
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
@@ -103,7 +106,8 @@ pub enum Source {
     Upload,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct HealthCheck {
     pub path: String,
     pub expected_status: u16,
@@ -187,6 +191,31 @@ pub fn name_ok(name: &str) -> bool {
         && !name.ends_with('-')
 }
 
+/// The problems of an env: names, one-line values, sizes.
+pub fn check_env(env: &BTreeMap<String, String>) -> Vec<Problem> {
+    let mut problems = Problems(Vec::new());
+    if env.len() > MAX_ENV_VARS {
+        problems.add("env", format!("at most {MAX_ENV_VARS} variables"));
+    }
+    let mut total = 0;
+    for (name, value) in env {
+        if let Err(refused) = Arg::env_name(name) {
+            problems.add(format!("env.{name}"), refused.rule);
+        }
+        if value.len() > MAX_ENV_VALUE_BYTES || value.contains('\0') || value.contains('\n') {
+            problems.add(
+                format!("env.{name}"),
+                format!("the value must be one line of at most {MAX_ENV_VALUE_BYTES} bytes"),
+            );
+        }
+        total += name.len() + value.len();
+    }
+    if total > MAX_ENV_TOTAL_BYTES {
+        problems.add("env", format!("at most {MAX_ENV_TOTAL_BYTES} bytes in all"));
+    }
+    problems.0
+}
+
 pub fn check(request: &DeploymentRequest) -> Result<DeploymentSpec, Vec<Problem>> {
     let mut problems = Problems(Vec::new());
     if !name_ok(&request.name) {
@@ -209,6 +238,7 @@ pub fn check(request: &DeploymentRequest) -> Result<DeploymentSpec, Vec<Problem>
                 branch,
             }
         }
+        SourceRequest::Upload {} => Source::Upload,
         SourceRequest::Image { image } => {
             if let Err(refused) = Arg::image(image) {
                 problems.add("source.image", refused.rule);
@@ -218,25 +248,7 @@ pub fn check(request: &DeploymentRequest) -> Result<DeploymentSpec, Vec<Problem>
             }
         }
     };
-    if request.env.len() > MAX_ENV_VARS {
-        problems.add("env", format!("at most {MAX_ENV_VARS} variables"));
-    }
-    let mut total = 0;
-    for (name, value) in &request.env {
-        if let Err(refused) = Arg::env_name(name) {
-            problems.add(format!("env.{name}"), refused.rule);
-        }
-        if value.len() > MAX_ENV_VALUE_BYTES || value.contains('\0') || value.contains('\n') {
-            problems.add(
-                format!("env.{name}"),
-                format!("the value must be one line of at most {MAX_ENV_VALUE_BYTES} bytes"),
-            );
-        }
-        total += name.len() + value.len();
-    }
-    if total > MAX_ENV_TOTAL_BYTES {
-        problems.add("env", format!("at most {MAX_ENV_TOTAL_BYTES} bytes in all"));
-    }
+    problems.0.extend(check_env(&request.env));
     let port = problems.ranged("port", request.port, 3000, 1..=65535) as u16;
     let dockerfile_path = request.dockerfile_path.clone();
     if let Some(path) = &dockerfile_path

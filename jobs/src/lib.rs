@@ -20,8 +20,9 @@ pub mod transport;
 
 pub use client::JobClient;
 pub use kinds::{
-    CodePurpose, DiagnosticJob, EmailJob, EmailMessage, JobPayload, Kind, RemoteSleep, Sealed,
-    ServerProbe, ServerValidate,
+    CodePurpose, Control, DeploymentDelete, DeploymentDeploy, DeploymentRestart,
+    DeploymentRollback, DeploymentStop, DiagnosticJob, EmailJob, EmailMessage, JobPayload, Kind,
+    RemoteSleep, Sealed, ServerProbe, ServerValidate, deployment_key,
 };
 pub use policy::{JobPolicy, Policies};
 pub use queue::Queue;

@@ -24,8 +24,10 @@ pub struct JobPolicy {
 }
 
 impl JobPolicy {
-    /// Defaults per queue. Deploys and rollbacks are not retried automatically:
-    /// a half-applied deploy must be looked at by its user, not replayed.
+    /// Defaults per queue. Deploys and rollbacks get one attempt unless their
+    /// kind asks for more: the deployment kinds do, because each of their
+    /// steps finds what the last attempt left and goes on from it, and they
+    /// fail permanently (no retry) for anything but a lost server.
     pub fn default_for(queue: Queue) -> Self {
         let (max_attempts, timeout_secs, concurrency) = match queue {
             Queue::Deploy => (1, 1800, 4),

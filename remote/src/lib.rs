@@ -52,6 +52,11 @@ pub struct Server {
 }
 
 impl Server {
+    /// The address it is reached at (a host name or an IP address).
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
     /// What a cached session was opened with: a change of address, user,
     /// credentials or pin means a new session.
     fn identity(&self) -> String {

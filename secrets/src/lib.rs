@@ -47,6 +47,24 @@ pub fn server_secret_binding<'a>(server_id: &'a str, column: &'a str) -> Binding
     }
 }
 
+/// A deployment's sealed env, deploy key or webhook secret (`column`).
+pub fn deployment_secret_binding<'a>(deployment_id: &'a str, column: &'a str) -> Binding<'a> {
+    Binding {
+        table: "deployments",
+        column,
+        row_id: deployment_id,
+    }
+}
+
+/// A release's sealed snapshot; `release` is `<deployment id>/<number>`.
+pub fn release_snapshot_binding(release: &str) -> Binding<'_> {
+    Binding {
+        table: "releases",
+        column: "snapshot",
+        row_id: release,
+    }
+}
+
 impl Binding<'_> {
     fn associated_data(&self) -> Vec<u8> {
         // Lengths first, so ("ab", "c") and ("a", "bc") never bind alike.

@@ -266,6 +266,12 @@ impl Arg {
     }
 
     /// A number.
+    /// `Host: <name>`, for an HTTP check of a site through nginx.
+    pub fn host_header(host: &str) -> Result<Arg, Refused> {
+        check_host(host)?;
+        Ok(Arg(format!("Host: {host}")))
+    }
+
     pub fn number(value: u64) -> Arg {
         Arg(value.to_string())
     }

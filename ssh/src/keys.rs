@@ -55,6 +55,29 @@ pub(crate) fn open(text: &str, passphrase: Option<&str>) -> Result<PrivateKey, R
     }
 }
 
+/// A new deploy key: an Ed25519 key pair, the private half in OpenSSH's
+/// format (to be sealed) and the public half as an `authorized_keys` line
+/// ending in `comment`.
+pub fn generate_deploy_key(comment: &str) -> (berth_config::SecretString, String) {
+    let mut key = PrivateKey::random(
+        &mut russh::keys::key::safe_rng(),
+        russh::keys::Algorithm::Ed25519,
+    )
+    .expect("Ed25519 key generation does not fail");
+    key.set_comment(comment);
+    let private = key
+        .to_openssh(russh::keys::ssh_key::LineEnding::LF)
+        .expect("an Ed25519 key encodes");
+    let public = key
+        .public_key()
+        .to_openssh()
+        .expect("an Ed25519 public key encodes");
+    (
+        berth_config::SecretString::from(private.to_string()),
+        public,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -70,5 +93,16 @@ mod tests {
         ] {
             assert!(inspect_private_key(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_generated_deploy_key_opens_and_matches_its_public_half() {
+        let (private, public) = generate_deploy_key("berth-deploy-web");
+        let text = berth_config::ExposeSecret::expose_secret(&private);
+        assert_eq!(inspect_private_key(text), Ok(false));
+        assert!(public.starts_with("ssh-ed25519 "), "{public}");
+        assert!(public.ends_with(" berth-deploy-web"), "{public}");
+        let opened = russh::keys::decode_secret_key(text, None).unwrap();
+        assert_eq!(opened.public_key().to_openssh().unwrap(), public);
     }
 }

@@ -195,6 +195,24 @@ impl TestSshd {
         sshd
     }
 
+    /// `podman` as the test servers' own `docker` runs it (their
+    /// containers.conf), for a test to act as the server's owner would.
+    pub fn podman(&self) -> tokio::process::Command {
+        let mut command = tokio::process::Command::new("podman");
+        command.env("CONTAINERS_CONF", self.dir.join("containers.conf"));
+        command
+    }
+
+    /// Lets `public_key` (an `authorized_keys` line) log in as root.
+    pub fn authorize(&self, public_key: &str) {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.join("authorized_keys"))
+            .unwrap();
+        writeln!(file, "{}", public_key.trim()).unwrap();
+    }
+
     pub fn host(&self, i: usize) -> String {
         self.addresses[i].to_string()
     }

@@ -7,6 +7,7 @@ use berth_config::{CommonConfig, Env, MailConfig, SshConfig};
 use berth_jobs::runtime::{Liveness, WorkerRuntime};
 use berth_jobs::{Policies, Queue};
 use berth_secrets::Keyring;
+use berth_workers::deploy::{DeployConfig, DeploymentJobs};
 use berth_workers::email::Mailer;
 use berth_workers::servers::ServerJobs;
 use clap::Parser;
@@ -77,7 +78,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
         policies.clone(),
         remote,
     ));
-    let registry = berth_workers::registry::registry(mailer, servers, pool.clone(), redis)?;
+    // Deployments reach servers through the same kept sessions.
+    let deployments = DeploymentJobs::new(
+        pool.clone(),
+        servers.clone(),
+        Keyring::from_config(&mail.master_key, &mail.previous_master_keys),
+        DeployConfig::from_env(&env)?,
+    );
+    let registry =
+        berth_workers::registry::registry(mailer, servers, deployments, pool.clone(), redis)?;
     let runtime = WorkerRuntime::new(
         pool,
         common.redis_url.expose().to_owned(),

@@ -6,6 +6,10 @@ use berth_jobs::runtime::{DuplicateKind, Registry};
 use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 
+use crate::deploy::{
+    DeleteDeployment, DeployRelease, DeploymentJobs, RestartDeployment, RollbackRelease,
+    StopDeployment,
+};
 use crate::diagnostic::DiagnosticSleep;
 use crate::diagnostic_remote_sleep::RemoteSleeper;
 use crate::email::{Mailer, SendEmail};
@@ -17,6 +21,7 @@ use crate::servers::ServerJobs;
 pub fn registry(
     mailer: Arc<Mailer>,
     servers: Arc<ServerJobs>,
+    deployments: Arc<DeploymentJobs>,
     pool: PgPool,
     redis: ConnectionManager,
 ) -> Result<Registry, DuplicateKind> {
@@ -26,6 +31,11 @@ pub fn registry(
         .with(RemoteSleeper(servers.clone()))?
         .with(ValidateServer(servers.clone()))?
         .with(ProbeServer(servers))?
+        .with(DeployRelease(deployments.clone()))?
+        .with(RollbackRelease(deployments.clone()))?
+        .with(StopDeployment(deployments.clone()))?
+        .with(RestartDeployment(deployments.clone()))?
+        .with(DeleteDeployment(deployments))?
         .with(Pruner {
             pool: pool.clone(),
             redis,

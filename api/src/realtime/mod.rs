@@ -30,7 +30,7 @@ const MAX_CLIENT_MESSAGE: usize = 4096;
 
 /// A browser's socket must come from Berth's own page: cookies are sent with
 /// cross-site WebSocket handshakes, so the Origin is checked.
-fn same_origin(state: &AppState, headers: &HeaderMap) -> bool {
+pub(crate) fn same_origin(state: &AppState, headers: &HeaderMap) -> bool {
     match headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) {
         None => true,
         Some(origin) => {

@@ -186,30 +186,51 @@ pub async fn job_logs(
     Path(id): Path<String>,
     Query(query): Query<LogQuery>,
 ) -> Result<Envelope<JobLogPage>, ApiError> {
-    let after = query.after.unwrap_or(0);
-    let limit = query.limit.unwrap_or(500);
-    let mut details = Vec::new();
-    if after < 0 {
-        details.push(FieldError::new("after", "must be at least 0"));
-    }
-    if !(1..=1000).contains(&limit) {
-        details.push(FieldError::new("limit", "must be between 1 and 1000"));
-    }
-    if !details.is_empty() {
-        return Err(ApiError::validation(details));
-    }
+    let (after, limit) = query.checked()?;
     let job = visible_job(&state, &principal, &id).await?;
-    let items = berth_jobs::joblog::read(&state.pool, &id, after, limit).await?;
+    Ok(Envelope::ok(
+        log_page(&state, &id, after, limit, job.state.is_terminal()).await?,
+    ))
+}
+
+impl LogQuery {
+    /// `after` and `limit`, checked (defaults 0 and 500).
+    pub(crate) fn checked(&self) -> Result<(i64, i64), ApiError> {
+        let after = self.after.unwrap_or(0);
+        let limit = self.limit.unwrap_or(500);
+        let mut details = Vec::new();
+        if after < 0 {
+            details.push(FieldError::new("after", "must be at least 0"));
+        }
+        if !(1..=1000).contains(&limit) {
+            details.push(FieldError::new("limit", "must be between 1 and 1000"));
+        }
+        if !details.is_empty() {
+            return Err(ApiError::validation(details));
+        }
+        Ok((after, limit))
+    }
+}
+
+/// A page of job `id`'s log (the caller checked it may be read).
+pub(crate) async fn log_page(
+    state: &AppState,
+    id: &str,
+    after: i64,
+    limit: i64,
+    finished: bool,
+) -> Result<JobLogPage, ApiError> {
+    let items = berth_jobs::joblog::read(&state.pool, id, after, limit).await?;
     let truncated: bool = sqlx::query_scalar("SELECT log_truncated FROM jobs WHERE id = $1")
-        .bind(&id)
+        .bind(id)
         .fetch_one(&state.pool)
         .await?;
-    Ok(Envelope::ok(JobLogPage {
+    Ok(JobLogPage {
         next_after: items.last().map_or(after, |l| l.seq),
         items,
         truncated,
-        finished: job.state.is_terminal(),
-    }))
+        finished,
+    })
 }
 
 /// For the realtime channel: may `principal` follow job `id`'s log?

@@ -4,6 +4,7 @@
 //! line in [`CATALOG`], and a handler file in `berth-workers` plus its line in
 //! that crate's registry.
 
+mod deployment;
 mod diagnostic_remote_sleep;
 mod diagnostic_sleep;
 mod email_send;
@@ -15,6 +16,10 @@ use serde::{Serialize, de::DeserializeOwned};
 
 use crate::Queue;
 
+pub use deployment::{
+    Control, DeploymentDelete, DeploymentDeploy, DeploymentRestart, DeploymentRollback,
+    DeploymentStop, deployment_key,
+};
 pub use diagnostic_remote_sleep::RemoteSleep;
 pub use diagnostic_sleep::DiagnosticJob;
 pub use email_send::{CodePurpose, EmailJob, EmailMessage, Sealed};
@@ -77,6 +82,11 @@ pub const CATALOG: &[Kind] = &[
     kind::<ServerProbe>(),
     kind::<maintenance::Prune>(),
     kind::<maintenance::Reconcile>(),
+    kind::<DeploymentDeploy>(),
+    kind::<DeploymentRollback>(),
+    kind::<DeploymentStop>(),
+    kind::<DeploymentRestart>(),
+    kind::<DeploymentDelete>(),
 ];
 
 /// The catalog's entry for `name`.

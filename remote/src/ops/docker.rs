@@ -250,3 +250,76 @@ pub async fn prune_images(on: &On<'_>, label: &Arg) -> Result<usize, OpError> {
         .filter(|l| l.starts_with("removed "))
         .count())
 }
+
+/// Pulls `image` on the server (its registry's credentials, if any, are the
+/// server's own docker login).
+pub async fn pull(on: &On<'_>, image: &Arg, deadline: Duration) -> Result<(), OpError> {
+    on.run(
+        "docker pull",
+        &ShellCommand::new("docker pull --").arg(image),
+        deadline,
+    )
+    .await
+    .map(|_| ())
+}
+
+/// Gives `source` the tag `tag` as well (an image Berth pulled becomes one of
+/// a release's, so it is pruned with it, and only its tag goes).
+pub async fn tag(on: &On<'_>, source: &Arg, tag: &Arg) -> Result<(), OpError> {
+    on.run(
+        "docker tag",
+        &ShellCommand::new("docker tag --").arg(source).arg(tag),
+        SHORT,
+    )
+    .await
+    .map(|_| ())
+}
+
+/// Starts a stopped container.
+pub async fn start(on: &On<'_>, name: &Arg) -> Result<(), OpError> {
+    on.run(
+        "docker start",
+        &ShellCommand::new("docker start --").arg(name),
+        SHORT,
+    )
+    .await
+    .map(|_| ())
+}
+
+/// Names of the containers (running or not) carrying `label` (`key=value`)
+/// besides Berth's own.
+pub async fn containers_labelled(on: &On<'_>, label: &Arg) -> Result<Vec<String>, OpError> {
+    let output = on
+        .run(
+            "docker ps",
+            &ShellCommand::new("docker ps -a --format '{{.Names}}' --filter")
+                .arg(&Arg::label_filter(&managed()))
+                .raw("--filter")
+                .arg(&Arg::label_filter(label)),
+            SHORT,
+        )
+        .await?;
+    Ok(output
+        .stdout
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect())
+}
+
+/// Removes the tag `reference`; the image goes with its last tag, unless a
+/// container uses it. Gone already is not an error.
+pub async fn remove_image(on: &On<'_>, reference: &Arg) -> Result<(), OpError> {
+    let command = ShellCommand::new("docker rmi --").arg(reference);
+    match on.run("docker rmi", &command, SHORT).await {
+        Err(OpError::Failed { detail, .. })
+            if detail.to_ascii_lowercase().contains("no such")
+                || detail.to_ascii_lowercase().contains("not known")
+                || detail.to_ascii_lowercase().contains("not found") =>
+        {
+            Ok(())
+        }
+        other => other.map(|_| ()),
+    }
+}

@@ -78,3 +78,59 @@ pub async fn make_dir(on: &On<'_>, path: &Arg, mode: i32) -> Result<(), OpError>
     .await
     .map(|_| ())
 }
+
+/// Removes the tree at `path` (one of Berth's own directories; the caller
+/// names it from the server's data directory, never from user input).
+pub async fn remove_tree(on: &On<'_>, path: &Arg) -> Result<(), OpError> {
+    on.run(
+        "removing a directory",
+        &ShellCommand::new("rm -rf --").arg(path),
+        Duration::from_secs(600),
+    )
+    .await
+    .map(|_| ())
+}
+
+/// Unpacks the gzipped tar at `archive` into the empty directory `dest`.
+/// The archive is Berth's own normalized one (every entry checked before it
+/// left the api: no links out, no absolute paths, no `..`), and tar is told
+/// not to restore owners or modes beyond the user's umask.
+pub async fn unpack(on: &On<'_>, archive: &Arg, dest: &Arg) -> Result<(), OpError> {
+    on.run(
+        "unpacking the archive",
+        &ShellCommand::new("rm -rf --")
+            .arg(dest)
+            .raw("&& mkdir -p --")
+            .arg(dest)
+            .raw("&& tar -xzf")
+            .arg(archive)
+            .raw("--no-same-owner --no-same-permissions -C")
+            .arg(dest),
+        Duration::from_secs(600),
+    )
+    .await
+    .map(|_| ())
+}
+
+/// Free bytes on the file system holding `path` (its nearest existing
+/// parent), as an unprivileged user may use them.
+pub async fn free_bytes(on: &On<'_>, path: &Arg) -> Result<u64, OpError> {
+    let output = on
+        .run(
+            "measuring free disk",
+            &ShellCommand::new("true;")
+                .set_var("p", path)
+                .raw("; while [ ! -e \"$p\" ]; do p=$(dirname -- \"$p\"); done; df -Pk -- \"$p\" | awk 'NR==2 {print $4}'"),
+            DEADLINE,
+        )
+        .await?;
+    output
+        .stdout
+        .trim()
+        .parse::<u64>()
+        .map(|kib| kib * 1024)
+        .map_err(|_| OpError::Unreadable {
+            what: "df",
+            detail: output.stdout.chars().take(200).collect(),
+        })
+}

@@ -17,14 +17,33 @@ pub struct Checked {
 
 /// GETs `url` from the server, waiting at most `timeout` for the answer.
 pub async fn check(on: &On<'_>, url: &Arg, timeout: Duration) -> Result<Checked, OpError> {
+    check_as(on, url, None, timeout).await
+}
+
+/// [`check`] with `host` ([`Arg::host_header`]) sent as the `Host` header:
+/// a site of nginx's reached on the server's loopback.
+pub async fn check_as(
+    on: &On<'_>,
+    url: &Arg,
+    host: Option<&Arg>,
+    timeout: Duration,
+) -> Result<Checked, OpError> {
     let seconds = Arg::number(timeout.as_secs().max(1));
-    // Fixed text: curl prints the status; wget's server headers carry it.
-    let command = ShellCommand::new("if command -v curl >/dev/null 2>&1; then curl -sS -o /dev/null -w 'status=%{http_code}\\n' --max-time")
-        .arg(&seconds)
+    let mut command = ShellCommand::new("if command -v curl >/dev/null 2>&1; then curl -sS -o /dev/null -w 'status=%{http_code}\\n' --max-time")
+        .arg(&seconds);
+    if let Some(host) = host {
+        command = command.raw("-H").arg(host);
+    }
+    command = command
         .raw("--")
         .arg(url)
         .raw("; else wget -q -S -O /dev/null -T")
-        .arg(&seconds)
+        .arg(&seconds);
+    if let Some(host) = host {
+        command = command.raw("--header").arg(host);
+    }
+    // Fixed text: curl prints the status; wget's server headers carry it.
+    let command = command
         .raw("--")
         .arg(url)
         .raw("2>&1 | awk '/^  HTTP\\//{s=$2} END{print \"status=\" (s ? s : \"000\")}'; fi");

@@ -122,9 +122,23 @@ impl Nginx {
         if found.stdout.trim() != "present" {
             files::put(on, &shared, SHARED.as_bytes(), 0o644).await?;
         }
-        let path = Arg::path(&format!("{}/berth-{}.conf", conf_dir.as_str(), site.id))?;
-        self.install_site(on, &path, &site.render()?).await
+        self.install_site(on, &proxy_site_path(conf_dir, site.id)?, &site.render()?)
+            .await
     }
+
+    /// Removes a deployment's proxy site, if there is one, and reloads.
+    pub async fn remove_proxy_site(
+        &self,
+        on: &On<'_>,
+        conf_dir: &Arg,
+        id: uuid::Uuid,
+    ) -> Result<(), OpError> {
+        self.remove_site(on, &proxy_site_path(conf_dir, id)?).await
+    }
+}
+
+fn proxy_site_path(conf_dir: &Arg, id: uuid::Uuid) -> Result<Arg, berth_ssh::Refused> {
+    Arg::path(&format!("{}/berth-{id}.conf", conf_dir.as_str()))
 }
 
 /// An nginx site that sends a deployment's host names to its live

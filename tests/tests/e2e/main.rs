@@ -4,6 +4,7 @@ mod account_security;
 mod accounts;
 mod api_conventions;
 mod contract;
+mod deployments;
 mod http_hardening;
 mod job_cancel;
 mod job_keys;

@@ -336,7 +336,8 @@ pub struct ServerDeleted {
 #[utoipa::path(delete, path = "/servers/{id}", tag = "servers",
     params(("id" = Uuid, Path, description = "Server id")), responses(
     (status = 200, description = "Deleted", body = ServerDeleted),
-    (status = 404, description = "No such server of yours", body = crate::error::ErrorEnvelope)))]
+    (status = 404, description = "No such server of yours", body = crate::error::ErrorEnvelope),
+    (status = 409, description = "It still has deployments", body = crate::error::ErrorEnvelope)))]
 pub async fn delete(
     State(state): State<AppState>,
     principal: Principal,
@@ -346,6 +347,16 @@ pub async fn delete(
     principal.require(Scope::ServersWrite)?;
     let mut tx = state.pool.begin().await?;
     let server = owned(&mut tx, &principal, id).await?;
+    let deployments: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM deployments WHERE server_id = $1")
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
+    if deployments > 0 {
+        return Err(ApiError::Conflict(format!(
+            "the server has {deployments} deployment(s): delete them first (they leave containers and sites there)"
+        )));
+    }
     sqlx::query("DELETE FROM servers WHERE id = $1")
         .bind(id)
         .execute(&mut *tx)

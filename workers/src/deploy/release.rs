@@ -1,0 +1,866 @@
+//! `deployment.deploy` and `deployment.rollback`: a release from its source
+//! (or, for a rollback, a kept release's image) to live behind nginx, each
+//! step timed, streamed to the job's log and recorded on the release.
+//!
+//! fetch → pre-flight → build (deploys only) → start on a free loopback port
+//! → health check → switch nginx, confirmed by a request through it → the
+//! release is live (one transaction) → drain → the old containers stopped →
+//! images beyond the kept releases pruned. Anything failing before the switch
+//! removes the new container and leaves the previous release serving.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_build::{detect, dockerfile, preflight};
+use berth_deployments::names::{self, DEPLOYMENT_LABEL, RELEASE_LABEL};
+use berth_deployments::settings::Snapshot;
+use berth_deployments::state::{DeploymentStatus, ReleaseState};
+use berth_jobs::runtime::{JobContext, JobFailure, JobHandler};
+use berth_jobs::{DeploymentDeploy, DeploymentRollback};
+use berth_remote::ops::nginx::{Nginx, ProxySite};
+
+use berth_remote::ops::{On, OpError, docker, files, git, health, http, source};
+use berth_remote::{Server, Session};
+use berth_secrets::deployment_secret_binding;
+use berth_ssh::{Arg, Refused, Stream};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::store::{self, DeploymentRow, Ending, ReleaseRow};
+use super::{DeploymentJobs, Timer, log_lines, op_failure, stored};
+
+pub struct DeployRelease(pub Arc<DeploymentJobs>);
+pub struct RollbackRelease(pub Arc<DeploymentJobs>);
+
+impl JobHandler for DeployRelease {
+    type Job = DeploymentDeploy;
+
+    async fn run(&self, job: DeploymentDeploy, ctx: JobContext) -> Result<(), JobFailure> {
+        self.0
+            .run_release(job.deployment_id, job.release, ctx, Mode::Build)
+            .await
+    }
+
+    async fn failed(&self, job: DeploymentDeploy, _error: String) {
+        self.0.abandoned(job.deployment_id, job.release).await;
+    }
+}
+
+impl JobHandler for RollbackRelease {
+    type Job = DeploymentRollback;
+
+    async fn run(&self, job: DeploymentRollback, ctx: JobContext) -> Result<(), JobFailure> {
+        self.0
+            .run_release(job.deployment_id, job.release, ctx, Mode::Rollback)
+            .await
+    }
+
+    async fn failed(&self, job: DeploymentRollback, _error: String) {
+        self.0.abandoned(job.deployment_id, job.release).await;
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Fetch and build the release's source.
+    Build,
+    /// Run the image the release names (a kept one), no build.
+    Rollback,
+}
+
+/// Why a step failed, and whether another attempt could do better.
+struct StepError {
+    message: String,
+    transient: bool,
+}
+
+impl StepError {
+    fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            transient: false,
+        }
+    }
+}
+
+impl From<OpError> for StepError {
+    fn from(e: OpError) -> Self {
+        Self {
+            transient: e.is_transient(),
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<Refused> for StepError {
+    fn from(e: Refused) -> Self {
+        Self::new(e.to_string())
+    }
+}
+
+impl From<sqlx::Error> for StepError {
+    fn from(e: sqlx::Error) -> Self {
+        Self {
+            message: format!("cannot record the release: {e}"),
+            transient: true,
+        }
+    }
+}
+
+/// How long a switched site may take to answer through nginx: a reload
+/// returns before nginx's new workers serve.
+const SWITCH_CONFIRM: Duration = Duration::from_secs(15);
+/// How long a container without a health check must stay up.
+const UNCHECKED_START: Duration = Duration::from_secs(2);
+/// Lines of a failed container's own log shown in the release's log.
+const FAILED_LOG_LINES: u64 = 50;
+
+/// One release's run: what it acts on and where it is.
+struct Run<'a> {
+    jobs: &'a DeploymentJobs,
+    deployment: &'a DeploymentRow,
+    release: &'a ReleaseRow,
+    server: &'a Server,
+    on: On<'a>,
+    ctx: &'a JobContext,
+    snapshot: &'a Snapshot,
+    /// The step being run (the failed one when a step fails).
+    step: &'static str,
+    /// The container this run started, removed if the release fails.
+    started: Option<String>,
+    /// nginx may point at this release's container: put the live one back
+    /// before removing it.
+    switching: bool,
+}
+
+impl DeploymentJobs {
+    async fn run_release(
+        &self,
+        id: Uuid,
+        number: i32,
+        ctx: JobContext,
+        mode: Mode,
+    ) -> Result<(), JobFailure> {
+        let Some(deployment) = store::deployment(&self.pool, id).await.map_err(stored)? else {
+            return Ok(());
+        };
+        let Some(release) = store::release(&self.pool, id, number)
+            .await
+            .map_err(stored)?
+        else {
+            return Ok(());
+        };
+        if deployment.status == DeploymentStatus::Deleting {
+            return Err(JobFailure::permanent("the deployment is being deleted"));
+        }
+        if release.state == ReleaseState::Live {
+            // A rerun after the switch: only the clean-up is left.
+            let (server, session) = self.reach(deployment.server_id).await?;
+            return self
+                .after_switch(&deployment, number, &server, &session, &ctx)
+                .await;
+        }
+        if !release.state.in_progress() {
+            return Ok(());
+        }
+        let snapshot =
+            store::open_snapshot(&self.keys, id, &release).map_err(JobFailure::permanent)?;
+        let (server, session) = self.reach(deployment.server_id).await?;
+        let first = match mode {
+            Mode::Build => ReleaseState::Building,
+            Mode::Rollback => ReleaseState::Starting,
+        };
+        store::begin(&self.pool, id, number, &ctx.job_id, first)
+            .await
+            .map_err(stored)?;
+        ctx.log.step(&format!(
+            "release v{number} of {} on {} (attempt {})",
+            deployment.name, server.name, ctx.attempt
+        ));
+        let mut run = Run {
+            jobs: self,
+            deployment: &deployment,
+            release: &release,
+            server: &server,
+            on: On::new(&session, &ctx.cancel).with_lines(log_lines(&ctx)),
+            ctx: &ctx,
+            snapshot: &snapshot,
+            step: "fetch",
+            started: None,
+            // An earlier attempt got as far as starting: it may have switched.
+            switching: release.state == ReleaseState::Starting,
+        };
+        if run.switching {
+            if let Err(e) = run.restore_live_site().await {
+                return Err(JobFailure::retryable(format!(
+                    "cannot put the live release's site back: {}",
+                    e.message
+                )));
+            }
+            run.switching = false;
+        }
+        let outcome = run.through_switch(mode).await;
+        if outcome.is_err()
+            && run.switching
+            && let Err(e) = run.restore_live_site().await
+        {
+            {
+                ctx.log.line(
+                    berth_jobs::joblog::LogStream::Stderr,
+                    &format!(
+                        "the live release's site could not be put back: {}",
+                        e.message
+                    ),
+                );
+            }
+        }
+        let (step, started) = (run.step, run.started.take());
+        match outcome {
+            Ok(()) => {
+                self.after_switch(&deployment, number, &server, &session, &ctx)
+                    .await
+            }
+            Err(failure) => {
+                // The job's own token may be the reason it stopped.
+                let cleanup = CancellationToken::new();
+                let on = On::new(&session, &cleanup).with_lines(log_lines(&ctx));
+                if let Some(container) = started {
+                    let removed = match Arg::name(&container) {
+                        Ok(name) => docker::remove(&on, &name).await.map_err(|e| e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    if let Err(e) = removed {
+                        ctx.log.line(
+                            berth_jobs::joblog::LogStream::Stderr,
+                            &format!("the new container could not be removed: {e}"),
+                        );
+                    }
+                }
+                let cancelled = ctx.cancel.is_cancelled();
+                if !cancelled && failure.transient && ctx.attempt < ctx.max_attempts {
+                    return Err(JobFailure::retryable(format!(
+                        "{step}: {}",
+                        failure.message
+                    )));
+                }
+                let ending = if cancelled {
+                    Ending::Cancelled
+                } else {
+                    Ending::Failed
+                };
+                ctx.log.step(&match ending {
+                    Ending::Failed => format!("v{number} failed at {step}: {}", failure.message),
+                    Ending::Cancelled => format!("v{number} cancelled at {step}"),
+                });
+                store::ended(&self.pool, id, number, ending, step, &failure.message)
+                    .await
+                    .map_err(stored)?;
+                Err(JobFailure::permanent(format!(
+                    "{step}: {}",
+                    failure.message
+                )))
+            }
+        }
+    }
+
+    /// A job that ended without saying how (its worker died at the attempt
+    /// cap): the database trigger settled the release; its container, if
+    /// one was started, is removed here.
+    async fn abandoned(&self, id: Uuid, number: i32) {
+        let Ok(Some(deployment)) = store::deployment(&self.pool, id).await else {
+            return;
+        };
+        if deployment.live_release == Some(number) {
+            return;
+        }
+        let Ok((_, session)) = self.reach(deployment.server_id).await else {
+            return;
+        };
+        let cancel = CancellationToken::new();
+        let on = On::new(&session, &cancel);
+        if let Ok(name) = Arg::name(&names::container_name(id, number)) {
+            let _ = tokio::time::timeout(Duration::from_secs(60), docker::remove(&on, &name)).await;
+        }
+    }
+
+    /// After the switch: drain the old release, stop every other container
+    /// of the deployment, prune images and release directories past the
+    /// kept releases. Run again after a crash, it finds what is left.
+    async fn after_switch(
+        &self,
+        deployment: &DeploymentRow,
+        live: i32,
+        server: &Server,
+        session: &Session,
+        ctx: &JobContext,
+    ) -> Result<(), JobFailure> {
+        let id = deployment.id;
+        let release = store::release(&self.pool, id, live)
+            .await
+            .map_err(stored)?
+            .ok_or_else(|| JobFailure::permanent("the live release is gone"))?;
+        let snapshot =
+            store::open_snapshot(&self.keys, id, &release).map_err(JobFailure::permanent)?;
+        // Clean-up runs to its end even when the job is cancelled now: the
+        // switch is done, and old containers must not be left running.
+        let cleanup = CancellationToken::new();
+        let on = On::new(session, &cleanup).with_lines(log_lines(ctx));
+        let label = Arg::label(DEPLOYMENT_LABEL, &id.to_string()).map_err(JobFailure::permanent)?;
+        let live_name = names::container_name(id, live);
+        let others: Vec<String> = docker::containers_labelled(&on, &label)
+            .await
+            .map_err(|e| op_failure("listing the deployment's containers", &e))?
+            .into_iter()
+            .filter(|c| *c != live_name)
+            .collect();
+
+        if !others.is_empty() && snapshot.settings.drain_seconds > 0 {
+            let timer = Timer::start();
+            ctx.log.step(&format!(
+                "draining the previous release for {} s",
+                snapshot.settings.drain_seconds
+            ));
+            tokio::select! {
+                () = ctx.cancel.cancelled() => ctx.log.step("drain cut short by a cancel"),
+                () = tokio::time::sleep(Duration::from_secs(u64::from(snapshot.settings.drain_seconds))) => {}
+            }
+            self.record_step(id, live, "drain", &timer).await;
+        }
+
+        let timer = Timer::start();
+        ctx.log.step("stopping the previous containers");
+        for container in &others {
+            let name = Arg::name(container).map_err(JobFailure::permanent)?;
+            docker::stop(&on, &name, Duration::from_secs(10))
+                .await
+                .or_else(|e| match e {
+                    OpError::Failed { .. } => Ok(()),
+                    other => Err(other),
+                })
+                .map_err(|e| op_failure("docker stop", &e))?;
+            docker::remove(&on, &name)
+                .await
+                .map_err(|e| op_failure("docker rm", &e))?;
+        }
+        self.record_step(id, live, "cleanup", &timer).await;
+
+        let timer = Timer::start();
+        ctx.log.step("pruning old releases");
+        let releases = store::releases(&self.pool, id).await.map_err(stored)?;
+        let keep = snapshot.settings.keep_releases.max(1) as usize;
+        let mut kept = 0usize;
+        let mut gone = Vec::new();
+        for r in &releases {
+            let has_image = r.image_tag.is_some() && !r.image_pruned;
+            let runnable = matches!(r.state, ReleaseState::Live | ReleaseState::Superseded);
+            if r.number == live || (has_image && runnable && kept < keep) {
+                if has_image && runnable {
+                    kept += 1;
+                }
+                continue;
+            }
+            if r.state.in_progress() {
+                continue;
+            }
+            if let Some(tag) = r.image_tag.as_deref().filter(|_| !r.image_pruned) {
+                // Another kept release may run the same image (a rollback).
+                let shared = releases.iter().any(|o| {
+                    o.number != r.number
+                        && o.image_tag.as_deref() == Some(tag)
+                        && !o.image_pruned
+                        && (o.number == live || matches!(o.state, ReleaseState::Superseded))
+                });
+                if !shared {
+                    let tag = Arg::image(tag).map_err(JobFailure::permanent)?;
+                    docker::remove_image(&on, &tag)
+                        .await
+                        .map_err(|e| op_failure("docker rmi", &e))?;
+                }
+                gone.push(r.number);
+            }
+        }
+        store::pruned(&self.pool, id, &gone).await.map_err(stored)?;
+        // Release directories hold sources and env files; only the live
+        // one's env file is still in use.
+        for r in releases
+            .iter()
+            .filter(|r| r.number != live && !r.state.in_progress())
+        {
+            let dir = Arg::path(&names::release_dir(&server.data_dir, id, r.number))
+                .map_err(JobFailure::permanent)?;
+            files::remove_tree(&on, &dir)
+                .await
+                .map_err(|e| op_failure("removing an old release directory", &e))?;
+        }
+        let src = Arg::path(&format!(
+            "{}/src",
+            names::release_dir(&server.data_dir, id, live)
+        ))
+        .map_err(JobFailure::permanent)?;
+        files::remove_tree(&on, &src)
+            .await
+            .map_err(|e| op_failure("removing the built source", &e))?;
+        self.record_step(id, live, "prune", &timer).await;
+        ctx.log.step(&format!("v{live} is live"));
+        Ok(())
+    }
+
+    async fn record_step(&self, id: Uuid, number: i32, name: &str, timer: &Timer) {
+        if let Err(e) = store::step_done(&self.pool, id, number, name, timer.at, timer.ms()).await {
+            tracing::warn!(error = %e, deployment = %id, "cannot record a step's time");
+        }
+    }
+}
+
+impl Run<'_> {
+    fn id(&self) -> Uuid {
+        self.deployment.id
+    }
+
+    fn number(&self) -> i32 {
+        self.release.number
+    }
+
+    fn log(&self, line: &str) {
+        (self.on.lines)(Stream::Stdout, line);
+    }
+
+    fn begin(&mut self, step: &'static str, what: &str) -> Timer {
+        self.step = step;
+        self.ctx.log.step(what);
+        Timer::start()
+    }
+
+    async fn end(&self, timer: Timer) -> Result<(), StepError> {
+        store::step_done(
+            &self.jobs.pool,
+            self.id(),
+            self.number(),
+            self.step,
+            timer.at,
+            timer.ms(),
+        )
+        .await?;
+        Ok(())
+    }
+
+    fn dir(&self) -> String {
+        names::release_dir(&self.server.data_dir, self.id(), self.number())
+    }
+
+    fn inside(&self, name: &str) -> Result<Arg, StepError> {
+        Ok(Arg::path(&format!("{}/{name}", self.dir()))?)
+    }
+
+    async fn through_switch(&mut self, mode: Mode) -> Result<(), StepError> {
+        let image = match mode {
+            Mode::Build => self.fetch_and_build().await?,
+            Mode::Rollback => self.kept_image().await?,
+        };
+        let port = self.start(&image).await?;
+        self.health(port).await?;
+        self.switch(port).await
+    }
+
+    async fn kept_image(&mut self) -> Result<Arg, StepError> {
+        let timer = self.begin("fetch", "checking the kept image");
+        let tag = self
+            .release
+            .image_tag
+            .clone()
+            .ok_or_else(|| StepError::new("the release to roll back to has no image"))?;
+        let image = Arg::image(&tag)?;
+        if docker::inspect_image(&self.on, &image).await?.is_none() {
+            return Err(StepError::new(format!(
+                "the image {tag} is no longer on the server"
+            )));
+        }
+        self.end(timer).await?;
+        Ok(image)
+    }
+
+    async fn fetch_and_build(&mut self) -> Result<Arg, StepError> {
+        let (id, number) = (self.id(), self.number());
+        let tag = names::image_tag(id, number);
+        let image = Arg::image(&tag)?;
+        let timer = self.begin("fetch", "fetching the source");
+        files::make_dir(&self.on, &Arg::path(&self.dir())?, 0o700).await?;
+        let src = self.inside("src")?;
+        let source_ref = match self.deployment.source_type.as_str() {
+            "git" => self.clone_repository(&src).await?,
+            "upload" => {
+                let (sha256, bytes) = store::archive(&self.jobs.pool, id, number)
+                    .await?
+                    .ok_or_else(|| StepError::new("the uploaded archive is gone"))?;
+                let archive = self.inside("source.tar.gz")?;
+                files::put(&self.on, &archive, &bytes, 0o600).await?;
+                files::unpack(&self.on, &archive, &src).await?;
+                files::remove(&self.on, &archive).await?;
+                format!("sha256:{sha256}")
+            }
+            _ => {
+                let reference = self.deployment.image.clone().unwrap_or_default();
+                let pulled = Arg::image(&reference)?;
+                docker::pull(&self.on, &pulled, self.jobs.config.build_timeout).await?;
+                let found = docker::inspect_image(&self.on, &pulled)
+                    .await?
+                    .ok_or_else(|| StepError::new("the pulled image is not on the server"))?;
+                docker::tag(&self.on, &pulled, &image).await?;
+                found
+                    .repo_digests
+                    .and_then(|d| d.into_iter().next())
+                    .unwrap_or(found.id)
+            }
+        };
+        store::fetched(&self.jobs.pool, id, number, &source_ref, &tag).await?;
+        self.log(&format!("source: {source_ref}"));
+        self.end(timer).await?;
+        if self.deployment.source_type == "image" {
+            return Ok(image);
+        }
+
+        let timer = self.begin("preflight", "pre-flight checks");
+        let settings = self.snapshot.settings.build();
+        let facts = source::facts(
+            &self.on,
+            &src,
+            self.snapshot.settings.dockerfile_path.as_deref(),
+        )
+        .await?;
+        let detected = detect(&facts, &settings);
+        let context = preflight::Context {
+            image_bytes: None,
+            memory_limit_mb: self.snapshot.settings.memory_mb.map(u64::from),
+        };
+        let report = preflight::report(&facts, &detected, &settings, &context);
+        self.record_preflight(&report).await?;
+        for issue in &report.issues {
+            self.log(&format!(
+                "{:?} {}: {}",
+                issue.severity, issue.code, issue.message
+            ));
+        }
+        self.log(&format!(
+            "pre-flight: {} ({}), stack {}",
+            report.score,
+            serde_json::to_value(report.status).unwrap_or_default(),
+            report.stack
+        ));
+        if report.status == preflight::Status::Fail {
+            let errors: Vec<String> = report
+                .issues
+                .iter()
+                .filter(|i| i.severity == preflight::Severity::Error)
+                .map(|i| format!("{}: {}", i.code, i.message))
+                .collect();
+            return Err(StepError::new(errors.join("; ")));
+        }
+        self.end(timer).await?;
+
+        let timer = self.begin("build", "building the image");
+        let data_dir = Arg::path(&self.server.data_dir)?;
+        let free = files::free_bytes(&self.on, &data_dir).await?;
+        let floor = self.jobs.config.min_free_disk_bytes;
+        if free < floor {
+            return Err(StepError::new(format!(
+                "only {} MB free under {}, less than the {} MB a build needs \
+                 (BERTH_DEPLOY_MIN_FREE_DISK_MB); free some disk and deploy again",
+                free / (1024 * 1024),
+                self.server.data_dir,
+                floor / (1024 * 1024)
+            )));
+        }
+        let dockerfile = match &detected.stack {
+            berth_build::Stack::Dockerfile { path, .. } => self.inside(&format!("src/{path}"))?,
+            stack => {
+                let text = dockerfile::generate(stack, &settings, &self.jobs.config.base_images)
+                    .map_err(|e| StepError::new(e.to_string()))?;
+                let path = self.inside("Dockerfile.berth")?;
+                files::put(&self.on, &path, text.as_bytes(), 0o644).await?;
+                path
+            }
+        };
+        docker::build(
+            &self.on,
+            &docker::Build {
+                context: src,
+                dockerfile: Some(dockerfile),
+                tag: image.clone(),
+                labels: self.labels()?,
+            },
+            self.jobs.config.build_timeout,
+        )
+        .await?;
+        if let Some(built) = docker::inspect_image(&self.on, &image).await? {
+            let context = preflight::Context {
+                image_bytes: Some(built.size),
+                ..context
+            };
+            self.record_preflight(&preflight::report(&facts, &detected, &settings, &context))
+                .await?;
+        }
+        self.end(timer).await?;
+        Ok(image)
+    }
+
+    async fn record_preflight(&self, report: &preflight::Preflight) -> Result<(), StepError> {
+        let value = serde_json::to_value(report).unwrap_or_default();
+        store::preflight(&self.jobs.pool, self.id(), self.number(), &value).await?;
+        Ok(())
+    }
+
+    async fn clone_repository(&self, dest: &Arg) -> Result<String, StepError> {
+        let url = self.deployment.repo_url.clone().unwrap_or_default();
+        let reference = self
+            .release
+            .requested_commit
+            .clone()
+            .or_else(|| self.deployment.branch.clone())
+            .unwrap_or_else(|| "main".into());
+        let over_ssh = url.starts_with("ssh://") || (!url.contains("://") && url.contains('@'));
+        let access = match (&self.deployment.deploy_key_sealed, over_ssh) {
+            (Some(sealed), true) => {
+                let id = self.id().to_string();
+                let key = self
+                    .jobs
+                    .keys
+                    .open_string(sealed, deployment_secret_binding(&id, "deploy_key"))
+                    .map_err(|e| StepError::new(format!("the deploy key does not open: {e}")))?;
+                git::Access::DeployKey(key.into())
+            }
+            _ => git::Access::Anonymous,
+        };
+        let known_hosts = Arg::path(&format!(
+            "{}/known_hosts",
+            self.server.data_dir.trim_end_matches('/')
+        ))?;
+        let commit = git::clone(
+            &self.on,
+            &git::Clone {
+                url: Arg::url(&url)?,
+                reference: Arg::git_ref(&reference)?,
+                dest: dest.clone(),
+                known_hosts,
+                access,
+            },
+            Duration::from_secs(600),
+        )
+        .await?;
+        Ok(commit)
+    }
+
+    fn labels(&self) -> Result<Vec<Arg>, StepError> {
+        Ok(vec![
+            Arg::label(DEPLOYMENT_LABEL, &self.id().to_string())?,
+            Arg::label(RELEASE_LABEL, &self.number().to_string())?,
+        ])
+    }
+
+    async fn start(&mut self, image: &Arg) -> Result<u16, StepError> {
+        let timer = self.begin("start", "starting the new container");
+        let (id, number) = (self.id(), self.number());
+        let settings = &self.snapshot.settings;
+        let live_port = match self.deployment.live_release {
+            Some(live) => store::release(&self.jobs.pool, id, live)
+                .await?
+                .and_then(|r| r.port)
+                .and_then(|p| u16::try_from(p).ok()),
+            None => None,
+        };
+        let busy = health::listening_ports(&self.on).await?;
+        let port = health::pick_port(self.jobs.config.ports.clone(), &busy, live_port)
+            .ok_or_else(|| StepError::new("no free port is left in BERTH_DEPLOY_PORT_RANGE"))?;
+        files::make_dir(&self.on, &Arg::path(&self.dir())?, 0o700).await?;
+        let env_file = self.inside("env")?;
+        let env = berth_deployments::env::render(&self.snapshot.env, settings.port);
+        files::put_secret(&self.on, &env_file, &env.into()).await?;
+        let name = names::container_name(id, number);
+        let container = Arg::name(&name)?;
+        // A container of this name is an earlier attempt's.
+        docker::remove(&self.on, &container).await?;
+        self.started = Some(name.clone());
+        docker::run(
+            &self.on,
+            &docker::Run {
+                name: container,
+                image: image.clone(),
+                labels: self.labels()?,
+                env_file: Some(env_file),
+                publish: vec![Arg::port_mapping(
+                    std::net::Ipv4Addr::LOCALHOST.into(),
+                    port,
+                    settings.port,
+                )],
+                memory: settings.memory_mb.map(|mb| u64::from(mb) * 1024 * 1024),
+                cpus: settings.cpus.map(Arg::decimal).transpose()?,
+            },
+        )
+        .await?;
+        store::starting(&self.jobs.pool, id, number, &name, port).await?;
+        self.log(&format!("container {name} on 127.0.0.1:{port}"));
+        self.end(timer).await?;
+        Ok(port)
+    }
+
+    async fn health(&mut self, port: u16) -> Result<(), StepError> {
+        let timer = self.begin("health", "health check");
+        let container = Arg::name(&names::container_name(self.id(), self.number()))?;
+        let verdict = match &self.snapshot.settings.health_check {
+            Some(check) => {
+                let check = health::HealthCheck {
+                    path: check.path.clone(),
+                    expected_status: check.expected_status,
+                    timeout: Duration::from_secs(u64::from(check.timeout_seconds)),
+                    retries: check.retries,
+                    start_period: Duration::from_secs(u64::from(check.start_period_seconds)),
+                    interval: self.jobs.config.health_interval,
+                };
+                match health::wait_healthy(&self.on, port, &check).await? {
+                    health::Health::Healthy { .. } => Ok(()),
+                    health::Health::Unhealthy { attempts, last } => Err(format!(
+                        "unhealthy after {attempts} checks of {}: {}",
+                        check.path,
+                        last.status.map_or_else(
+                            || last.error.unwrap_or_else(|| "no answer".into()),
+                            |s| format!("status {s}, expected {}", check.expected_status)
+                        )
+                    )),
+                }
+            }
+            None => {
+                tokio::select! {
+                    () = self.ctx.cancel.cancelled() => {
+                        return Err(OpError::Ssh(berth_ssh::SshError::Cancelled("cancelled".into())).into());
+                    }
+                    () = tokio::time::sleep(UNCHECKED_START) => {}
+                }
+                match docker::inspect(&self.on, &container).await? {
+                    Some(c) if c.state.running => Ok(()),
+                    Some(c) => Err(format!(
+                        "the container stopped (exit code {})",
+                        c.state.exit_code
+                    )),
+                    None => Err("the container is gone".into()),
+                }
+            }
+        };
+        if let Err(reason) = verdict {
+            self.show_container_log(&container).await;
+            return Err(StepError::new(reason));
+        }
+        self.end(timer).await
+    }
+
+    /// The end of a failed container's own output, in the release's log.
+    async fn show_container_log(&self, container: &Arg) {
+        let command = berth_ssh::ShellCommand::new("docker logs --tail")
+            .arg(&Arg::number(FAILED_LOG_LINES))
+            .raw("--")
+            .arg(container)
+            .raw("2>&1");
+        self.ctx.log.step("the container's last lines");
+        let lines = self.on.lines.clone();
+        let _ = self
+            .on
+            .session
+            .exec_streaming(
+                &command,
+                Duration::from_secs(30),
+                self.on.cancel,
+                move |s, l| lines(s, l),
+            )
+            .await;
+    }
+
+    fn site(&self, upstream_port: u16) -> ProxySite {
+        super::proxy_site(self.deployment, self.server, upstream_port)
+    }
+
+    fn host(&self) -> String {
+        super::host_of(self.deployment, self.server)
+    }
+
+    fn nginx(&self) -> Result<(Nginx, Arg), StepError> {
+        Ok(super::nginx_of(self.server)?)
+    }
+
+    /// nginx back on the release that is live (or without the site when
+    /// none is), whatever an earlier attempt switched: run before this
+    /// release's container is replaced, and when its switch fails.
+    async fn restore_live_site(&self) -> Result<(), StepError> {
+        // Not the job's token: this runs when the job was cancelled too.
+        let cancel = CancellationToken::new();
+        let on = On::new(self.on.session, &cancel).with_lines(self.on.lines.clone());
+        let (nginx, conf_dir) = self.nginx()?;
+        match self.previous_port().await? {
+            Some(port) => {
+                nginx
+                    .install_proxy_site(&on, &conf_dir, &self.site(port))
+                    .await?
+            }
+            None => nginx.remove_proxy_site(&on, &conf_dir, self.id()).await?,
+        }
+        Ok(())
+    }
+
+    async fn switch(&mut self, port: u16) -> Result<(), StepError> {
+        let timer = self.begin("switch", "switching nginx to the new release");
+        let (nginx, conf_dir) = self.nginx()?;
+        self.switching = true;
+        nginx
+            .install_proxy_site(&self.on, &conf_dir, &self.site(port))
+            .await?;
+        self.confirm().await?;
+        store::went_live(&self.jobs.pool, self.id(), self.number()).await?;
+        self.log(&format!("serving http://{}/", self.host()));
+        self.end(timer).await
+    }
+
+    async fn previous_port(&self) -> Result<Option<u16>, StepError> {
+        let Some(live) = self.deployment.live_release else {
+            return Ok(None);
+        };
+        Ok(store::release(&self.jobs.pool, self.id(), live)
+            .await?
+            .and_then(|r| r.port)
+            .and_then(|p| u16::try_from(p).ok()))
+    }
+
+    /// A request through nginx, as a visitor's would go, answers as the
+    /// health check expects (or, with no health check, is not a gateway
+    /// error).
+    async fn confirm(&self) -> Result<(), StepError> {
+        let check = self.snapshot.settings.health_check.as_ref();
+        let path = check.map_or("/", |c| c.path.as_str());
+        let url = Arg::url(&format!("http://127.0.0.1:{}{path}", self.server.http_port))?;
+        let host = Arg::host_header(&self.host())?;
+        let started = std::time::Instant::now();
+        loop {
+            let answer =
+                http::check_as(&self.on, &url, Some(&host), Duration::from_secs(5)).await?;
+            let ok = match (answer.status, check) {
+                (Some(status), Some(c)) => status == c.expected_status,
+                (Some(status), None) => !(502..=504).contains(&status),
+                (None, _) => false,
+            };
+            if ok {
+                return Ok(());
+            }
+            if started.elapsed() > SWITCH_CONFIRM {
+                return Err(StepError::new(format!(
+                    "nginx does not serve the new release: {}",
+                    answer.status.map_or_else(
+                        || answer.error.unwrap_or_else(|| "no answer".into()),
+                        |s| format!("status {s} through nginx")
+                    )
+                )));
+            }
+            tokio::select! {
+                () = self.ctx.cancel.cancelled() => {
+                    return Err(OpError::Ssh(berth_ssh::SshError::Cancelled("cancelled".into())).into());
+                }
+                () = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+        }
+    }
+}
