@@ -223,6 +223,11 @@ fn git(args: &[&str], cwd: &Path) -> String {
 /// The test app's files: a Dockerfile on the busybox image, `www/` with
 /// `version` in its index, and a start that shows `$GREETING`.
 pub fn write_app(dir: &Path, version: &str, healthy: bool) {
+    write_app_with(dir, version, healthy, "")
+}
+
+/// [`write_app`] with `build_step` (a Dockerfile line) before the copy.
+pub fn write_app_with(dir: &Path, version: &str, healthy: bool, build_step: &str) {
     std::fs::create_dir_all(dir.join("www")).unwrap();
     let start = if healthy {
         "echo \"$GREETING\" > /www/greeting.txt; exec httpd -f -p 8080 -h /www"
@@ -232,7 +237,7 @@ pub fn write_app(dir: &Path, version: &str, healthy: bool) {
     std::fs::write(
         dir.join("Dockerfile"),
         format!(
-            "FROM {}\nCOPY www /www\nEXPOSE 8080\nCMD [\"sh\", \"-c\", {}]\n",
+            "FROM {}\n{build_step}\nCOPY www /www\nEXPOSE 8080\nCMD [\"sh\", \"-c\", {}]\n",
             images::BUSYBOX,
             serde_json::Value::String(start.into())
         ),
@@ -262,7 +267,12 @@ impl AppRepo {
 
     /// Commits the app at `version` and pushes it to `main`; answers the commit.
     pub fn commit(&self, version: &str, healthy: bool) -> String {
-        write_app(&self.work, version, healthy);
+        self.commit_with(version, healthy, "")
+    }
+
+    /// [`Self::commit`] with a build step (e.g. `RUN sleep 30`).
+    pub fn commit_with(&self, version: &str, healthy: bool, build_step: &str) -> String {
+        write_app_with(&self.work, version, healthy, build_step);
         git(&["add", "-A"], &self.work);
         git(&["commit", "-q", "-m", version], &self.work);
         git(

@@ -4,6 +4,7 @@ mod account_security;
 mod accounts;
 mod api_conventions;
 mod contract;
+mod deployment_failures;
 mod deployments;
 mod http_hardening;
 mod job_cancel;
