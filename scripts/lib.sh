@@ -33,7 +33,8 @@ berth_install_runtime_packages() {
 }
 
 # What the test suite adds: the SMTP listener, promtool, OpenSSH servers as
-# users' servers, podman behind the docker CLI and nginx on them, pgbench.
+# users' servers, podman behind the docker CLI and nginx on them, a container
+# registry, pgbench.
 berth_install_packages() {
     local missing=()
     mapfile -t missing < <(berth_runtime_missing)
@@ -48,6 +49,8 @@ berth_install_packages() {
     command -v curl >/dev/null 2>&1 || missing+=(curl)
     command -v git >/dev/null 2>&1 || missing+=(git)
     command -v ssh-keygen >/dev/null 2>&1 || missing+=(openssh-client)
+    # Image deploys pull from a registry of the tests' own.
+    command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
     berth_apt "${missing[@]}"
 }
 

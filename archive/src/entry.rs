@@ -177,6 +177,11 @@ impl Writer {
     }
 
     pub(crate) fn directory(&mut self, name: &[u8]) -> Result<(), ArchiveError> {
+        // `./` is the tree's own top, which `tar -C dir -cf - .` writes
+        // first: nothing to add.
+        if matches!(name, b"." | b"./") {
+            return Ok(());
+        }
         let path = self.place(name, Kind::Directory)?;
         let mut header = tar::Header::new_gnu();
         header.set_entry_type(tar::EntryType::Directory);

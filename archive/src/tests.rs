@@ -105,6 +105,13 @@ fn an_honest_tar_gz_comes_out_whole_with_plain_modes() {
     let dir = tempfile::tempdir().unwrap();
     let entries = [
         Raw {
+            name: "./",
+            kind: tar::EntryType::Directory,
+            link: "",
+            data: b"",
+            mode: 0o755,
+        },
+        Raw {
             name: "./app/",
             kind: tar::EntryType::Directory,
             link: "",

@@ -10,6 +10,7 @@ pub mod fleet;
 pub mod images;
 pub mod nginx;
 pub mod pipeline;
+pub mod registry;
 pub mod relay;
 pub mod ssh_servers;
 

@@ -22,12 +22,18 @@ static PASSWORD_USER_READY: OnceCell<()> = OnceCell::const_new();
 /// The test servers' container engine: podman's Docker-compatible service
 /// (runc, cgroupfs, as TESTHOSTS.md says), reached by the real `docker` CLI
 /// through `DOCKER_HOST`, which every SSH session gets (`SetEnv`). One per
-/// [`TestSshd`], stopped with it.
-async fn podman_service(dir: &Path) -> Child {
+/// [`TestSshd`], stopped with it. It trusts a plain-HTTP registry at
+/// `127.0.0.1:<registry_port>` (a test's [`crate::registry::TestRegistry`]).
+async fn podman_service(dir: &Path, registry_port: u16) -> Child {
     std::fs::write(
         dir.join("containers.conf"),
         "[containers]\ndefault_ulimits = []\n[engine]\nruntime = \"runc\"\n\
          cgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("registries.conf"),
+        format!("[[registry]]\nlocation = \"127.0.0.1:{registry_port}\"\ninsecure = true\n"),
     )
     .unwrap();
     let socket = dir.join("podman.sock");
@@ -35,6 +41,7 @@ async fn podman_service(dir: &Path) -> Child {
         .args(["system", "service", "--time", "0"])
         .arg(format!("unix://{}", socket.display()))
         .env("CONTAINERS_CONF", dir.join("containers.conf"))
+        .env("CONTAINERS_REGISTRIES_CONF", dir.join("registries.conf"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true)
@@ -139,6 +146,8 @@ pub struct TestSshd {
     children: Vec<Child>,
     pub port: u16,
     pub addresses: Vec<Ipv4Addr>,
+    /// Where its podman expects a test registry (plain HTTP).
+    pub registry_port: u16,
     /// Root's private key (OpenSSH format, no passphrase).
     pub key: String,
     /// Root's second key, RSA PEM protected by [`KEY_PASSPHRASE`].
@@ -163,8 +172,9 @@ impl TestSshd {
     async fn start_with(count: u8, containers: bool) -> TestSshd {
         ensure_password_user().await;
         let dir = scratch_dir("sshd");
+        let registry_port = free_port();
         let podman = if containers {
-            Some(podman_service(&dir).await)
+            Some(podman_service(&dir, registry_port).await)
         } else {
             None
         };
@@ -189,6 +199,7 @@ impl TestSshd {
             children: Vec::new(),
             port: free_port(),
             addresses,
+            registry_port,
         };
         sshd.new_host_key().await;
         sshd.resume().await;
@@ -199,7 +210,12 @@ impl TestSshd {
     /// containers.conf), for a test to act as the server's owner would.
     pub fn podman(&self) -> tokio::process::Command {
         let mut command = tokio::process::Command::new("podman");
-        command.env("CONTAINERS_CONF", self.dir.join("containers.conf"));
+        command
+            .env("CONTAINERS_CONF", self.dir.join("containers.conf"))
+            .env(
+                "CONTAINERS_REGISTRIES_CONF",
+                self.dir.join("registries.conf"),
+            );
         command
     }
 

@@ -5,6 +5,7 @@ mod accounts;
 mod api_conventions;
 mod contract;
 mod deployment_failures;
+mod deployment_sources;
 mod deployments;
 mod http_hardening;
 mod job_cancel;

@@ -347,9 +347,9 @@ fn normalize(
 ) -> Result<Archive, ApiError> {
     use std::io::Read;
     let mut head = [0u8; 4];
-    let read = upload
-        .as_file()
-        .read(&mut head)
+    // A fresh handle: the written one stands at its end.
+    let read = std::fs::File::open(upload.path())
+        .and_then(|mut file| file.read(&mut head))
         .map_err(|e| ApiError::Internal(e.into()))?;
     let format = berth_archive::Format::sniff(&head[..read])
         .ok_or_else(|| field_error("file", "must be a .zip or .tar.gz archive"))?;
