@@ -6,6 +6,7 @@ mod api_conventions;
 mod contract;
 mod deployment_failures;
 mod deployment_sources;
+mod deployment_webhook;
 mod deployments;
 mod http_hardening;
 mod job_cancel;
