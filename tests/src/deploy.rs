@@ -282,6 +282,27 @@ impl AppRepo {
         git(&["rev-parse", "HEAD"], &self.work)
     }
 
+    /// A commit whose app starts listening only `seconds` after it starts.
+    pub fn commit_slow_start(&self, version: &str, seconds: u32) -> String {
+        write_app(&self.work, version, true);
+        let dockerfile = std::fs::read_to_string(self.work.join("Dockerfile")).unwrap();
+        std::fs::write(
+            self.work.join("Dockerfile"),
+            dockerfile.replace(
+                "echo \\\"$GREETING",
+                &format!("sleep {seconds}; echo \\\"$GREETING"),
+            ),
+        )
+        .unwrap();
+        git(&["add", "-A"], &self.work);
+        git(&["commit", "-q", "-m", version], &self.work);
+        git(
+            &["push", "-q", self.bare.to_str().unwrap(), "main"],
+            &self.work,
+        );
+        git(&["rev-parse", "HEAD"], &self.work)
+    }
+
     /// A commit whose Dockerfile does not build.
     pub fn commit_broken_build(&self) -> String {
         std::fs::write(

@@ -17,6 +17,8 @@ pub struct Fleet {
     pub sshd: TestSshd,
     pub worker: BerthProcess,
     pub token: String,
+    worker_env: std::collections::HashMap<String, String>,
+    queues: String,
 }
 
 impl Fleet {
@@ -48,7 +50,20 @@ impl Fleet {
             sshd,
             worker,
             token,
+            worker_env: env,
+            queues: queues.to_owned(),
         }
+    }
+
+    /// SIGKILLs the worker (no chance to give anything back) and starts a
+    /// new one with the same settings, as a crashed host's supervisor would.
+    pub fn kill_and_replace_worker(&mut self) {
+        self.worker.signal(nix::sys::signal::Signal::SIGKILL);
+        self.worker = BerthProcess::spawn(
+            "berth-worker",
+            &["--queues", &self.queues],
+            &self.worker_env,
+        );
     }
 
     pub async fn create(&self, body: Value) -> (u16, Value) {

@@ -52,16 +52,39 @@ async fn pushes_to_the_branch_deploy_once_and_bad_signatures_are_refused() {
     f.authorize_deploy_key(&id).await;
     let (status, hook) = f.get(&format!("/api/v1/deployments/{id}/webhook")).await;
     assert_eq!(status, 200, "{hook}");
-    assert!(hook["data"]["url"].as_str().unwrap().ends_with("/api/v1/webhooks/github"));
+    assert!(
+        hook["data"]["url"]
+            .as_str()
+            .unwrap()
+            .ends_with("/api/v1/webhooks/github")
+    );
     let secret = hook["data"]["secret"].as_str().unwrap().to_owned();
 
     let repository = json!({"ssh_url": repo.url, "clone_url": "https://example.test/other.git"});
     let ping = json!({"zen": "hi", "repository": repository});
-    let (status, body) = deliver(&f, "ping", "d-ping", &ping, Some(sign(&secret, ping.to_string().as_bytes()))).await;
-    assert_eq!((status, body["data"]["outcome"].as_str()), (200, Some("pong")), "{body}");
+    let (status, body) = deliver(
+        &f,
+        "ping",
+        "d-ping",
+        &ping,
+        Some(sign(&secret, ping.to_string().as_bytes())),
+    )
+    .await;
+    assert_eq!(
+        (status, body["data"]["outcome"].as_str()),
+        (200, Some("pong")),
+        "{body}"
+    );
     let (status, _) = deliver(&f, "ping", "d-ping2", &ping, None).await;
     assert_eq!(status, 401, "no signature");
-    let (status, body) = deliver(&f, "ping", "d-ping3", &ping, Some(sign("wrong", ping.to_string().as_bytes()))).await;
+    let (status, body) = deliver(
+        &f,
+        "ping",
+        "d-ping3",
+        &ping,
+        Some(sign("wrong", ping.to_string().as_bytes())),
+    )
+    .await;
     assert_eq!(status, 401, "{body}");
     assert_eq!(body["error"]["code"], "UNAUTHORIZED");
 
@@ -72,17 +95,43 @@ async fn pushes_to_the_branch_deploy_once_and_bad_signatures_are_refused() {
     };
     // Another branch: ignored.
     let other = push("feature", &commit);
-    let (status, body) = deliver(&f, "push", "d-1", &other, Some(sign(&secret, other.to_string().as_bytes()))).await;
-    assert_eq!((status, body["data"]["outcome"].as_str()), (202, Some("ignored")), "{body}");
+    let (status, body) = deliver(
+        &f,
+        "push",
+        "d-1",
+        &other,
+        Some(sign(&secret, other.to_string().as_bytes())),
+    )
+    .await;
+    assert_eq!(
+        (status, body["data"]["outcome"].as_str()),
+        (202, Some("ignored")),
+        "{body}"
+    );
     // Another event: ignored.
     let issue = json!({"action": "opened", "repository": repository});
-    let (status, body) = deliver(&f, "issues", "d-2", &issue, Some(sign(&secret, issue.to_string().as_bytes()))).await;
-    assert_eq!((status, body["data"]["outcome"].as_str()), (202, Some("ignored")), "{body}");
+    let (status, body) = deliver(
+        &f,
+        "issues",
+        "d-2",
+        &issue,
+        Some(sign(&secret, issue.to_string().as_bytes())),
+    )
+    .await;
+    assert_eq!(
+        (status, body["data"]["outcome"].as_str()),
+        (202, Some("ignored")),
+        "{body}"
+    );
     // The branch: that commit is released.
     let main = push("main", &commit);
     let signature = sign(&secret, main.to_string().as_bytes());
     let (status, body) = deliver(&f, "push", "d-3", &main, Some(signature.clone())).await;
-    assert_eq!((status, body["data"]["outcome"].as_str()), (202, Some("deployed")), "{body}");
+    assert_eq!(
+        (status, body["data"]["outcome"].as_str()),
+        (202, Some("deployed")),
+        "{body}"
+    );
     let released = &body["data"]["releases"][0];
     assert_eq!(released["deploymentId"], id.as_str());
     f.job_ok(released["jobId"].as_str().unwrap()).await;
@@ -92,7 +141,11 @@ async fn pushes_to_the_branch_deploy_once_and_bad_signatures_are_refused() {
     assert_eq!(d["currentRelease"]["sourceRef"], commit.as_str());
     // GitHub's redelivery of the same delivery: ignored, no new release.
     let (status, body) = deliver(&f, "push", "d-3", &main, Some(signature.clone())).await;
-    assert_eq!((status, body["data"]["outcome"].as_str()), (200, Some("ignored")), "{body}");
+    assert_eq!(
+        (status, body["data"]["outcome"].as_str()),
+        (200, Some("ignored")),
+        "{body}"
+    );
     let (_, releases) = f.get(&format!("/api/v1/deployments/{id}/releases")).await;
     assert_eq!(releases["data"].as_array().unwrap().len(), 2);
     // A body changed after signing is refused.
@@ -102,7 +155,11 @@ async fn pushes_to_the_branch_deploy_once_and_bad_signatures_are_refused() {
     assert_eq!(status, 401);
     // A rotated secret: the old one no longer signs.
     let (status, rotated) = f
-        .send(Method::POST, &format!("/api/v1/deployments/{id}/webhook/rotate"), json!({}))
+        .send(
+            Method::POST,
+            &format!("/api/v1/deployments/{id}/webhook/rotate"),
+            json!({}),
+        )
         .await;
     assert_eq!(status, 200, "{rotated}");
     assert_ne!(rotated["data"]["secret"], secret.as_str());

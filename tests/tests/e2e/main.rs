@@ -4,6 +4,7 @@ mod account_security;
 mod accounts;
 mod api_conventions;
 mod contract;
+mod deployment_crashes;
 mod deployment_failures;
 mod deployment_sources;
 mod deployment_webhook;

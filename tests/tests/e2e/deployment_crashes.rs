@@ -1,0 +1,151 @@
+//! Crash safety: the worker SIGKILLed during a build, during a health check
+//! and right after the switch. Each time another worker runs the job again
+//! (after the heartbeat window), it ends with the release live, nothing is
+//! left `building` or `starting`, the site serves, and exactly one
+//! container of the deployment is left.
+
+use std::time::Duration;
+
+use berth_e2e::deploy::{AppRepo, DeployFleet};
+use berth_e2e::eventually;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+async fn releases(f: &DeployFleet, id: &str) -> Vec<Value> {
+    let (_, body) = f.get(&format!("/api/v1/deployments/{id}/releases")).await;
+    body["data"].as_array().unwrap().clone()
+}
+
+/// Waits until the newest release is at `step` (or, with `None`, live).
+async fn wait_until(f: &DeployFleet, id: &str, step: Option<&str>) {
+    eventually(
+        Duration::from_secs(120),
+        &format!("the release at {step:?}"),
+        || async {
+            let newest = releases(f, id).await[0].clone();
+            match step {
+                Some(step) => {
+                    newest["steps"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|s| s["name"] == step)
+                        || (step == "health"
+                            && newest["state"] == "starting"
+                            && newest["port"].is_i64())
+                }
+                None => newest["state"] == "live",
+            }
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_killed_at_any_step_leaves_a_consistent_deployment() {
+    let mut f = DeployFleet::start_with(&[
+        ("BERTH_WORKER_HEARTBEAT_MS", "500".into()),
+        ("BERTH_WORKER_MISSED_HEARTBEATS", "2".into()),
+    ])
+    .await;
+    let repo = AppRepo::new(&f);
+    let created = f
+        .create(
+            json!({"name": "sturdy", "source": {"type": "git", "repoUrl": repo.url},
+                       "port": 8080, "drainSeconds": 4,
+                       "healthCheck": {"path": "/index.html", "retries": 60}}),
+        )
+        .await;
+    let id = created["deployment"]["id"].as_str().unwrap().to_owned();
+    let url = created["deployment"]["url"].as_str().unwrap().to_owned();
+    f.job_end(created["jobId"].as_str().unwrap()).await;
+    f.authorize_deploy_key(&id).await;
+    let (_, body) = f
+        .send(
+            Method::POST,
+            &format!("/api/v1/deployments/{id}/redeploy"),
+            json!({}),
+        )
+        .await;
+    f.job_ok(body["data"]["jobId"].as_str().unwrap()).await;
+
+    let cases: [(&str, Box<dyn Fn(&AppRepo)>, Option<&str>); 3] = [
+        (
+            "build",
+            Box::new(|r: &AppRepo| {
+                r.commit_with("during-build", true, "RUN sleep 6");
+            }),
+            Some("preflight"),
+        ),
+        (
+            "health",
+            Box::new(|r: &AppRepo| {
+                r.commit_slow_start("during-health", 6);
+            }),
+            Some("health"),
+        ),
+        (
+            "after the switch",
+            Box::new(|r: &AppRepo| {
+                r.commit("after-switch", true);
+            }),
+            None,
+        ),
+    ];
+    for (when, commit, step) in cases {
+        commit(&repo);
+        let version = match when {
+            "build" => "during-build",
+            "health" => "during-health",
+            _ => "after-switch",
+        };
+        let (status, body) = f
+            .send(
+                Method::POST,
+                &format!("/api/v1/deployments/{id}/redeploy"),
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 202, "{body}");
+        let job_id = body["data"]["jobId"].as_str().unwrap().to_owned();
+        wait_until(&f, &id, step).await;
+        if step == Some("preflight") {
+            // Into the build's sleep.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        f.fleet.kill_and_replace_worker();
+        let job = f.job_end(&job_id).await;
+        assert_eq!(job["state"], "succeeded", "killed {when}: {job}");
+        assert!(
+            job["attempts"].as_i64().unwrap() >= 2,
+            "killed {when}, run again: {job}"
+        );
+        eventually(Duration::from_secs(60), "nothing on its way", || async {
+            releases(&f, &id).await.iter().all(|r| {
+                !matches!(
+                    r["state"].as_str(),
+                    Some("queued" | "building" | "starting")
+                )
+            })
+        })
+        .await;
+        let d = f.deployment(&id).await;
+        assert_eq!(d["status"], "running", "killed {when}: {d}");
+        assert_eq!(
+            f.through_nginx(&url, "/").await,
+            Some((200, format!("{version}\n"))),
+            "killed {when}"
+        );
+        assert_eq!(
+            f.containers_of(&id).await.len(),
+            1,
+            "killed {when}: one container left, no orphan"
+        );
+        let live: Vec<Value> = releases(&f, &id)
+            .await
+            .into_iter()
+            .filter(|r| r["state"] == "live")
+            .collect();
+        assert_eq!(live.len(), 1, "killed {when}: one live release");
+    }
+}
