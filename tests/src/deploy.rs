@@ -29,12 +29,15 @@ pub struct DeployFleet {
 }
 
 /// Worker settings for quick tests: health checks every 200 ms, no disk floor
-/// to speak of, ports from a range of this run's own.
+/// to speak of, ports from a range of this run's own, below the kernel's
+/// ephemeral range (as the default range is).
 fn settings(extra: &[(&'static str, String)]) -> Vec<(&'static str, String)> {
-    let first = 30000 + (free_port() % 20000);
+    let first = 20000 + (free_port() % 9000);
     let mut settings = vec![
         ("BERTH_DEPLOY_HEALTH_INTERVAL_MS", "200".to_owned()),
         ("BERTH_DEPLOY_MIN_FREE_DISK_MB", "1".to_owned()),
+        // The test app (busybox httpd as PID 1) ignores SIGTERM.
+        ("BERTH_DEPLOY_STOP_GRACE_SECS", "1".to_owned()),
         (
             "BERTH_DEPLOY_PORT_RANGE",
             format!("{first}-{}", first + 200),

@@ -8,6 +8,7 @@ pub mod deploy;
 pub mod fake_oauth;
 pub mod fleet;
 pub mod images;
+pub mod load;
 pub mod nginx;
 pub mod pipeline;
 pub mod registry;

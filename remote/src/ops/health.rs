@@ -1,5 +1,5 @@
 //! The checks between starting a release and switching to it: a port on
-//! the server nothing listens on, and the new container answering its
+//! the server no socket holds, and the new container answering its
 //! health check, retried within a budget, every attempt in the job's log.
 
 use std::collections::HashSet;
@@ -10,9 +10,10 @@ use berth_ssh::{Arg, ShellCommand, SshError, Stream};
 use super::http::{self, Checked};
 use super::{On, OpError};
 
-/// The TCP ports something listens on, on the server (IPv4 and IPv6),
-/// read from `/proc/net/tcp*`: no `ss` or `netstat` needed.
-pub async fn listening_ports(on: &On<'_>) -> Result<HashSet<u16>, OpError> {
+/// The TCP ports a socket holds on the server (IPv4 and IPv6), listening
+/// or connected: a port an outgoing connection uses locally cannot be
+/// listened on either. Read from `/proc/net/tcp*`: no `ss` or `netstat`.
+pub async fn ports_taken(on: &On<'_>) -> Result<HashSet<u16>, OpError> {
     // Not streamed: the kernel's table is no news for a job's log.
     let output = on
         .session
@@ -22,19 +23,16 @@ pub async fn listening_ports(on: &On<'_>) -> Result<HashSet<u16>, OpError> {
             on.cancel,
         )
         .await?;
-    Ok(parse_listening(&output.stdout))
+    Ok(parse_taken(&output.stdout))
 }
 
 /// Lines of `/proc/net/tcp`: `sl local_address rem_address st …`, the
-/// port in hex after the colon, state `0A` for LISTEN.
-fn parse_listening(table: &str) -> HashSet<u16> {
+/// local port in hex after the colon (the header line has none).
+fn parse_taken(table: &str) -> HashSet<u16> {
     table
         .lines()
         .filter_map(|line| {
             let fields: Vec<&str> = line.split_whitespace().collect();
-            if fields.get(3) != Some(&"0A") {
-                return None;
-            }
             let port = fields.get(1)?.rsplit_once(':')?.1;
             u16::from_str_radix(port, 16).ok()
         })
@@ -146,16 +144,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn listening_ports_are_read_from_the_kernels_table() {
+    fn taken_ports_are_read_from_the_kernels_table() {
         let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
            0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1\n\
            1: 0100007F:C350 0100007F:1F90 01 00000000:00000000 00:00000000 00000000     0        0 2 1\n\
            0: 00000000000000000000000001000000:0050 00000000000000000000000000000000:0000 0A 0 0 0 0 0 3 1\n";
-        let ports = parse_listening(table);
+        let ports = parse_taken(table);
         assert_eq!(
             ports,
-            HashSet::from([8080, 80]),
-            "an established socket is not listening"
+            HashSet::from([8080, 50000, 80]),
+            "a connected socket's local port is taken too"
         );
     }
 

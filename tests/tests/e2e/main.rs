@@ -8,6 +8,7 @@ mod deployment_crashes;
 mod deployment_failures;
 mod deployment_sources;
 mod deployment_webhook;
+mod deployment_zero_downtime;
 mod deployments;
 mod http_hardening;
 mod job_cancel;

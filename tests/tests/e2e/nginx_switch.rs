@@ -12,14 +12,13 @@
 //! again (RFC 9112 §9.3.1) and browsers do, once. This client does the
 //! same, counts those retries, and no request may fail after them.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
 use axum::routing::get;
 use berth_e2e::fleet::Fleet;
+use berth_e2e::load::Load;
 use berth_e2e::nginx::PrivateNginx;
 use berth_e2e::{free_port, scratch_dir};
 use berth_remote::ops::On;
@@ -49,62 +48,6 @@ async fn backend(name: &'static str) -> u16 {
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     port
-}
-
-#[derive(Default)]
-struct Counts {
-    ok: AtomicU64,
-    failed: AtomicU64,
-    retried: AtomicU64,
-    from_b: AtomicU64,
-}
-
-impl Counts {
-    fn read(&self) -> (u64, u64, u64, u64) {
-        let get = |n: &AtomicU64| n.load(Ordering::Relaxed);
-        (
-            get(&self.ok),
-            get(&self.failed),
-            get(&self.retried),
-            get(&self.from_b),
-        )
-    }
-}
-
-/// GETs `url` back to back; with `retry`, a request that met a connection
-/// closed before any answer is sent once more.
-async fn client_loop(
-    client: reqwest::Client,
-    url: String,
-    retry: bool,
-    stop: Arc<AtomicBool>,
-    counts: Arc<Counts>,
-) {
-    while !stop.load(Ordering::Relaxed) {
-        let send = || client.get(&url).header("Host", HOST).send();
-        let mut answer = send().await;
-        if retry
-            && answer
-                .as_ref()
-                .is_err_and(|e| e.is_request() && !e.is_timeout())
-        {
-            counts.retried.fetch_add(1, Ordering::Relaxed);
-            answer = send().await;
-        }
-        match answer {
-            Ok(response) if response.status() == 200 => {
-                if response.text().await.is_ok_and(|t| t == "B") {
-                    counts.from_b.fetch_add(1, Ordering::Relaxed);
-                }
-                counts.ok.fetch_add(1, Ordering::Relaxed);
-            }
-            other => {
-                if counts.failed.fetch_add(1, Ordering::Relaxed) < 3 {
-                    eprintln!("failed: {other:?}");
-                }
-            }
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -162,22 +105,7 @@ async fn twenty_switches_under_load_drop_no_request_and_no_stream() {
     assert_eq!(stream.status(), 200);
 
     // The two client loops: requests back to back until told to stop.
-    let stop = Arc::new(AtomicBool::new(false));
-    let fresh_client = reqwest::Client::builder()
-        .pool_max_idle_per_host(0)
-        .build()
-        .unwrap();
-    let counts = [Counts::default(), Counts::default()].map(Arc::new);
-    let loads = [(client.clone(), true), (fresh_client, false)].map(|(client, retry)| {
-        let counts = counts[usize::from(!retry)].clone();
-        tokio::spawn(client_loop(
-            client,
-            url.clone(),
-            retry,
-            stop.clone(),
-            counts,
-        ))
-    });
+    let load = Load::start(&url, HOST, Some("B"), Duration::ZERO);
 
     for switch in 1..=20 {
         let upstream = backends[switch % 2];
@@ -187,10 +115,7 @@ async fn twenty_switches_under_load_drop_no_request_and_no_stream() {
             .unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    stop.store(true, Ordering::Relaxed);
-    for load in loads {
-        load.await.unwrap();
-    }
+    let report = load.stop().await;
 
     let body = stream.text().await.unwrap();
     assert_eq!(
@@ -198,16 +123,23 @@ async fn twenty_switches_under_load_drop_no_request_and_no_stream() {
         CHUNKS,
         "the stream begun before the switches completed after them: {body}"
     );
-    for (counts, kind) in counts.iter().zip(["kept-alive", "new connections"]) {
-        let (ok, failed, retried, from_b) = counts.read();
+    for (seen, kind) in [
+        (report.kept_alive, "kept-alive"),
+        (report.new_connections, "new connections"),
+    ] {
         println!(
-            "20 switches, {kind}: {ok} requests answered, {failed} failed, \
-             {retried} retried after a reload closed an idle connection, {from_b} by B"
+            "20 switches, {kind}: {} requests answered, {} failed, \
+             {} retried after a reload closed an idle connection, {} by B",
+            seen.ok, seen.failed, seen.retried, seen.marked
         );
-        assert_eq!(failed, 0, "{kind}: no request failed ({ok} answered)");
+        assert_eq!(
+            seen.failed, 0,
+            "{kind}: no request failed ({} answered)",
+            seen.ok
+        );
         assert!(
-            ok > 20 && from_b > 0 && from_b < ok,
-            "{kind}: both backends served: {ok}, {from_b}"
+            seen.ok > 20 && seen.marked > 0 && seen.marked < seen.ok,
+            "{kind}: both backends served: {seen:?}"
         );
     }
     // The last switch went to A (20 is even): new requests reach A once

@@ -65,7 +65,7 @@ async fn ports_in_use_are_seen_and_health_checks_keep_their_budget() {
     let on = On::new(&session, &cancel).with_lines(lines);
 
     let port = app().await;
-    let busy = health::listening_ports(&on).await.unwrap();
+    let busy = health::ports_taken(&on).await.unwrap();
     assert!(busy.contains(&port), "the app's port is taken: {busy:?}");
     assert!(busy.contains(&fleet.sshd.port), "so is sshd's");
     let picked = health::pick_port(port..=port.saturating_add(1), &busy, None).unwrap();

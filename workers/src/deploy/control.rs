@@ -19,9 +19,6 @@ pub struct StopDeployment(pub Arc<DeploymentJobs>);
 pub struct RestartDeployment(pub Arc<DeploymentJobs>);
 pub struct DeleteDeployment(pub Arc<DeploymentJobs>);
 
-/// How long a stopped container gets to exit by itself.
-const STOP_GRACE: Duration = Duration::from_secs(10);
-
 fn refused(e: berth_ssh::Refused) -> JobFailure {
     JobFailure::permanent(e)
 }
@@ -81,7 +78,7 @@ impl JobHandler for StopDeployment {
                 .await
                 .map_err(|e| op_failure("removing the site", &e))?;
             ctx.log.step("stopping the live container");
-            stop_quietly(&on, &container)
+            stop_quietly(&on, &container, jobs.config.stop_grace)
                 .await
                 .map_err(|e| op_failure("docker stop", &e))?;
             store::set_running(&jobs.pool, deployment.id, true, Some("stopped by its user"))
@@ -122,7 +119,7 @@ impl JobHandler for RestartDeployment {
                     JobFailure::permanent("the live release's container is gone: redeploy")
                 })?;
             if found.state.running {
-                stop_quietly(&on, &container)
+                stop_quietly(&on, &container, jobs.config.stop_grace)
                     .await
                     .map_err(|e| op_failure("docker stop", &e))?;
             }
@@ -228,9 +225,9 @@ impl JobHandler for DeleteDeployment {
 }
 
 /// `docker stop`, where a container already stopped is not an error.
-async fn stop_quietly(on: &On<'_>, container: &Arg) -> Result<(), OpError> {
+async fn stop_quietly(on: &On<'_>, container: &Arg, grace: Duration) -> Result<(), OpError> {
     match docker::inspect(on, container).await? {
-        Some(found) if found.state.running => docker::stop(on, container, STOP_GRACE).await,
+        Some(found) if found.state.running => docker::stop(on, container, grace).await,
         _ => Ok(()),
     }
 }

@@ -42,6 +42,9 @@ pub struct DeployConfig {
     pub health_interval: Duration,
     /// How long a build may run.
     pub build_timeout: Duration,
+    /// How long an old container gets to exit on SIGTERM before SIGKILL
+    /// (after its drain).
+    pub stop_grace: Duration,
 }
 
 impl DeployConfig {
@@ -78,6 +81,7 @@ impl DeployConfig {
             build_timeout: Duration::from_secs(
                 env.parsed("BERTH_DEPLOY_BUILD_TIMEOUT_SECS", 1200)?,
             ),
+            stop_grace: Duration::from_secs(env.parsed("BERTH_DEPLOY_STOP_GRACE_SECS", 10)?),
         })
     }
 }

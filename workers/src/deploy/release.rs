@@ -112,6 +112,8 @@ impl From<sqlx::Error> for StepError {
 const SWITCH_CONFIRM: Duration = Duration::from_secs(15);
 /// How long a container without a health check must stay up.
 const UNCHECKED_START: Duration = Duration::from_secs(2);
+/// Ports tried when the one picked is taken before the container binds it.
+const PORT_TRIES: u32 = 5;
 /// Lines of a failed container's own log shown in the release's log.
 const FAILED_LOG_LINES: u64 = 50;
 
@@ -331,7 +333,7 @@ impl DeploymentJobs {
         ctx.log.step("stopping the previous containers");
         for container in &others {
             let name = Arg::name(container).map_err(JobFailure::permanent)?;
-            docker::stop(&on, &name, Duration::from_secs(10))
+            docker::stop(&on, &name, self.config.stop_grace)
                 .await
                 .or_else(|e| match e {
                     OpError::Failed { .. } => Ok(()),
@@ -667,35 +669,50 @@ impl Run<'_> {
                 .and_then(|p| u16::try_from(p).ok()),
             None => None,
         };
-        let busy = health::listening_ports(&self.on).await?;
-        let port = health::pick_port(self.jobs.config.ports.clone(), &busy, live_port)
-            .ok_or_else(|| StepError::new("no free port is left in BERTH_DEPLOY_PORT_RANGE"))?;
+        let mut busy = health::ports_taken(&self.on).await?;
         files::make_dir(&self.on, &Arg::path(&self.dir())?, 0o700).await?;
         let env_file = self.inside("env")?;
         let env = berth_deployments::env::render(&self.snapshot.env, settings.port);
         files::put_secret(&self.on, &env_file, &env.into()).await?;
         let name = names::container_name(id, number);
         let container = Arg::name(&name)?;
-        // A container of this name is an earlier attempt's.
-        docker::remove(&self.on, &container).await?;
-        self.started = Some(name.clone());
-        docker::run(
-            &self.on,
-            &docker::Run {
-                name: container,
-                image: image.clone(),
-                labels: self.labels()?,
-                env_file: Some(env_file),
-                publish: vec![Arg::port_mapping(
-                    std::net::Ipv4Addr::LOCALHOST.into(),
-                    port,
-                    settings.port,
-                )],
-                memory: settings.memory_mb.map(|mb| u64::from(mb) * 1024 * 1024),
-                cpus: settings.cpus.map(Arg::decimal).transpose()?,
-            },
-        )
-        .await?;
+        let mut tries = 0;
+        let port = loop {
+            let port = health::pick_port(self.jobs.config.ports.clone(), &busy, live_port)
+                .ok_or_else(|| StepError::new("no free port is left in BERTH_DEPLOY_PORT_RANGE"))?;
+            // A container of this name is an earlier attempt's (or try's).
+            docker::remove(&self.on, &container).await?;
+            self.started = Some(name.clone());
+            let run = docker::run(
+                &self.on,
+                &docker::Run {
+                    name: container.clone(),
+                    image: image.clone(),
+                    labels: self.labels()?,
+                    env_file: Some(env_file.clone()),
+                    publish: vec![Arg::port_mapping(
+                        std::net::Ipv4Addr::LOCALHOST.into(),
+                        port,
+                        settings.port,
+                    )],
+                    memory: settings.memory_mb.map(|mb| u64::from(mb) * 1024 * 1024),
+                    cpus: settings.cpus.map(Arg::decimal).transpose()?,
+                },
+            )
+            .await;
+            match run {
+                Ok(_) => break port,
+                // Taken between the look and the bind: another port.
+                Err(OpError::Failed { detail, .. })
+                    if detail.contains("address already in use") && tries < PORT_TRIES =>
+                {
+                    tries += 1;
+                    busy.insert(port);
+                    self.log(&format!("port {port} was taken meanwhile; trying another"));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
         store::starting(&self.jobs.pool, id, number, &name, port).await?;
         self.log(&format!("container {name} on 127.0.0.1:{port}"));
         self.end(timer).await?;
