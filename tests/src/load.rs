@@ -70,16 +70,28 @@ pub struct Load {
     started: Instant,
 }
 
-async fn client_loop(
-    client: reqwest::Client,
+/// What a client requests, and how often.
+#[derive(Clone)]
+struct Target {
     url: String,
     host: String,
     marker: Option<String>,
-    retry: bool,
     pause: Duration,
+}
+
+async fn client_loop(
+    client: reqwest::Client,
+    target: Target,
+    retry: bool,
     stop: Arc<AtomicBool>,
     counts: Arc<Counts>,
 ) {
+    let Target {
+        url,
+        host,
+        marker,
+        pause,
+    } = target;
     while !stop.load(Ordering::Relaxed) {
         if !pause.is_zero() {
             tokio::time::sleep(pause).await;
@@ -129,17 +141,20 @@ impl Load {
             .pool_max_idle_per_host(0)
             .build()
             .unwrap();
+        let target = Target {
+            url: url.to_owned(),
+            host: host.to_owned(),
+            marker: marker.map(str::to_owned),
+            pause,
+        };
         let tasks = [(kept, true), (fresh, false)]
             .into_iter()
             .enumerate()
             .map(|(i, (client, retry))| {
                 tokio::spawn(client_loop(
                     client,
-                    url.to_owned(),
-                    host.to_owned(),
-                    marker.map(str::to_owned),
+                    target.clone(),
                     retry,
-                    pause,
                     stop.clone(),
                     counts[i].clone(),
                 ))
