@@ -69,35 +69,21 @@ async fn a_worker_killed_at_any_step_leaves_a_consistent_deployment() {
         .await;
     f.job_ok(body["data"]["jobId"].as_str().unwrap()).await;
 
-    let cases: [(&str, Box<dyn Fn(&AppRepo)>, Option<&str>); 3] = [
-        (
-            "build",
-            Box::new(|r: &AppRepo| {
-                r.commit_with("during-build", true, "RUN sleep 6");
-            }),
-            Some("preflight"),
-        ),
-        (
-            "health",
-            Box::new(|r: &AppRepo| {
-                r.commit_slow_start("during-health", 6);
-            }),
-            Some("health"),
-        ),
-        (
-            "after the switch",
-            Box::new(|r: &AppRepo| {
-                r.commit("after-switch", true);
-            }),
-            None,
-        ),
-    ];
-    for (when, commit, step) in cases {
-        commit(&repo);
-        let version = match when {
-            "build" => "during-build",
-            "health" => "during-health",
-            _ => "after-switch",
+    for when in ["build", "health", "after the switch"] {
+        // What the release is, and the step to be at when the worker dies.
+        let (version, step) = match when {
+            "build" => {
+                repo.commit_with("during-build", true, "RUN sleep 6");
+                ("during-build", Some("preflight"))
+            }
+            "health" => {
+                repo.commit_slow_start("during-health", 6);
+                ("during-health", Some("health"))
+            }
+            _ => {
+                repo.commit("after-switch", true);
+                ("after-switch", None)
+            }
         };
         let (status, body) = f
             .send(
