@@ -4,6 +4,7 @@
 
 mod auth;
 mod bare_me;
+mod deploys;
 mod probes;
 mod remote_jobs;
 
@@ -111,6 +112,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if wanted(6) {
         remote_jobs::remote_jobs(&setup).await?;
+    }
+    if wanted(7) {
+        deploys::deploys(&setup).await?;
     }
     Ok(())
 }
