@@ -87,6 +87,7 @@ fn deployment_routes(state: &AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(d::list_releases))
         .routes(routes!(d::release_logs))
         .routes(routes!(d::logs_stream))
+        .routes(routes!(d::runtime_logs))
         .routes(routes!(d::redeploy))
         .routes(routes!(d::rollback))
         .routes(routes!(d::stop))

@@ -4,8 +4,8 @@
 //! own row binding and sealed again with the same binding; a value that does
 //! not open is reported and left as it is.
 
-use berth_secrets::server_secret_binding;
 use berth_secrets::{Binding, Keyring};
+use berth_secrets::{deployment_secret_binding, release_snapshot_binding, server_secret_binding};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -104,6 +104,62 @@ pub async fn reseal_all(pool: &PgPool, keys: &Keyring) -> anyhow::Result<Reseale
         .execute(&mut *tx)
         .await?;
     }
+    reseal_deployments(&mut tx, keys, &mut outcome).await?;
     tx.commit().await?;
     Ok(outcome)
+}
+
+/// Deployments' env, deploy key and webhook secret, and every release's
+/// snapshot.
+async fn reseal_deployments(
+    tx: &mut sqlx::PgConnection,
+    keys: &Keyring,
+    outcome: &mut Resealed,
+) -> anyhow::Result<()> {
+    type Sealed = (Uuid, String, Option<String>, Option<String>);
+    let deployments: Vec<Sealed> = sqlx::query_as(
+        "SELECT id, env_sealed, deploy_key_sealed, webhook_secret_sealed FROM deployments FOR UPDATE",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    for (id, env, deploy_key, webhook) in deployments {
+        let row = id.to_string();
+        let mut again = |sealed: Option<String>, column| {
+            sealed.filter(|s| !s.is_empty()).and_then(|s| {
+                reseal_one(keys, &s, deployment_secret_binding(&row, column), outcome)
+            })
+        };
+        let env = again(Some(env), "env");
+        let deploy_key = again(deploy_key, "deploy_key");
+        let webhook = again(webhook, "webhook_secret");
+        sqlx::query(
+            "UPDATE deployments SET env_sealed = COALESCE($2, env_sealed), \
+             deploy_key_sealed = COALESCE($3, deploy_key_sealed), \
+             webhook_secret_sealed = COALESCE($4, webhook_secret_sealed) WHERE id = $1",
+        )
+        .bind(id)
+        .bind(env)
+        .bind(deploy_key)
+        .bind(webhook)
+        .execute(&mut *tx)
+        .await?;
+    }
+    let releases: Vec<(Uuid, i32, String)> =
+        sqlx::query_as("SELECT deployment_id, number, snapshot_sealed FROM releases FOR UPDATE")
+            .fetch_all(&mut *tx)
+            .await?;
+    for (id, number, snapshot) in releases {
+        let row = format!("{id}/{number}");
+        if let Some(sealed) = reseal_one(keys, &snapshot, release_snapshot_binding(&row), outcome) {
+            sqlx::query(
+                "UPDATE releases SET snapshot_sealed = $3 WHERE deployment_id = $1 AND number = $2",
+            )
+            .bind(id)
+            .bind(number)
+            .bind(sealed)
+            .execute(&mut *tx)
+            .await?;
+        }
+    }
+    Ok(())
 }

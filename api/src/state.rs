@@ -46,6 +46,9 @@ pub struct Shared {
     pub http: reqwest::Client,
     /// This process's open WebSockets, by user.
     pub hub: Hub,
+    /// Request-scoped SSH (a live container's logs; the terminal and file
+    /// manager later): the same kept sessions and checks as the workers'.
+    pub remote: berth_remote::Remote,
 }
 
 impl AppState {
@@ -91,6 +94,11 @@ impl AppState {
             )),
             http,
             hub: Hub::default(),
+            remote: berth_remote::Remote::new(
+                pool.clone(),
+                Keyring::from_config(&config.master_key, &config.previous_master_keys),
+                &config.ssh,
+            ),
             pool,
             rate_limiter: RateLimiter::new(redis.clone()),
             redis,

@@ -155,32 +155,42 @@ impl DeployFleet {
 
     /// Containers carrying the deployment's label (any state).
     pub async fn containers_of(&self, id: &str) -> Vec<String> {
-        let out = tokio::process::Command::new("podman")
-            .args(["ps", "-a", "--format", "{{.Names}}", "--filter"])
-            .arg(format!("label=berth.deployment={id}"))
-            .output()
+        self.podman_list(&["ps", "-a", "--format", "{{.Names}}"], id)
             .await
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(str::to_owned)
-            .filter(|l| !l.is_empty())
-            .collect()
     }
 
     /// Images carrying the deployment's label.
     pub async fn images_of(&self, id: &str) -> Vec<String> {
-        let out = tokio::process::Command::new("podman")
-            .args(["images", "-q", "--filter"])
-            .arg(format!("label=berth.deployment={id}"))
-            .output()
-            .await
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(str::to_owned)
-            .filter(|l| !l.is_empty())
-            .collect()
+        self.podman_list(&["images", "-q"], id).await
+    }
+
+    /// `podman <args> --filter label=berth.deployment=<id>`'s lines; a
+    /// listing that fails (podman's storage busy under parallel tests) is
+    /// tried again, never read as empty.
+    async fn podman_list(&self, args: &[&str], id: &str) -> Vec<String> {
+        let mut last = None;
+        for _ in 0..5 {
+            let out = self
+                .fleet
+                .sshd
+                .podman()
+                .args(args)
+                .arg("--filter")
+                .arg(format!("label=berth.deployment={id}"))
+                .output()
+                .await
+                .unwrap();
+            if out.status.success() {
+                return String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .map(str::to_owned)
+                    .filter(|l| !l.is_empty())
+                    .collect();
+            }
+            last = Some(out);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        panic!("podman {args:?} keeps failing: {last:?}");
     }
 
     /// Lets the deployment's deploy key read the test server over SSH (as a
@@ -233,7 +243,7 @@ pub fn write_app(dir: &Path, version: &str, healthy: bool) {
 pub fn write_app_with(dir: &Path, version: &str, healthy: bool, build_step: &str) {
     std::fs::create_dir_all(dir.join("www")).unwrap();
     let start = if healthy {
-        "echo \"$GREETING\" > /www/greeting.txt; exec httpd -f -p 8080 -h /www"
+        "echo app starting; echo \"$GREETING\" > /www/greeting.txt; exec httpd -f -v -p 8080 -h /www"
     } else {
         "exit 3"
     };

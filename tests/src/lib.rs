@@ -402,8 +402,13 @@ impl BerthProcess {
 
 /// A WebSocket to `base`'s realtime channel, signed in with `token`.
 pub async fn connect_ws(base: &str, token: &str) -> Socket {
+    connect_ws_at(base, "/api/v1/ws", token).await
+}
+
+/// A WebSocket to `path` of `base`, signed in with `token`.
+pub async fn connect_ws_at(base: &str, path: &str, token: &str) -> Socket {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let url = format!("{}/api/v1/ws", base.replace("http://", "ws://"));
+    let url = format!("{}{path}", base.replace("http://", "ws://"));
     let mut request = url.into_client_request().unwrap();
     request
         .headers_mut()

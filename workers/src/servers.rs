@@ -168,6 +168,27 @@ impl ServerJobs {
         Ok(())
     }
 
+    /// Tells the server's (or deployment's) owner `notice` the ways their
+    /// rules ask: in-app, mail, realtime. A failure to record it is logged,
+    /// never the job's failure.
+    pub(crate) async fn notify(&self, user_id: Uuid, notice: &Notice) {
+        let delivered = async {
+            let mut tx = self.pool.begin().await?;
+            let rules = alerts::rules_of(&mut tx, user_id).await?;
+            let to = alerts::recipient(&mut tx, user_id).await?;
+            let event = alerts::deliver(&mut tx, &self.policies, &to, &rules, notice).await?;
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(event)
+        }
+        .await;
+        match delivered {
+            Ok(events) => alerts::publish(&self.redis, user_id, events.as_slice()).await,
+            Err(e) => {
+                tracing::warn!(error = %e, user = %user_id, kind = notice.kind, "cannot deliver a notice")
+            }
+        }
+    }
+
     pub(crate) fn failure(error: &SshError) -> JobFailure {
         let reason = format!("{}: {error}", error.code());
         if error.is_transient() {

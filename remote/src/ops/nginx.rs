@@ -50,36 +50,71 @@ impl Nginx {
         path: &Arg,
         content: &str,
     ) -> Result<(), OpError> {
+        self.install(on, path, content, None).await
+    }
+
+    /// The upload, then one command: (write the shared map if `shared` names
+    /// where it goes and it is not there,) keep the previous file, move the
+    /// new one in, `nginx -t`, and reload or put the previous one back. A
+    /// switch is on every deploy's path, so it costs one SFTP write and one
+    /// command, not a round trip per step.
+    async fn install(
+        &self,
+        on: &On<'_>,
+        path: &Arg,
+        content: &str,
+        shared: Option<&Arg>,
+    ) -> Result<(), OpError> {
         let backup = Arg::path(&format!("{}.berth-previous", path.as_str()))?;
-        on.run(
-            "keeping the previous site",
-            &ShellCommand::new("rm -f --")
-                .arg(&backup)
-                .raw("; if [ -e")
-                .arg(path)
-                .raw("]; then cp -p --")
-                .arg(path)
-                .arg(&backup)
-                .raw("; fi"),
-            DEADLINE,
-        )
-        .await?;
-        files::put(on, path, content.as_bytes(), 0o644).await?;
-        if let Err(error) = self.test(on).await {
-            let restore = ShellCommand::new("if [ -e")
-                .arg(&backup)
-                .raw("]; then mv -f --")
-                .arg(&backup)
-                .arg(path)
-                .raw("; else rm -f --")
-                .arg(path)
-                .raw("; fi");
-            on.run("putting the previous site back", &restore, DEADLINE)
-                .await?;
-            return Err(error);
+        let staged = Arg::path(&format!(
+            "{}.berth-{}",
+            path.as_str(),
+            ulid::Ulid::generate()
+        ))?;
+        on.session
+            .upload(content.as_bytes(), &staged, 0o644)
+            .await?;
+        let mut command = self.nginx_function();
+        if let Some(shared) = shared {
+            command = command.set_var("shared", shared).raw(WRITE_SHARED);
         }
-        files::remove(on, &backup).await?;
-        self.reload(on).await
+        let command = command
+            .set_var("site", path)
+            .set_var("backup", &backup)
+            .set_var("staged", &staged)
+            .raw(
+                "; rm -f -- \"$backup\"; if [ -e \"$site\" ]; then cp -p -- \"$site\" \"$backup\"; fi; \
+                 chmod 644 -- \"$staged\" && mv -f -- \"$staged\" \"$site\" || { rm -f -- \"$staged\"; exit 97; }; \
+                 if berth_nginx -t; then rm -f -- \"$backup\"; berth_nginx -s reload || exit 95; \
+                 else if [ -e \"$backup\" ]; then mv -f -- \"$backup\" \"$site\"; else rm -f -- \"$site\"; fi; exit 96; fi",
+            );
+        match on.run("nginx -t", &command, DEADLINE).await {
+            Err(OpError::Failed { status, detail, .. }) if status == 95 => Err(OpError::Failed {
+                what: "nginx reload",
+                status,
+                detail,
+            }),
+            Err(OpError::Failed { status, detail, .. }) if status == 97 => Err(OpError::Failed {
+                what: "moving the site into place",
+                status,
+                detail,
+            }),
+            other => other.map(|_| ()),
+        }
+    }
+
+    /// A shell function `berth_nginx` running this nginx (with `-c` when
+    /// set), for scripts that call it more than once.
+    fn nginx_function(&self) -> ShellCommand {
+        let command = ShellCommand::new("berth_nginx_config=;");
+        let command = match &self.config {
+            Some(config) => command.set_var("berth_nginx_config", config).raw(";"),
+            None => command,
+        };
+        command.raw(
+            "berth_nginx() { if [ -n \"$berth_nginx_config\" ]; then nginx -c \"$berth_nginx_config\" \"$@\"; \
+             else nginx \"$@\"; fi; };",
+        )
     }
 
     /// Removes the site at `path` and reloads.
@@ -96,8 +131,20 @@ impl Nginx {
 /// works. One map for all sites: nginx refuses a variable defined twice,
 /// and long per-site names overflow its variables hash.
 const SHARED_FILE: &str = "00-berth.conf";
-const SHARED: &str = "# Written by Berth; shared by its sites.\n\
-     map $http_upgrade $berth_connection {\n    default upgrade;\n    '' '';\n}\n";
+macro_rules! shared_map {
+    () => {
+        "# Written by Berth; shared by its sites.\n\
+         map $http_upgrade $berth_connection {\n    default upgrade;\n    '' '';\n}\n"
+    };
+}
+
+/// Fixed text: writes the shared map at `$shared` (atomically) unless it
+/// is there; a quoted here-document, so nothing in it is expanded.
+const WRITE_SHARED: &str = concat!(
+    "; if [ ! -e \"$shared\" ]; then cat > \"$shared.berth-new\" <<'BERTH_SHARED_MAP'\n",
+    shared_map!(),
+    "BERTH_SHARED_MAP\nmv -f -- \"$shared.berth-new\" \"$shared\" || exit 97; fi;"
+);
 
 impl Nginx {
     /// Installs a deployment's proxy site in `conf_dir` (as
@@ -110,20 +157,13 @@ impl Nginx {
         site: &ProxySite,
     ) -> Result<(), OpError> {
         let shared = Arg::path(&format!("{}/{SHARED_FILE}", conf_dir.as_str()))?;
-        let found = on
-            .run(
-                "looking for Berth's shared nginx map",
-                &ShellCommand::new("if [ -e")
-                    .arg(&shared)
-                    .raw("]; then echo present; fi"),
-                DEADLINE,
-            )
-            .await?;
-        if found.stdout.trim() != "present" {
-            files::put(on, &shared, SHARED.as_bytes(), 0o644).await?;
-        }
-        self.install_site(on, &proxy_site_path(conf_dir, site.id)?, &site.render()?)
-            .await
+        self.install(
+            on,
+            &proxy_site_path(conf_dir, site.id)?,
+            &site.render()?,
+            Some(&shared),
+        )
+        .await
     }
 
     /// Removes a deployment's proxy site, if there is one, and reloads.

@@ -179,6 +179,40 @@ async fn a_git_app_is_built_served_redeployed_rolled_back_stopped_and_deleted() 
         "the old container was stopped and removed after the drain"
     );
 
+    // The live container's own output, followed over a WebSocket.
+    let mut socket = berth_e2e::connect_ws_at(
+        &f.fleet.stack.app.base,
+        &format!("/api/v1/deployments/{id}/runtime-logs?tail=20"),
+        &f.fleet.token,
+    )
+    .await;
+    let first = berth_e2e::next_json(&mut socket, Duration::from_secs(20)).await;
+    assert_eq!(first["type"], "line", "{first}");
+    assert_eq!(first["data"]["line"], "app starting", "{first}");
+    f.through_nginx(&url, "/greeting.txt").await;
+    let followed = berth_e2e::next_json(&mut socket, Duration::from_secs(20)).await;
+    assert_eq!(
+        followed["type"], "line",
+        "a request's log line follows: {followed}"
+    );
+    drop(socket);
+    let mut request =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(format!(
+            "{}/api/v1/deployments/{id}/runtime-logs?tail=0",
+            f.fleet.stack.app.base.replace("http://", "ws://")
+        ))
+        .unwrap();
+    request.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", f.fleet.token).parse().unwrap(),
+    );
+    match tokio_tungstenite::connect_async(request).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(answer)) => {
+            assert_eq!(answer.status(), 400, "a bad tail is refused")
+        }
+        other => panic!("a bad tail is refused: {other:?}"),
+    }
+
     // Rollback: v2's image and v2's env, no build.
     let (status, body) = f
         .send(
@@ -227,6 +261,22 @@ async fn a_git_app_is_built_served_redeployed_rolled_back_stopped_and_deleted() 
         )
         .await;
     assert_eq!(status, 409);
+
+    // The owner was told: the failure, the recovery, the rollback.
+    let (_, notifications) = f.get("/api/v1/notifications?limit=50").await;
+    let kinds: Vec<&str> = notifications["data"]["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["kind"].as_str().unwrap())
+        .collect();
+    for kind in [
+        "deployment_failed",
+        "deployment_recovered",
+        "deployment_rolled_back",
+    ] {
+        assert!(kinds.contains(&kind), "{kind}: {notifications}");
+    }
 
     // Another user sees none of it.
     create_user(&f.fleet.stack.db, NewUser::verified("other@example.test")).await;

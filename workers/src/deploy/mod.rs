@@ -132,6 +132,24 @@ impl DeploymentJobs {
     }
 }
 
+/// Tells the deployment's owner how a release ended (SPEC §3.6's channels).
+pub(crate) async fn notify(
+    jobs: &DeploymentJobs,
+    deployment: &store::DeploymentRow,
+    kind: &'static str,
+    title: String,
+    body: String,
+    release: i32,
+) {
+    let notice = crate::alerts::Notice {
+        kind,
+        title,
+        body,
+        data: serde_json::json!({ "deploymentId": deployment.id, "release": release }),
+    };
+    jobs.servers.notify(deployment.owner_user_id, &notice).await;
+}
+
 /// The host name nginx serves the deployment under.
 pub(crate) fn host_of(deployment: &store::DeploymentRow, server: &Server) -> String {
     berth_deployments::names::generated_host(

@@ -219,6 +219,7 @@ impl DeploymentJobs {
         let (step, started) = (run.step, run.started.take());
         match outcome {
             Ok(()) => {
+                self.went_live_notice(&deployment, &release, mode).await;
                 self.after_switch(&deployment, number, &server, &session, &ctx)
                     .await
             }
@@ -257,11 +258,58 @@ impl DeploymentJobs {
                 store::ended(&self.pool, id, number, ending, step, &failure.message)
                     .await
                     .map_err(stored)?;
+                if ending == Ending::Failed {
+                    let still = match deployment.live_release {
+                        Some(live) => format!("v{live} still serves."),
+                        None => "Nothing of it is live.".to_owned(),
+                    };
+                    super::notify(
+                        self,
+                        &deployment,
+                        "deployment_failed",
+                        format!("Deploy of {} failed", deployment.name),
+                        format!("v{number} failed at {step}: {}. {still}", failure.message),
+                        number,
+                    )
+                    .await;
+                }
                 Err(JobFailure::permanent(format!(
                     "{step}: {}",
                     failure.message
                 )))
             }
+        }
+    }
+
+    /// A rollback's, or a success after a failed release: worth telling.
+    async fn went_live_notice(&self, deployment: &DeploymentRow, release: &ReleaseRow, mode: Mode) {
+        let number = release.number;
+        if mode == Mode::Rollback {
+            let to = release.rollback_of.unwrap_or_default();
+            super::notify(
+                self,
+                deployment,
+                "deployment_rolled_back",
+                format!("{} rolled back to v{to}", deployment.name),
+                format!("v{number} runs v{to}'s image with its env and settings, and serves now."),
+                number,
+            )
+            .await;
+            return;
+        }
+        let before = store::release(&self.pool, deployment.id, number - 1).await;
+        if let Ok(Some(before)) = before
+            && before.state == ReleaseState::Failed
+        {
+            super::notify(
+                self,
+                deployment,
+                "deployment_recovered",
+                format!("{} deploys again", deployment.name),
+                format!("v{number} is live after v{} failed.", before.number),
+                number,
+            )
+            .await;
         }
     }
 
@@ -680,8 +728,6 @@ impl Run<'_> {
         let port = loop {
             let port = health::pick_port(self.jobs.config.ports.clone(), &busy, live_port)
                 .ok_or_else(|| StepError::new("no free port is left in BERTH_DEPLOY_PORT_RANGE"))?;
-            // A container of this name is an earlier attempt's (or try's).
-            docker::remove(&self.on, &container).await?;
             self.started = Some(name.clone());
             let run = docker::run(
                 &self.on,
@@ -708,7 +754,17 @@ impl Run<'_> {
                 {
                     tries += 1;
                     busy.insert(port);
+                    // The failed run may have left its container created.
+                    docker::remove(&self.on, &container).await?;
                     self.log(&format!("port {port} was taken meanwhile; trying another"));
+                }
+                // An earlier attempt's container of this name (its worker
+                // died after starting it): replaced.
+                Err(OpError::Failed { detail, .. })
+                    if detail.contains("is already in use") && tries < PORT_TRIES =>
+                {
+                    tries += 1;
+                    docker::remove(&self.on, &container).await?;
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -876,7 +932,7 @@ impl Run<'_> {
                 () = self.ctx.cancel.cancelled() => {
                     return Err(OpError::Ssh(berth_ssh::SshError::Cancelled("cancelled".into())).into());
                 }
-                () = tokio::time::sleep(Duration::from_millis(200)) => {}
+                () = tokio::time::sleep(Duration::from_millis(50)) => {}
             }
         }
     }

@@ -21,12 +21,14 @@ mod actions;
 mod create;
 mod logs;
 mod releases;
+mod runtime_logs;
 mod secrets;
 mod webhook;
 
 pub use actions::*;
 pub use create::*;
 pub use logs::*;
+pub use runtime_logs::*;
 pub use secrets::*;
 pub use webhook::*;
 
