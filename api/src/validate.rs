@@ -104,9 +104,40 @@ pub fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<S
     <Option<String> as serde::Deserialize>::deserialize(d).map(Some)
 }
 
+/// For `#[serde(default, deserialize_with = "validate::whole_number")]`:
+/// JSON Schema counts `288.0` as an integer, so it is one here too; a
+/// fraction or a number out of range is refused.
+pub fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i32>, D::Error> {
+    let value = <Option<f64> as serde::Deserialize>::deserialize(d)?;
+    value
+        .map(|v| {
+            if v.fract() == 0.0 && (f64::from(i32::MIN)..=f64::from(i32::MAX)).contains(&v) {
+                Ok(v as i32)
+            } else {
+                Err(serde::de::Error::custom("expected a whole number"))
+            }
+        })
+        .transpose()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn whole_numbers_may_be_written_as_floats() {
+        #[derive(serde::Deserialize)]
+        struct Body {
+            #[serde(default, deserialize_with = "whole_number")]
+            n: Option<i32>,
+        }
+        let parse = |text: &str| serde_json::from_str::<Body>(text).map(|b| b.n);
+        assert_eq!(parse(r#"{"n": 288.0}"#).unwrap(), Some(288));
+        assert_eq!(parse(r#"{"n": 3}"#).unwrap(), Some(3));
+        assert_eq!(parse(r#"{}"#).unwrap(), None);
+        assert!(parse(r#"{"n": 1.5}"#).is_err());
+        assert!(parse(r#"{"n": 1e12}"#).is_err());
+    }
 
     #[test]
     fn usernames() {

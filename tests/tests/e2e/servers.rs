@@ -363,6 +363,21 @@ async fn create_with(w: &Fleet, token: &str, body: Value) -> (u16, Value) {
 async fn credentials_survive_a_master_key_rotation() {
     let mut w = world().await;
     let id = w.onboard(0).await;
+    // A deployment's sealed env, webhook secret and release snapshot too.
+    let (status, body) = send_as(
+        &w.stack.app,
+        &w.token,
+        Method::POST,
+        "/api/v1/deployments",
+        json!({"serverId": id, "name": "sealed", "source": {"type": "image", "image": "example.test/app:1"},
+               "env": {"API_KEY": "very-secret"}}),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    let deployment = body["data"]["deployment"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let old_key = berth_e2e::MASTER_KEY;
     let new_key = "ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=";
     let mut env = w.stack.env.clone();
@@ -392,6 +407,20 @@ async fn credentials_survive_a_master_key_rotation() {
         .unwrap();
     let before = berth_e2e::keyring();
     assert!(before.needs_reseal(&stored), "sealed under the new key now");
+    let (env_sealed, webhook, snapshot): (String, String, String) = sqlx::query_as(
+        "SELECT d.env_sealed, d.webhook_secret_sealed, r.snapshot_sealed FROM deployments d \
+         JOIN releases r ON r.deployment_id = d.id WHERE d.id = $1::uuid",
+    )
+    .bind(&deployment)
+    .fetch_one(&w.stack.db.pool)
+    .await
+    .unwrap();
+    for sealed in [env_sealed, webhook, snapshot] {
+        assert!(
+            before.needs_reseal(&sealed),
+            "a deployment's secret resealed too"
+        );
+    }
 
     // A worker that knows only the new key validates the server.
     w.worker.signal(nix::sys::signal::Signal::SIGKILL);

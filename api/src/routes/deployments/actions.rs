@@ -87,6 +87,8 @@ pub async fn redeploy(
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RollbackRequest {
     /// The release to run again; default: the one live before the current.
+    #[serde(default, deserialize_with = "crate::validate::whole_number")]
+    #[schema(value_type = Option<i32>, minimum = 1)]
     release: Option<i32>,
 }
 
@@ -107,11 +109,12 @@ pub async fn rollback(
 ) -> Result<Envelope<ReleaseAccepted>, ApiError> {
     principal.require(Scope::DeploymentsWrite)?;
     // The body is optional: none (or `{}`) rolls back to the previous release.
-    let request: RollbackRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        RollbackRequest::default()
-    } else {
-        crate::envelope::json_object(&body)?
-    };
+    let request: RollbackRequest =
+        if body.iter().all(u8::is_ascii_whitespace) || body.trim_ascii() == b"null" {
+            RollbackRequest::default()
+        } else {
+            crate::envelope::json_object(&body)?
+        };
     let mut tx = state.pool.begin().await?;
     let row = owned_for_update(&mut tx, &principal, id).await?;
     refuse_while_deleting(&row)?;

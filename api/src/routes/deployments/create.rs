@@ -207,6 +207,7 @@ pub async fn create(
 }
 
 #[derive(utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
 #[allow(dead_code)]
 pub struct DeploymentUploadForm {
     /// A `.zip` or `.tar.gz` of the app's source.
