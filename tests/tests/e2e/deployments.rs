@@ -143,7 +143,7 @@ async fn a_git_app_is_built_served_redeployed_rolled_back_stopped_and_deleted() 
         .send(
             Method::PUT,
             &format!("/api/v1/deployments/{id}/env"),
-            json!({"set": {"GREETING": "hello from v3"}}),
+            json!({"set": {"GREETING": " hello from v3 \"quoted\" $HOME 'single' #"}}),
         )
         .await;
     assert_eq!(status, 200, "{body}");
@@ -171,7 +171,8 @@ async fn a_git_app_is_built_served_redeployed_rolled_back_stopped_and_deleted() 
     assert_eq!(f.through_nginx(&url, "/").await, Some((200, "v3\n".into())));
     assert_eq!(
         f.through_nginx(&url, "/greeting.txt").await,
-        Some((200, "hello from v3\n".into()))
+        Some((200, " hello from v3 \"quoted\" $HOME 'single' #\n".into())),
+        "an env value reaches the app literally: no quoting, no expansion"
     );
     assert_eq!(
         f.containers_of(&id).await.len(),

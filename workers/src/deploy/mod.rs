@@ -5,8 +5,10 @@
 //! deployment's label or lives under its directory, and clean-up looks
 //! for exactly that.
 
+mod cleanup;
 mod control;
 mod release;
+mod steps;
 pub mod store;
 
 use std::ops::RangeInclusive;
