@@ -234,12 +234,14 @@ pub async fn remove(on: &On<'_>, name: &Arg) -> Result<(), OpError> {
 /// ever touched. (Listed and removed one by one rather than with `docker
 /// image prune`, whose label filters podman's service refuses.)
 pub async fn prune_images(on: &On<'_>, label: &Arg) -> Result<usize, OpError> {
+    // One label filter, and Berth's own label checked per image: podman
+    // matches images carrying *any* of several label filters (docker, all),
+    // so two filters would reach other deployments' images.
     let command = ShellCommand::new("docker image ls -q --no-trunc --filter")
-        .arg(&Arg::label_filter(&managed()))
-        .raw("--filter")
         .arg(&Arg::label_filter(label))
         .raw(
             "| sort -u | while read -r image; do \
+              [ \"$(docker image inspect --format '{{index .Config.Labels \"berth.managed\"}}' -- \"$image\" 2>/dev/null)\" = true ] || continue; \
               if docker rmi -- \"$image\" >/dev/null 2>&1; then echo \"removed $image\"; \
               else echo \"kept $image (in use)\"; fi; done",
         );

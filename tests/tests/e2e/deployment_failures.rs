@@ -86,11 +86,12 @@ async fn failed_and_cancelled_releases_leave_the_live_one_serving_and_deploys_wa
         "{d}"
     );
     assert_eq!(f.through_nginx(&url, "/").await, Some((200, "v1\n".into())));
-    assert_eq!(
-        f.containers_of(&id).await.len(),
-        1,
-        "the failed container was removed"
-    );
+    eventually(
+        Duration::from_secs(10),
+        "the failed container to be removed",
+        || async { f.containers_of(&id).await.len() == 1 },
+    )
+    .await;
 
     // A release that does not build.
     repo.commit_broken_build();

@@ -337,6 +337,21 @@ async fn a_git_app_is_built_served_redeployed_rolled_back_stopped_and_deleted() 
 
     // Delete: containers, site, images, release directories, then the record.
     assert!(!f.images_of(&id).await.is_empty());
+    // Another deployment's image on the same server: not this one's to prune.
+    let neighbour = uuid::Uuid::new_v4().to_string();
+    let neighbour_image = format!("localhost/berth-neighbour:{}", &neighbour[..8]);
+    let built = f
+        .fleet
+        .sshd
+        .podman()
+        .args(["build", "-q", "--label", "berth.managed=true", "--label"])
+        .arg(format!("berth.deployment={neighbour}"))
+        .args(["-t", &neighbour_image])
+        .arg(f.dir.join("repo/work"))
+        .output()
+        .await
+        .unwrap();
+    assert!(built.status.success(), "{built:?}");
     let (status, body) = f
         .send(
             Method::DELETE,
@@ -354,6 +369,18 @@ async fn a_git_app_is_built_served_redeployed_rolled_back_stopped_and_deleted() 
         "{:?}",
         f.images_of(&id).await
     );
+    assert_eq!(
+        f.images_of(&neighbour).await.len(),
+        1,
+        "another deployment's image is untouched"
+    );
+    let _ = f
+        .fleet
+        .sshd
+        .podman()
+        .args(["rmi", &neighbour_image])
+        .output()
+        .await;
     assert!(!f.nginx.sites.join(format!("berth-{id}.conf")).exists());
     assert!(!f.data_dir.join("deployments").join(&id).exists());
     let running = tokio::process::Command::new("podman")
