@@ -23,6 +23,11 @@ async fn wait_until(f: &DeployFleet, id: &str, step: Option<&str>) {
         &format!("the release at {step:?}"),
         || async {
             let newest = releases(f, id).await[0].clone();
+            // A release that ended is never going to reach the step: say why.
+            assert!(
+                !matches!(newest["state"].as_str(), Some("failed" | "cancelled")),
+                "the release ended before the kill: {newest}"
+            );
             match step {
                 Some(step) => {
                     newest["steps"]
