@@ -19,7 +19,8 @@ async fn releases(f: &DeployFleet, id: &str) -> Vec<Value> {
 /// Waits until the newest release is at `step` (or, with `None`, live).
 async fn wait_until(f: &DeployFleet, id: &str, step: Option<&str>) {
     eventually(
-        Duration::from_secs(120),
+        // Generous: CI runs every deployment test at once on two cores.
+        Duration::from_secs(300),
         &format!("the release at {step:?}"),
         || async {
             let newest = releases(f, id).await[0].clone();
