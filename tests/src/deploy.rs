@@ -193,6 +193,32 @@ impl DeployFleet {
         panic!("podman {args:?} keeps failing: {last:?}");
     }
 
+    /// A git deployment of `repo` (`body` without `source`) whose deploy key
+    /// can read it: created, its first release failed at fetch (no key yet),
+    /// the key authorized. Answers its id and url; nothing is live yet.
+    pub async fn git_deployment(&self, repo: &AppRepo, mut body: Value) -> (String, String) {
+        body["source"] = json!({"type": "git", "repoUrl": repo.url, "branch": "main"});
+        let created = self.create(body).await;
+        let id = created["deployment"]["id"].as_str().unwrap().to_owned();
+        let url = created["deployment"]["url"].as_str().unwrap().to_owned();
+        self.job_end(created["jobId"].as_str().unwrap()).await;
+        self.authorize_deploy_key(&id).await;
+        (id, url)
+    }
+
+    /// `POST /deployments/{id}/redeploy`; answers the 202's data.
+    pub async fn redeploy(&self, id: &str) -> Value {
+        let (status, body) = self
+            .send(
+                Method::POST,
+                &format!("/api/v1/deployments/{id}/redeploy"),
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 202, "{body}");
+        body["data"].clone()
+    }
+
     /// Lets the deployment's deploy key read the test server over SSH (as a
     /// user adds a deploy key to their repository).
     pub async fn authorize_deploy_key(&self, deployment_id: &str) {
@@ -215,7 +241,8 @@ pub struct AppRepo {
     pub url: String,
 }
 
-fn git(args: &[&str], cwd: &Path) -> String {
+/// Runs `git` in `cwd` as a fixed test author; answers its trimmed stdout.
+pub fn git(args: &[&str], cwd: &Path) -> String {
     let out = std::process::Command::new("git")
         .args(args)
         .current_dir(cwd)

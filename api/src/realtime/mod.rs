@@ -29,9 +29,10 @@ const SESSION_RECHECK: Duration = Duration::from_secs(30);
 const MAX_CLIENT_MESSAGE: usize = 4096;
 
 /// A browser's socket must come from Berth's own page: cookies are sent with
-/// cross-site WebSocket handshakes, so the Origin is checked.
-pub(crate) fn same_origin(state: &AppState, headers: &HeaderMap) -> bool {
-    match headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) {
+/// cross-site WebSocket handshakes, so the Origin is checked (every
+/// WebSocket route calls this).
+pub(crate) fn require_same_origin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let same = match headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) {
         None => true,
         Some(origin) => {
             let public = url::Url::parse(&state.config.public_url).ok();
@@ -41,7 +42,13 @@ pub(crate) fn same_origin(state: &AppState, headers: &HeaderMap) -> bool {
                 _ => false,
             }
         }
+    };
+    if !same {
+        return Err(ApiError::Forbidden(
+            "WebSockets from another site's page are refused".into(),
+        ));
     }
+    Ok(())
 }
 
 /// Open the realtime channel (cookie or bearer session). Messages are JSON:
@@ -57,11 +64,7 @@ pub async fn ws(
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
     let session_id = principal.require_session()?;
-    if !same_origin(&state, &headers) {
-        return Err(ApiError::Forbidden(
-            "WebSockets from another site's page are refused".into(),
-        ));
-    }
+    require_same_origin(&state, &headers)?;
     // Clients only send short subscribe messages.
     Ok(upgrade
         .max_message_size(MAX_CLIENT_MESSAGE)

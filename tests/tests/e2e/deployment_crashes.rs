@@ -55,25 +55,15 @@ async fn a_worker_killed_at_any_step_leaves_a_consistent_deployment() {
     ])
     .await;
     let repo = AppRepo::new(&f);
-    let created = f
-        .create(
-            json!({"name": "sturdy", "source": {"type": "git", "repoUrl": repo.url},
-                       "port": 8080, "drainSeconds": 4,
-                       "healthCheck": {"path": "/index.html", "retries": 60}}),
+    let (id, url) = f
+        .git_deployment(
+            &repo,
+            json!({"name": "sturdy", "port": 8080, "drainSeconds": 4,
+                   "healthCheck": {"path": "/index.html", "retries": 60}}),
         )
         .await;
-    let id = created["deployment"]["id"].as_str().unwrap().to_owned();
-    let url = created["deployment"]["url"].as_str().unwrap().to_owned();
-    f.job_end(created["jobId"].as_str().unwrap()).await;
-    f.authorize_deploy_key(&id).await;
-    let (_, body) = f
-        .send(
-            Method::POST,
-            &format!("/api/v1/deployments/{id}/redeploy"),
-            json!({}),
-        )
+    f.job_ok(f.redeploy(&id).await["jobId"].as_str().unwrap())
         .await;
-    f.job_ok(body["data"]["jobId"].as_str().unwrap()).await;
 
     for when in ["build", "health", "after the switch"] {
         // What the release is, and the step to be at when the worker dies.

@@ -12,18 +12,6 @@ use berth_e2e::eventually;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-async fn redeploy(f: &DeployFleet, id: &str) -> Value {
-    let (status, body) = f
-        .send(
-            Method::POST,
-            &format!("/api/v1/deployments/{id}/redeploy"),
-            json!({}),
-        )
-        .await;
-    assert_eq!(status, 202, "{body}");
-    body["data"].clone()
-}
-
 async fn release(f: &DeployFleet, id: &str, number: i64) -> Value {
     let (_, releases) = f.get(&format!("/api/v1/deployments/{id}/releases")).await;
     releases["data"]
@@ -39,24 +27,20 @@ async fn release(f: &DeployFleet, id: &str, number: i64) -> Value {
 async fn failed_and_cancelled_releases_leave_the_live_one_serving_and_deploys_wait_their_turn() {
     let f = DeployFleet::start().await;
     let repo = AppRepo::new(&f);
-    let created = f
-        .create(
-            json!({"name": "api", "source": {"type": "git", "repoUrl": repo.url},
-                       "port": 8080, "drainSeconds": 0,
-                       "healthCheck": {"path": "/", "retries": 5, "timeoutSeconds": 2}}),
+    let (id, url) = f
+        .git_deployment(
+            &repo,
+            json!({"name": "api", "port": 8080, "drainSeconds": 0,
+                   "healthCheck": {"path": "/", "retries": 5, "timeoutSeconds": 2}}),
         )
         .await;
-    let id = created["deployment"]["id"].as_str().unwrap().to_owned();
-    let url = created["deployment"]["url"].as_str().unwrap().to_owned();
-    f.job_end(created["jobId"].as_str().unwrap()).await;
-    f.authorize_deploy_key(&id).await;
-    f.job_ok(redeploy(&f, &id).await["jobId"].as_str().unwrap())
+    f.job_ok(f.redeploy(&id).await["jobId"].as_str().unwrap())
         .await;
     assert_eq!(f.through_nginx(&url, "/").await, Some((200, "v1\n".into())));
 
     // A release that never answers its health check.
     repo.commit("v-unhealthy", false);
-    let bad = redeploy(&f, &id).await;
+    let bad = f.redeploy(&id).await;
     let job = f.job_end(bad["jobId"].as_str().unwrap()).await;
     assert_eq!(job["state"], "failed", "{job}");
     let r = release(&f, &id, bad["release"].as_i64().unwrap()).await;
@@ -95,7 +79,7 @@ async fn failed_and_cancelled_releases_leave_the_live_one_serving_and_deploys_wa
 
     // A release that does not build.
     repo.commit_broken_build();
-    let bad = redeploy(&f, &id).await;
+    let bad = f.redeploy(&id).await;
     f.job_end(bad["jobId"].as_str().unwrap()).await;
     let r = release(&f, &id, bad["release"].as_i64().unwrap()).await;
     assert_eq!(
@@ -111,7 +95,7 @@ async fn failed_and_cancelled_releases_leave_the_live_one_serving_and_deploys_wa
 
     // Cancel mid-build: stopped within 5 s, the live release untouched.
     repo.commit_with("v-slow", true, "RUN sleep 60");
-    let slow = redeploy(&f, &id).await;
+    let slow = f.redeploy(&id).await;
     let number = slow["release"].as_i64().unwrap();
     eventually(
         Duration::from_secs(60),
@@ -125,8 +109,8 @@ async fn failed_and_cancelled_releases_leave_the_live_one_serving_and_deploys_wa
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     // Two more while it builds: the newer supersedes the older in line.
-    let second = redeploy(&f, &id).await;
-    let third = redeploy(&f, &id).await;
+    let second = f.redeploy(&id).await;
+    let third = f.redeploy(&id).await;
     let cancel_started = Instant::now();
     let (status, body) = f
         .send(
@@ -192,23 +176,20 @@ async fn failed_and_cancelled_releases_leave_the_live_one_serving_and_deploys_wa
     assert_eq!(status, 409, "nothing on its way");
 
     // One build slot, two deployments: the second waits with its position.
-    let other = f
-        .create(
-            json!({"name": "worker", "source": {"type": "git", "repoUrl": repo.url},
-                       "port": 8080, "drainSeconds": 0}),
+    let (other_id, _) = f
+        .git_deployment(
+            &repo,
+            json!({"name": "worker", "port": 8080, "drainSeconds": 0}),
         )
         .await;
-    let other_id = other["deployment"]["id"].as_str().unwrap().to_owned();
-    f.job_end(other["jobId"].as_str().unwrap()).await;
-    f.authorize_deploy_key(&other_id).await;
-    let busy = redeploy(&f, &id).await;
+    let busy = f.redeploy(&id).await;
     eventually(
         Duration::from_secs(60),
         "the first build to hold the slot",
         || async { f.fleet.job_state(busy["jobId"].as_str().unwrap()).await["state"] == "running" },
     )
     .await;
-    let waiting = redeploy(&f, &other_id).await;
+    let waiting = f.redeploy(&other_id).await;
     let job_id = waiting["jobId"].as_str().unwrap().to_owned();
     eventually(
         Duration::from_secs(30),

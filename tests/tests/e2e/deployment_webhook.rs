@@ -42,14 +42,13 @@ async fn deliver(
 async fn pushes_to_the_branch_deploy_once_and_bad_signatures_are_refused() {
     let f = DeployFleet::start().await;
     let repo = AppRepo::new(&f);
-    let created = f
-        .create(json!({"name": "hooked", "source": {"type": "git", "repoUrl": repo.url, "branch": "main"},
-                       "port": 8080, "drainSeconds": 0, "healthCheck": {"path": "/index.html"}}))
+    let (id, url) = f
+        .git_deployment(
+            &repo,
+            json!({"name": "hooked", "port": 8080, "drainSeconds": 0,
+                   "healthCheck": {"path": "/index.html"}}),
+        )
         .await;
-    let id = created["deployment"]["id"].as_str().unwrap().to_owned();
-    let url = created["deployment"]["url"].as_str().unwrap().to_owned();
-    f.job_end(created["jobId"].as_str().unwrap()).await;
-    f.authorize_deploy_key(&id).await;
     let (status, hook) = f.get(&format!("/api/v1/deployments/{id}/webhook")).await;
     assert_eq!(status, 200, "{hook}");
     assert!(

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use berth_e2e::deploy::{AppRepo, DeployFleet};
 use berth_e2e::load::Load;
-use reqwest::Method;
 use serde_json::json;
 
 const REDEPLOYS: usize = 20;
@@ -28,32 +27,21 @@ fn big_file() -> String {
 async fn twenty_redeploys_under_load_fail_no_request() {
     let f = DeployFleet::start().await;
     let repo = AppRepo::new(&f);
-    let created = f
-        .create(
-            json!({"name": "steady", "source": {"type": "git", "repoUrl": repo.url},
-                       "port": 8080, "drainSeconds": 1,
-                       "healthCheck": {"path": "/index.html", "retries": 30}}),
+    let (id, url) = f
+        .git_deployment(
+            &repo,
+            json!({"name": "steady", "port": 8080, "drainSeconds": 1,
+                   "healthCheck": {"path": "/index.html", "retries": 30}}),
         )
         .await;
-    let id = created["deployment"]["id"].as_str().unwrap().to_owned();
-    let url = created["deployment"]["url"].as_str().unwrap().to_owned();
     let host = url
         .trim_start_matches("http://")
         .trim_end_matches('/')
         .to_owned();
-    f.job_end(created["jobId"].as_str().unwrap()).await;
-    f.authorize_deploy_key(&id).await;
     repo.commit_with("a", true, &big_file());
     let redeploy = || async {
-        let (status, body) = f
-            .send(
-                Method::POST,
-                &format!("/api/v1/deployments/{id}/redeploy"),
-                json!({}),
-            )
+        f.job_ok(f.redeploy(&id).await["jobId"].as_str().unwrap())
             .await;
-        assert_eq!(status, 202, "{body}");
-        f.job_ok(body["data"]["jobId"].as_str().unwrap()).await;
     };
     redeploy().await;
     assert_eq!(f.through_nginx(&url, "/").await, Some((200, "a\n".into())));

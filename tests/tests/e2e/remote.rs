@@ -398,23 +398,7 @@ async fn typed_operations_on_a_real_server() {
 async fn bare_repository(dir: &std::path::Path, fleet: &Fleet) -> (String, String) {
     let bare = dir.join("repo.git");
     let work = dir.join("work");
-    let git = |args: &[&str], cwd: &std::path::Path| {
-        let out = std::process::Command::new("git")
-            .args(args)
-            .current_dir(cwd)
-            .env("GIT_AUTHOR_NAME", "t")
-            .env("GIT_AUTHOR_EMAIL", "t@example.test")
-            .env("GIT_COMMITTER_NAME", "t")
-            .env("GIT_COMMITTER_EMAIL", "t@example.test")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "git {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    };
+    let git = berth_e2e::deploy::git;
     std::fs::create_dir_all(&work).unwrap();
     git(&["init", "-q", "--bare", bare.to_str().unwrap()], dir);
     git(&["init", "-q", "-b", "main"], &work);

@@ -94,11 +94,7 @@ pub async fn logs_stream(
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
     principal.require(Scope::DeploymentsRead)?;
-    if !crate::realtime::same_origin(&state, &headers) {
-        return Err(ApiError::Forbidden(
-            "WebSockets from another site's page are refused".into(),
-        ));
-    }
+    crate::realtime::require_same_origin(&state, &headers)?;
     let mut conn = state.pool.acquire().await?;
     owned(&mut conn, &principal, id).await?;
     let start: Option<i32> = match query.release {

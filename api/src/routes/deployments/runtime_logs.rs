@@ -55,11 +55,7 @@ pub async fn runtime_logs(
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
     principal.require(Scope::DeploymentsRead)?;
-    if !crate::realtime::same_origin(&state, &headers) {
-        return Err(ApiError::Forbidden(
-            "WebSockets from another site's page are refused".into(),
-        ));
-    }
+    crate::realtime::require_same_origin(&state, &headers)?;
     let tail = query.tail.unwrap_or(200);
     if !(1..=5000).contains(&tail) {
         return Err(ApiError::validation(vec![FieldError::new(
