@@ -5,7 +5,9 @@
 //! not open is reported and left as it is.
 
 use berth_secrets::{Binding, Keyring};
-use berth_secrets::{deployment_secret_binding, release_snapshot_binding, server_secret_binding};
+use berth_secrets::{
+    deployment_secret_binding, oauth_token_binding, release_snapshot_binding, server_secret_binding,
+};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -103,6 +105,25 @@ pub async fn reseal_all(pool: &PgPool, keys: &Keyring) -> anyhow::Result<Reseale
         .bind(pending)
         .execute(&mut *tx)
         .await?;
+    }
+    let tokens: Vec<(Uuid, String, String)> = sqlx::query_as(
+        "SELECT user_id, provider, token_sealed FROM oauth_identities \
+         WHERE token_sealed IS NOT NULL FOR UPDATE",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    for (user_id, provider, sealed) in tokens {
+        let row = format!("{user_id}/{provider}");
+        if let Some(again) = reseal_one(keys, &sealed, oauth_token_binding(&row), &mut outcome) {
+            sqlx::query(
+                "UPDATE oauth_identities SET token_sealed = $3 WHERE user_id = $1 AND provider = $2",
+            )
+            .bind(user_id)
+            .bind(&provider)
+            .bind(again)
+            .execute(&mut *tx)
+            .await?;
+        }
     }
     reseal_deployments(&mut tx, keys, &mut outcome).await?;
     tx.commit().await?;

@@ -158,6 +158,8 @@ pub struct OAuthProvider {
     pub user_url: String,
     /// GitHub only: where the verified addresses are listed.
     pub emails_url: Option<String>,
+    /// GitHub only: the signed-in user's repositories (`GET /user/repos`).
+    pub repos_url: Option<String>,
 }
 
 fn http_url(env: &Env, name: &str, default: &str) -> Result<String, ConfigError> {
@@ -193,6 +195,7 @@ impl AuthConfig {
                     token_url: format!("{web}/login/oauth/access_token"),
                     user_url: format!("{api}/user"),
                     emails_url: Some(format!("{api}/user/emails")),
+                    repos_url: Some(format!("{api}/user/repos")),
                 })
             }
         };
@@ -217,6 +220,7 @@ impl AuthConfig {
                     "https://openidconnect.googleapis.com/v1/userinfo",
                 )?,
                 emails_url: None,
+                repos_url: None,
             }),
         };
         let secs = |name: &str, default: u64| -> Result<Duration, ConfigError> {

@@ -52,6 +52,15 @@ pub enum SourceRequest {
         /// Default `main`.
         branch: Option<String>,
     },
+    /// A repository of the caller's linked GitHub account, as synced
+    /// (`POST /github/repos/sync`): cloned over https with the account's
+    /// token, so private ones need no deploy key.
+    Github {
+        /// `owner/name`.
+        repo: String,
+        /// Default: the repository's default branch.
+        branch: Option<String>,
+    },
     /// An image reference, pulled on the server.
     Image { image: String },
     /// An archive: only `POST /deployments/upload` takes it (the archive is
@@ -97,6 +106,11 @@ pub enum Source {
     Git {
         repo_url: String,
         branch: String,
+    },
+    /// A synced GitHub repository; the api resolves it to its clone URL.
+    Github {
+        repo: String,
+        branch: Option<String>,
     },
     Image {
         image: String,
@@ -216,6 +230,28 @@ pub fn check_env(env: &BTreeMap<String, String>) -> Vec<Problem> {
     problems.0
 }
 
+/// GitHub's `owner/name`: an owner of 1–39 letters, digits and inner
+/// hyphens, a name of 1–100 letters, digits, `-`, `_` and `.` but not `.`
+/// or `..`.
+pub fn github_repo_name_ok(full_name: &str) -> bool {
+    let Some((owner, name)) = full_name.split_once('/') else {
+        return false;
+    };
+    let owner_ok = (1..=39).contains(&owner.len())
+        && owner
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && !owner.starts_with('-')
+        && !owner.ends_with('-');
+    let name_ok = (1..=100).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && name != "."
+        && name != "..";
+    owner_ok && name_ok
+}
+
 pub fn check(request: &DeploymentRequest) -> Result<DeploymentSpec, Vec<Problem>> {
     let mut problems = Problems(Vec::new());
     if !name_ok(&request.name) {
@@ -236,6 +272,23 @@ pub fn check(request: &DeploymentRequest) -> Result<DeploymentSpec, Vec<Problem>
             Source::Git {
                 repo_url: repo_url.clone(),
                 branch,
+            }
+        }
+        SourceRequest::Github { repo, branch } => {
+            if !github_repo_name_ok(repo) {
+                problems.add(
+                    "source.repo",
+                    "must be owner/name as GitHub spells it (letters, digits, -, _ and .)",
+                );
+            }
+            if let Some(branch) = branch
+                && let Err(refused) = Arg::git_ref(branch)
+            {
+                problems.add("source.branch", refused.rule);
+            }
+            Source::Github {
+                repo: repo.clone(),
+                branch: branch.clone(),
             }
         }
         SourceRequest::Upload {} => Source::Upload,
@@ -344,6 +397,33 @@ mod tests {
     fn base() -> serde_json::Value {
         json!({"serverId": Uuid::nil(), "name": "web",
                "source": {"type": "git", "repoUrl": "https://example.com/app.git"}})
+    }
+
+    #[test]
+    fn github_repository_names_are_owner_slash_name() {
+        for good in ["octo/app", "a/b", "my-org/app.web_2", "x/..hidden"] {
+            assert!(github_repo_name_ok(good), "{good}");
+        }
+        for bad in [
+            "app",
+            "/app",
+            "octo/",
+            "octo/..",
+            "octo/.",
+            "-octo/app",
+            "octo-/app",
+            "octo/app/x",
+            "octo/a b",
+            "octo/app;rm",
+            "oc_to/app",
+        ] {
+            assert!(!github_repo_name_ok(bad), "{bad}");
+        }
+        let mut body = base();
+        body["source"] = json!({"type": "github", "repo": "octo/../x", "branch": "-x"});
+        let problems = check(&request(body)).unwrap_err();
+        let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(fields, ["source.repo", "source.branch"]);
     }
 
     #[test]

@@ -65,6 +65,16 @@ pub fn release_snapshot_binding(release: &str) -> Binding<'_> {
     }
 }
 
+/// A linked provider account's sealed access token; `identity` is
+/// `<user id>/<provider>` (e.g. `…/github`).
+pub fn oauth_token_binding(identity: &str) -> Binding<'_> {
+    Binding {
+        table: "oauth_identities",
+        column: "token",
+        row_id: identity,
+    }
+}
+
 impl Binding<'_> {
     fn associated_data(&self) -> Vec<u8> {
         // Lengths first, so ("ab", "c") and ("a", "bc") never bind alike.

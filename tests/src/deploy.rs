@@ -127,8 +127,24 @@ impl DeployFleet {
     pub async fn job_ok(&self, job_id: &str) -> Value {
         let job = self.job_end(job_id).await;
         if job["state"] != "succeeded" {
-            let (_, log) = self.get(&format!("/api/v1/jobs/{job_id}/logs")).await;
-            panic!("job {job_id}: {job}\nlog: {log}");
+            let (_, log) = self
+                .get(&format!("/api/v1/jobs/{job_id}/logs?limit=1000"))
+                .await;
+            // The reason and the log's end first: CI shows a failure's start.
+            let lines: Vec<String> = log["data"]["items"]
+                .as_array()
+                .map(|lines| {
+                    lines
+                        .iter()
+                        .map(|l| l["line"].as_str().unwrap_or_default().to_owned())
+                        .collect()
+                })
+                .unwrap_or_default();
+            let tail = lines[lines.len().saturating_sub(25)..].join("\n");
+            panic!(
+                "job {job_id} {}: {}\nthe log's last lines:\n{tail}\njob: {job}",
+                job["state"], job["error"]
+            );
         }
         job
     }

@@ -77,7 +77,10 @@ pub async fn clone(on: &On<'_>, spec: &Clone, deadline: Duration) -> Result<Stri
         }
         Access::Token(token) => {
             let command = prepare
-                .raw("IFS= read -r BERTH_TOKEN; export BERTH_TOKEN;")
+                // The token comes without a newline: `read` then answers 1
+                // (end of input) with the value read, which `set -e` must
+                // not take for a failure.
+                .raw("IFS= read -r BERTH_TOKEN || [ -n \"$BERTH_TOKEN\" ]; export BERTH_TOKEN;")
                 .raw("git config credential.helper '!f() { echo username=x-access-token; echo \"password=$BERTH_TOKEN\"; }; f';")
                 .raw("sh -c")
                 .raw(QUOTED_FETCH)

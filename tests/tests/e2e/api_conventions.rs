@@ -183,6 +183,7 @@ async fn openapi_documents_every_route() {
     let expected = [
         "DELETE /api/v1/account",
         "DELETE /api/v1/deployments/{id}",
+        "DELETE /api/v1/github",
         "DELETE /api/v1/notifications/{id}",
         "DELETE /api/v1/servers/{id}",
         "DELETE /api/v1/sessions/{id}",
@@ -204,6 +205,7 @@ async fn openapi_documents_every_route() {
         "GET /api/v1/deployments/{id}/releases/{number}/logs",
         "GET /api/v1/deployments/{id}/runtime-logs",
         "GET /api/v1/deployments/{id}/webhook",
+        "GET /api/v1/github/repos",
         "GET /api/v1/health",
         "GET /api/v1/health/live",
         "GET /api/v1/health/ready",
@@ -252,6 +254,7 @@ async fn openapi_documents_every_route() {
         "POST /api/v1/deployments/{id}/rollback",
         "POST /api/v1/deployments/{id}/stop",
         "POST /api/v1/deployments/{id}/webhook/rotate",
+        "POST /api/v1/github/repos/sync",
         "POST /api/v1/jobs/{id}/cancel",
         "POST /api/v1/notifications/read-all",
         "POST /api/v1/profile/password",

@@ -59,7 +59,7 @@ async fn a_worker_killed_at_any_step_leaves_a_consistent_deployment() {
         .git_deployment(
             &repo,
             json!({"name": "sturdy", "port": 8080, "drainSeconds": 4,
-                   "healthCheck": {"path": "/index.html", "retries": 60}}),
+                   "healthCheck": {"path": "/index.html", "retries": 100}}),
         )
         .await;
     f.job_ok(f.redeploy(&id).await["jobId"].as_str().unwrap())

@@ -6,6 +6,7 @@ mod api_conventions;
 mod contract;
 mod deployment_crashes;
 mod deployment_failures;
+mod deployment_github;
 mod deployment_sources;
 mod deployment_webhook;
 mod deployment_zero_downtime;

@@ -13,7 +13,7 @@ async fn stack_with(fake: &FakeOAuth) -> Stack {
     Stack::start(&pairs).await
 }
 
-fn account(id: &str, email: &str, verified: bool) -> FakeAccount {
+pub(crate) fn account(id: &str, email: &str, verified: bool) -> FakeAccount {
     FakeAccount {
         id: id.into(),
         login: format!("user{id}"),
@@ -30,7 +30,7 @@ fn location(res: &reqwest::Response) -> Url {
 
 /// Follows the flow like a browser: start → provider → callback. Answers the
 /// final redirect Berth gives.
-async fn run_flow(browser: &Browser, provider: &str, mode: Option<&str>) -> Url {
+pub(crate) async fn run_flow(browser: &Browser, provider: &str, mode: Option<&str>) -> Url {
     let start = match mode {
         Some(m) => format!("/api/v1/auth/oauth/{provider}?mode={m}"),
         None => format!("/api/v1/auth/oauth/{provider}"),

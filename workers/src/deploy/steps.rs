@@ -11,7 +11,7 @@ use berth_jobs::runtime::JobContext;
 use berth_remote::Server;
 use berth_remote::ops::nginx::{Nginx, ProxySite};
 use berth_remote::ops::{On, OpError, docker, files, git, health, http, source};
-use berth_secrets::deployment_secret_binding;
+use berth_secrets::{deployment_secret_binding, oauth_token_binding};
 use berth_ssh::{Arg, Refused, Stream};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -294,6 +294,23 @@ impl Run<'_> {
             .unwrap_or_else(|| "main".into());
         let over_ssh = url.starts_with("ssh://") || (!url.contains("://") && url.contains('@'));
         let access = match (&self.deployment.deploy_key_sealed, over_ssh) {
+            _ if self.deployment.git_access == "github" => {
+                let owner = self.deployment.owner_user_id;
+                let sealed = store::github_token(&self.jobs.pool, owner)
+                    .await?
+                    .ok_or_else(|| {
+                        StepError::new(
+                            "the GitHub account this deployment clones with is no longer linked: \
+                             link it again (GET /auth/oauth/github?mode=link) and redeploy",
+                        )
+                    })?;
+                let token = self
+                    .jobs
+                    .keys
+                    .open_string(&sealed, oauth_token_binding(&format!("{owner}/github")))
+                    .map_err(|e| StepError::new(format!("the GitHub token does not open: {e}")))?;
+                git::Access::Token(token.into())
+            }
             (Some(sealed), true) => {
                 let id = self.id().to_string();
                 let key = self
@@ -415,14 +432,26 @@ impl Run<'_> {
                 };
                 match health::wait_healthy(&self.on, port, &check).await? {
                     health::Health::Healthy { .. } => Ok(()),
-                    health::Health::Unhealthy { attempts, last } => Err(format!(
-                        "unhealthy after {attempts} checks of {}: {}",
-                        check.path,
-                        last.status.map_or_else(
-                            || last.error.unwrap_or_else(|| "no answer".into()),
-                            |s| format!("status {s}, expected {}", check.expected_status)
-                        )
-                    )),
+                    health::Health::Unhealthy { attempts, last } => {
+                        // A refused connection says little; a container that
+                        // is no longer running says why.
+                        let container_state = match docker::inspect(&self.on, &container).await? {
+                            Some(c) if c.state.running => String::new(),
+                            Some(c) => format!(
+                                " (the container is {}, exit code {})",
+                                c.state.status, c.state.exit_code
+                            ),
+                            None => " (the container is gone)".into(),
+                        };
+                        Err(format!(
+                            "unhealthy after {attempts} checks of {}: {}{container_state}",
+                            check.path,
+                            last.status.map_or_else(
+                                || last.error.unwrap_or_else(|| "no answer".into()),
+                                |s| format!("status {s}, expected {}", check.expected_status)
+                            )
+                        ))
+                    }
                 }
             }
             None => {

@@ -21,6 +21,8 @@ pub struct DeploymentRow {
     pub branch: Option<String>,
     pub image: Option<String>,
     pub deploy_key_sealed: Option<String>,
+    /// `deploy_key`, or `github`: cloned with the owner's GitHub token.
+    pub git_access: String,
     pub status: DeploymentStatus,
     pub live_release: Option<i32>,
 }
@@ -41,7 +43,7 @@ pub struct ReleaseRow {
 }
 
 const DEPLOYMENT_COLUMNS: &str = "id, owner_user_id, server_id, name, source_type, repo_url, branch, \
-    image, deploy_key_sealed, status, live_release";
+    image, deploy_key_sealed, git_access, status, live_release";
 const RELEASE_COLUMNS: &str = "number, trigger, rollback_of, requested_commit, source_ref, image_tag, \
     snapshot_sealed, state, container, port, image_pruned";
 
@@ -66,6 +68,17 @@ pub async fn release(
     .bind(number)
     .fetch_optional(pool)
     .await
+}
+
+/// The owner's sealed GitHub token, when GitHub is linked with one.
+pub async fn github_token(pool: &PgPool, user_id: Uuid) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT token_sealed FROM oauth_identities WHERE user_id = $1 AND provider = 'github'",
+    )
+    .bind(user_id)
+    .fetch_optional(pool)
+    .await
+    .map(Option::flatten)
 }
 
 /// All releases, newest first.

@@ -91,14 +91,31 @@ async fn insert(
     }
     let id = Uuid::new_v4();
     let id_text = id.to_string();
+    // A github source is stored under its name as synced.
+    let mut github_repo = None;
     let (source_type, repo_url, branch, image) = match &spec.source {
         Source::Git { repo_url, branch } => {
             ("git", Some(repo_url.clone()), Some(branch.clone()), None)
         }
+        Source::Github { repo, branch } => {
+            let synced = synced_repo(&mut tx, principal, repo).await?;
+            github_repo = Some(synced.full_name);
+            (
+                "git",
+                Some(synced.clone_url),
+                Some(branch.clone().unwrap_or(synced.default_branch)),
+                None,
+            )
+        }
         Source::Image { image } => ("image", None, None, Some(image.clone())),
         Source::Upload => ("upload", None, None, None),
     };
-    let (deploy_key_sealed, deploy_key_public) = if source_type == "git" {
+    let git_access = if github_repo.is_some() {
+        "github"
+    } else {
+        "deploy_key"
+    };
+    let (deploy_key_sealed, deploy_key_public) = if source_type == "git" && github_repo.is_none() {
         let (private, public) =
             berth_ssh::keys::generate_deploy_key(&format!("berth-deploy-{}", spec.name));
         let sealed = state.keys.seal(
@@ -116,8 +133,9 @@ async fn insert(
     let settings = Settings::of(&spec);
     sqlx::query(
         "INSERT INTO deployments (id, owner_user_id, server_id, project_id, name, source_type, repo_url, \
-         branch, image, settings, env_sealed, deploy_key_sealed, deploy_key_public, webhook_secret_sealed) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+         branch, image, settings, env_sealed, deploy_key_sealed, deploy_key_public, webhook_secret_sealed, \
+         git_access, github_repo) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
     )
     .bind(id)
     .bind(principal.user_id())
@@ -133,6 +151,8 @@ async fn insert(
     .bind(&deploy_key_sealed)
     .bind(&deploy_key_public)
     .bind(&webhook)
+    .bind(git_access)
+    .bind(&github_repo)
     .execute(&mut *tx)
     .await?;
     let row = owned(&mut tx, principal, id).await?;
@@ -166,7 +186,7 @@ async fn insert(
             "deployment",
             id,
             serde_json::json!({ "name": spec.name, "serverId": spec.server_id, "source": source_type,
-                "repoUrl": repo_url, "image": image, "envNames": spec.env.keys().collect::<Vec<_>>(),
+                "repoUrl": repo_url, "githubRepo": github_repo, "image": image, "envNames": spec.env.keys().collect::<Vec<_>>(),
                 "archiveSha256": archive.as_ref().map(|a| &a.sha256) }),
         ),
     )
@@ -380,4 +400,46 @@ fn normalize(
         sha256: normalized.upload_sha256,
         bytes,
     })
+}
+
+/// A repository of the caller's synced GitHub list (`owner/name`, in any
+/// case): its clone URL and default branch. The account must still be
+/// linked with a token, which the release's fetch will clone with.
+#[derive(sqlx::FromRow)]
+struct SyncedRepo {
+    full_name: String,
+    clone_url: String,
+    default_branch: String,
+    has_token: bool,
+}
+
+async fn synced_repo(
+    tx: &mut sqlx::PgConnection,
+    principal: &Principal,
+    repo: &str,
+) -> Result<SyncedRepo, ApiError> {
+    let found: Option<SyncedRepo> = sqlx::query_as(
+        "SELECT r.full_name, r.clone_url, r.default_branch, o.token_sealed IS NOT NULL AS has_token \
+         FROM github_repos r \
+         JOIN oauth_identities o ON o.user_id = r.user_id AND o.provider = 'github' \
+         WHERE r.user_id = $1 AND lower(r.full_name) = lower($2)",
+    )
+    .bind(principal.user_id())
+    .bind(repo)
+    .fetch_optional(&mut *tx)
+    .await?;
+    match found {
+        None => Err(ApiError::NotFound(format!(
+            "{repo} is not among your synced GitHub repositories: link GitHub and run \
+             POST /github/repos/sync"
+        ))),
+        Some(SyncedRepo {
+            has_token: false, ..
+        }) => Err(ApiError::Conflict(
+            "Berth holds no token for the linked GitHub account: link it again with \
+             GET /auth/oauth/github?mode=link"
+                .into(),
+        )),
+        Some(synced) => Ok(synced),
+    }
 }

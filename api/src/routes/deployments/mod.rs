@@ -36,9 +36,13 @@ pub use webhook::*;
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SourceView {
-    /// `git`, `image` or `upload`.
+    /// `git`, `github` (a synced repository, cloned with the linked
+    /// account's token), `image` or `upload`.
     #[serde(rename = "type")]
     kind: String,
+    /// `owner/name` of a `github` source.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    repo: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     repo_url: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -123,6 +127,7 @@ pub(crate) struct DeploymentRow {
     pub repo_url: Option<String>,
     pub branch: Option<String>,
     pub image: Option<String>,
+    pub github_repo: Option<String>,
     pub settings: serde_json::Value,
     pub status: DeploymentStatus,
     pub status_reason: Option<String>,
@@ -135,7 +140,7 @@ pub(crate) struct DeploymentRow {
 }
 
 const COLUMNS: &str = "d.id, d.server_id, d.project_id, d.name, d.source_type, \
-    d.repo_url, d.branch, d.image, d.settings, d.status, d.status_reason, d.live_release, \
+    d.repo_url, d.branch, d.image, d.github_repo, d.settings, d.status, d.status_reason, d.live_release, \
     s.host AS server_host, s.hostname_base, s.build_slots, d.created_at, d.updated_at";
 
 impl DeploymentRow {
@@ -214,7 +219,11 @@ pub(crate) async fn view(
         settings: row.settings()?,
         url: row.url(),
         source: SourceView {
-            kind: row.source_type,
+            kind: match row.github_repo {
+                Some(_) => "github".into(),
+                None => row.source_type,
+            },
+            repo: row.github_repo,
             repo_url: row.repo_url,
             branch: row.branch,
             image: row.image,

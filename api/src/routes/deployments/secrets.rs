@@ -159,7 +159,12 @@ pub async fn deploy_key(
             .fetch_one(&mut *conn)
             .await?;
     let public_key =
-        key.ok_or_else(|| ApiError::NotFound("only a git deployment has a deploy key".into()))?;
+        key.ok_or_else(|| {
+            ApiError::NotFound(
+                "only a git deployment has a deploy key (a github one clones with the linked account's token)"
+                    .into(),
+            )
+        })?;
     Ok(Envelope::ok(DeployKey { public_key }))
 }
 

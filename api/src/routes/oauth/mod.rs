@@ -77,10 +77,14 @@ impl Provider {
         }
     }
 
-    fn scopes(self) -> &'static str {
-        match self {
-            Provider::Github => "read:user user:email",
-            Provider::Google => "openid email profile",
+    /// Signing in needs only who the user is; linking GitHub explicitly
+    /// also asks for `repo`, so the account's private repositories can be
+    /// listed and deployed (`/github/repos`).
+    fn scopes(self, linking: bool) -> &'static str {
+        match (self, linking) {
+            (Provider::Github, false) => "read:user user:email",
+            (Provider::Github, true) => "read:user user:email repo",
+            (Provider::Google, _) => "openid email profile",
         }
     }
 
@@ -165,6 +169,7 @@ pub async fn start(
         pkce_verifier,
         link_user_id,
     };
+    let scopes = provider.scopes(flow.link_user_id.is_some());
     let _: () = redis::cmd("SET")
         .arg(flow_key(&state_value))
         .arg(serde_json::to_string(&flow).map_err(|e| ApiError::Internal(e.into()))?)
@@ -178,7 +183,7 @@ pub async fn start(
         .append_pair("response_type", "code")
         .append_pair("client_id", &config.client_id)
         .append_pair("redirect_uri", &redirect_uri(&state, provider))
-        .append_pair("scope", provider.scopes())
+        .append_pair("scope", scopes)
         .append_pair("state", &state_value)
         .append_pair("code_challenge", &challenge)
         .append_pair("code_challenge_method", "S256");
@@ -197,6 +202,8 @@ pub struct CallbackQuery {
 /// An identity as the provider describes it.
 struct Identity {
     provider_user_id: String,
+    /// GitHub's user name.
+    login: Option<String>,
     email: Option<String>,
     email_verified: bool,
     name: String,
@@ -310,8 +317,8 @@ async fn finish(
             Failure("the sign-in state is unknown, used or expired: start again".into())
         })?;
     let config = provider.config(state)?;
-    let access_token = exchange_code(state, provider, config, &code, &flow.pkce_verifier).await?;
-    let identity = fetch_identity(state, provider, config, &access_token).await?;
+    let granted = exchange_code(state, provider, config, &code, &flow.pkce_verifier).await?;
+    let identity = fetch_identity(state, provider, config, &granted.token).await?;
 
     let mut tx = state.pool.begin().await?;
     let linked: Option<Uuid> = sqlx::query_scalar(
@@ -333,6 +340,7 @@ async fn finish(
             }
             None => link(&mut tx, provider, &identity, link_user_id, client).await?,
         }
+        keep_token(&mut tx, state, provider, &identity, link_user_id, &granted).await?;
         tx.commit().await?;
         let to = format!(
             "{}/settings?linked={}",
@@ -371,6 +379,7 @@ async fn finish(
     if !user.is_active() {
         return Err(Failure("this account is suspended".into()));
     }
+    keep_token(&mut tx, state, provider, &identity, user.id, &granted).await?;
     let (jar, answer) =
         sessions::complete_sign_in(&mut tx, state, jar, &user, provider.method(), false, client)
             .await?;
@@ -385,6 +394,39 @@ async fn finish(
         }
     };
     Ok((jar, Redirect::to(&to)))
+}
+
+/// GitHub's token is kept, sealed, for the account's repositories (each
+/// sign-in or link replaces it with the newest grant); Google's is not
+/// needed after sign-in and is never stored.
+async fn keep_token(
+    tx: &mut sqlx::PgConnection,
+    state: &AppState,
+    provider: Provider,
+    identity: &Identity,
+    user_id: Uuid,
+    granted: &Granted,
+) -> Result<(), Failure> {
+    if provider != Provider::Github {
+        return Ok(());
+    }
+    let sealed = state.keys.seal(
+        granted.token.as_bytes(),
+        berth_secrets::oauth_token_binding(&format!("{user_id}/{}", provider.name())),
+    );
+    sqlx::query(
+        "UPDATE oauth_identities SET token_sealed = $3, token_scopes = $4, login = $5, \
+         token_updated_at = now() WHERE provider = $1 AND provider_user_id = $2 AND user_id = $6",
+    )
+    .bind(provider.name())
+    .bind(&identity.provider_user_id)
+    .bind(sealed)
+    .bind(&granted.scope)
+    .bind(&identity.login)
+    .bind(user_id)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
 }
 
 async fn link(

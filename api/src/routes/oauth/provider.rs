@@ -10,7 +10,16 @@ use super::*;
 #[derive(Deserialize)]
 pub(super) struct TokenAnswer {
     access_token: Option<String>,
+    /// What the token may do, as the provider granted it (comma-separated
+    /// at GitHub).
+    scope: Option<String>,
     error: Option<String>,
+}
+
+/// The provider's access token and what it may do.
+pub(super) struct Granted {
+    pub token: String,
+    pub scope: Option<String>,
 }
 
 pub(super) fn provider_error(provider: Provider, what: &str, e: impl std::fmt::Display) -> Failure {
@@ -27,7 +36,7 @@ pub(super) async fn exchange_code(
     config: &OAuthProvider,
     code: &str,
     verifier: &str,
-) -> Result<String, Failure> {
+) -> Result<Granted, Failure> {
     let response = state
         .http
         .post(&config.token_url)
@@ -51,8 +60,9 @@ pub(super) async fn exchange_code(
     match answer {
         TokenAnswer {
             access_token: Some(token),
+            scope,
             ..
-        } if status.is_success() => Ok(token),
+        } if status.is_success() => Ok(Granted { token, scope }),
         TokenAnswer { error, .. } => Err(Failure(format!(
             "{} did not accept the sign-in ({}): start again",
             provider.title(),
@@ -138,6 +148,7 @@ pub(super) async fn fetch_identity(
                 .map(|e| e.email.clone());
             Ok(Identity {
                 provider_user_id: user.id.to_string(),
+                login: Some(user.login.clone()),
                 email_verified: verified.is_some(),
                 email: verified.or_else(|| emails.first().map(|e| e.email.clone())),
                 name: user.name.unwrap_or(user.login),
@@ -149,6 +160,7 @@ pub(super) async fn fetch_identity(
                 get_json(state, provider, &config.user_url, access_token).await?;
             Ok(Identity {
                 provider_user_id: user.sub,
+                login: None,
                 email_verified: user.email_verified,
                 name: user.name.clone().unwrap_or_default(),
                 email: user.email,
