@@ -378,6 +378,26 @@ async fn credentials_survive_a_master_key_rotation() {
         .as_str()
         .unwrap()
         .to_owned();
+    // And a linked GitHub account's token, sealed as the OAuth flow seals it.
+    let owner: uuid::Uuid =
+        sqlx::query_scalar("SELECT owner_user_id FROM servers WHERE id = $1::uuid")
+            .bind(&id)
+            .fetch_one(&w.stack.db.pool)
+            .await
+            .unwrap();
+    let token_sealed = berth_e2e::keyring().seal(
+        b"gho_test_token",
+        berth_secrets::oauth_token_binding(&format!("{owner}/github")),
+    );
+    sqlx::query(
+        "INSERT INTO oauth_identities (provider, provider_user_id, user_id, token_sealed) \
+         VALUES ('github', '31337', $1, $2)",
+    )
+    .bind(owner)
+    .bind(&token_sealed)
+    .execute(&w.stack.db.pool)
+    .await
+    .unwrap();
     let old_key = berth_e2e::MASTER_KEY;
     let new_key = "ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=";
     let mut env = w.stack.env.clone();
@@ -421,6 +441,17 @@ async fn credentials_survive_a_master_key_rotation() {
             "a deployment's secret resealed too"
         );
     }
+    let token_now: String = sqlx::query_scalar(
+        "SELECT token_sealed FROM oauth_identities WHERE user_id = $1 AND provider = 'github'",
+    )
+    .bind(owner)
+    .fetch_one(&w.stack.db.pool)
+    .await
+    .unwrap();
+    assert!(
+        before.needs_reseal(&token_now),
+        "the GitHub token resealed too"
+    );
 
     // A worker that knows only the new key validates the server.
     w.worker.signal(nix::sys::signal::Signal::SIGKILL);
