@@ -6,7 +6,8 @@
 
 use berth_secrets::{Binding, Keyring};
 use berth_secrets::{
-    deployment_secret_binding, oauth_token_binding, release_snapshot_binding, server_secret_binding,
+    deployment_secret_binding, oauth_identity_row, oauth_token_binding, release_snapshot_binding,
+    server_secret_binding,
 };
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -113,7 +114,7 @@ pub async fn reseal_all(pool: &PgPool, keys: &Keyring) -> anyhow::Result<Reseale
     .fetch_all(&mut *tx)
     .await?;
     for (user_id, provider, sealed) in tokens {
-        let row = format!("{user_id}/{provider}");
+        let row = oauth_identity_row(user_id, &provider);
         if let Some(again) = reseal_one(keys, &sealed, oauth_token_binding(&row), &mut outcome) {
             sqlx::query(
                 "UPDATE oauth_identities SET token_sealed = $3 WHERE user_id = $1 AND provider = $2",

@@ -65,8 +65,14 @@ pub fn release_snapshot_binding(release: &str) -> Binding<'_> {
     }
 }
 
+/// The row id a linked provider account's token is bound to: the api
+/// seals, workers open and reseal re-seals with this one spelling.
+pub fn oauth_identity_row(user_id: impl std::fmt::Display, provider: &str) -> String {
+    format!("{user_id}/{provider}")
+}
+
 /// A linked provider account's sealed access token; `identity` is
-/// `<user id>/<provider>` (e.g. `…/github`).
+/// [`oauth_identity_row`].
 pub fn oauth_token_binding(identity: &str) -> Binding<'_> {
     Binding {
         table: "oauth_identities",

@@ -10,7 +10,7 @@
 
 use axum::extract::State;
 use berth_config::OAuthProvider;
-use berth_secrets::oauth_token_binding;
+use berth_secrets::{oauth_identity_row, oauth_token_binding};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -319,17 +319,23 @@ pub async fn sync_repos(
     }))
 }
 
+/// GitHub is linked, but Berth holds no token for it.
+pub(crate) fn no_token() -> ApiError {
+    ApiError::Conflict(
+        "Berth holds no token for the linked GitHub account: link it again with \
+         GET /auth/oauth/github?mode=link"
+            .into(),
+    )
+}
+
 fn open_token(state: &AppState, user_id: Uuid, account: &Linked) -> Result<String, ApiError> {
-    let sealed = account.token_sealed.as_deref().ok_or_else(|| {
-        ApiError::Conflict(
-            "Berth holds no token for the linked GitHub account: link it again with \
-             GET /auth/oauth/github?mode=link"
-                .into(),
-        )
-    })?;
+    let sealed = account.token_sealed.as_deref().ok_or_else(no_token)?;
     let plain = state
         .keys
-        .open(sealed, oauth_token_binding(&format!("{user_id}/github")))
+        .open(
+            sealed,
+            oauth_token_binding(&oauth_identity_row(user_id, "github")),
+        )
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("the GitHub token does not open: {e}")))?;
     String::from_utf8(plain)
         .map_err(|_| ApiError::Internal(anyhow::anyhow!("the GitHub token is not text")))

@@ -387,7 +387,7 @@ async fn credentials_survive_a_master_key_rotation() {
             .unwrap();
     let token_sealed = berth_e2e::keyring().seal(
         b"gho_test_token",
-        berth_secrets::oauth_token_binding(&format!("{owner}/github")),
+        berth_secrets::oauth_token_binding(&berth_secrets::oauth_identity_row(owner, "github")),
     );
     sqlx::query(
         "INSERT INTO oauth_identities (provider, provider_user_id, user_id, token_sealed) \

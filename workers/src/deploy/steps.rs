@@ -11,7 +11,7 @@ use berth_jobs::runtime::JobContext;
 use berth_remote::Server;
 use berth_remote::ops::nginx::{Nginx, ProxySite};
 use berth_remote::ops::{On, OpError, docker, files, git, health, http, source};
-use berth_secrets::{deployment_secret_binding, oauth_token_binding};
+use berth_secrets::{deployment_secret_binding, oauth_identity_row, oauth_token_binding};
 use berth_ssh::{Arg, Refused, Stream};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -307,7 +307,10 @@ impl Run<'_> {
                 let token = self
                     .jobs
                     .keys
-                    .open_string(&sealed, oauth_token_binding(&format!("{owner}/github")))
+                    .open_string(
+                        &sealed,
+                        oauth_token_binding(&oauth_identity_row(owner, "github")),
+                    )
                     .map_err(|e| StepError::new(format!("the GitHub token does not open: {e}")))?;
                 git::Access::Token(token.into())
             }

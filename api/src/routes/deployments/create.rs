@@ -435,11 +435,7 @@ async fn synced_repo(
         ))),
         Some(SyncedRepo {
             has_token: false, ..
-        }) => Err(ApiError::Conflict(
-            "Berth holds no token for the linked GitHub account: link it again with \
-             GET /auth/oauth/github?mode=link"
-                .into(),
-        )),
+        }) => Err(crate::routes::github::no_token()),
         Some(synced) => Ok(synced),
     }
 }

@@ -412,7 +412,10 @@ async fn keep_token(
     }
     let sealed = state.keys.seal(
         granted.token.as_bytes(),
-        berth_secrets::oauth_token_binding(&format!("{user_id}/{}", provider.name())),
+        berth_secrets::oauth_token_binding(&berth_secrets::oauth_identity_row(
+            user_id,
+            provider.name(),
+        )),
     );
     sqlx::query(
         "UPDATE oauth_identities SET token_sealed = $3, token_scopes = $4, login = $5, \
