@@ -10,6 +10,7 @@ pub mod error;
 pub mod http_server;
 pub mod metrics;
 pub mod middleware;
+pub mod multipart;
 pub mod operator;
 pub mod rate_limit;
 pub mod realtime;

@@ -13,27 +13,16 @@ use std::time::{Duration, Instant};
 use berth_e2e::deploy::{AppRepo, DeployFleet};
 use berth_e2e::load::{Load, LoadReport};
 use futures::StreamExt;
-use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::{Setup, median};
 
 async fn release_job(f: &DeployFleet, id: &str, path: &str) -> anyhow::Result<(i64, String)> {
-    let (status, body) = f
-        .send(
-            Method::POST,
-            &format!("/api/v1/deployments/{id}/{path}"),
-            json!({}),
-        )
-        .await;
-    anyhow::ensure!(status == 202, "{path}: {body}");
-    let job = body["data"]["jobId"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let accepted = f.act(id, path, json!({})).await;
+    let job = accepted["jobId"].as_str().unwrap_or_default().to_owned();
     let done = f.job_end(&job).await;
     anyhow::ensure!(done["state"] == "succeeded", "{path}: {done}");
-    Ok((body["data"]["release"].as_i64().unwrap_or_default(), job))
+    Ok((accepted["release"].as_i64().unwrap_or_default(), job))
 }
 
 async fn release(f: &DeployFleet, id: &str, number: i64) -> anyhow::Result<Value> {
@@ -159,15 +148,9 @@ pub async fn deploys(_setup: &Setup) -> anyhow::Result<()> {
     );
     let (mut socket, _) = tokio_tungstenite::connect_async(request).await?;
     repo.commit("logged", true);
-    let (status, body) = f
-        .send(
-            Method::POST,
-            &format!("/api/v1/deployments/{id}/redeploy"),
-            json!({}),
-        )
-        .await;
-    anyhow::ensure!(status == 202, "{body}");
-    let wanted = body["data"]["release"].as_i64().unwrap_or_default();
+    let wanted = f.redeploy(&id).await["release"]
+        .as_i64()
+        .unwrap_or_default();
     let mut delays = Vec::new();
     let until = Instant::now() + Duration::from_secs(120);
     while Instant::now() < until {

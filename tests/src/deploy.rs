@@ -222,17 +222,24 @@ impl DeployFleet {
         (id, url)
     }
 
-    /// `POST /deployments/{id}/redeploy`; answers the 202's data.
-    pub async fn redeploy(&self, id: &str) -> Value {
-        let (status, body) = self
+    /// `POST /deployments/{id}/{action}` (redeploy, rollback, stop,
+    /// restart); answers the 202's data (`jobId`, and `release` where one
+    /// is made).
+    pub async fn act(&self, id: &str, action: &str, body: Value) -> Value {
+        let (status, answer) = self
             .send(
                 Method::POST,
-                &format!("/api/v1/deployments/{id}/redeploy"),
-                json!({}),
+                &format!("/api/v1/deployments/{id}/{action}"),
+                body,
             )
             .await;
-        assert_eq!(status, 202, "{body}");
-        body["data"].clone()
+        assert_eq!(status, 202, "{action}: {answer}");
+        answer["data"].clone()
+    }
+
+    /// `POST /deployments/{id}/redeploy`; answers the 202's data.
+    pub async fn redeploy(&self, id: &str) -> Value {
+        self.act(id, "redeploy", json!({})).await
     }
 
     /// Lets the deployment's deploy key read the test server over SSH (as a

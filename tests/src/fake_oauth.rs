@@ -358,6 +358,12 @@ impl FakeOAuth {
         self.shared.lock().unwrap().repos.push(repo);
     }
 
+    /// The repositories the account can read are now these (in this
+    /// order, duplicates kept: GitHub's pages can shift while listed).
+    pub fn set_repos(&self, repos: Vec<FakeRepo>) {
+        self.shared.lock().unwrap().repos = repos;
+    }
+
     /// The access tokens the fake issued (to check none leaks).
     pub fn issued_tokens(&self) -> Vec<String> {
         self.shared.lock().unwrap().tokens.keys().cloned().collect()

@@ -8,6 +8,8 @@
 //! [`MAX_PAGES`], each body at most [`MAX_PAGE_BYTES`], the client's 15 s
 //! timeout per page).
 
+use std::collections::HashSet;
+
 use axum::extract::State;
 use berth_config::OAuthProvider;
 use berth_secrets::{oauth_identity_row, oauth_token_binding};
@@ -79,10 +81,14 @@ struct Linked {
     token_sealed: Option<String>,
 }
 
+/// How a user gives Berth a (new) GitHub token: the one hint every
+/// "no usable token" answer ends with.
+const LINK_HINT: &str = "GET /auth/oauth/github?mode=link";
+
 fn not_linked() -> ApiError {
-    ApiError::NotFound(
-        "no GitHub account is linked: link one with GET /auth/oauth/github?mode=link".into(),
-    )
+    ApiError::NotFound(format!(
+        "no GitHub account is linked: link one with {LINK_HINT}"
+    ))
 }
 
 async fn linked(
@@ -175,11 +181,10 @@ async fn repos_page(
     match response.status().as_u16() {
         200 => {}
         401 => {
-            return Err(ApiError::Conflict(
+            return Err(ApiError::Conflict(format!(
                 "GitHub no longer accepts the linked account's token: link it again with \
-                 GET /auth/oauth/github?mode=link"
-                    .into(),
-            ));
+                 {LINK_HINT}"
+            )));
         }
         status => return Err(unreachable(format!("status {status}"))),
     }
@@ -205,6 +210,9 @@ async fn fetch_repos(
         .as_deref()
         .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("GitHub has no repository URL")))?;
     let mut repos = Vec::new();
+    // A list that shifts while it is paged can show one repository twice;
+    // the upsert takes each id and each name once.
+    let (mut seen_ids, mut seen_names) = (HashSet::new(), HashSet::new());
     for page in 1..=MAX_PAGES {
         let found = repos_page(state, url, token, page).await?;
         let last = found.len() < PER_PAGE;
@@ -212,6 +220,8 @@ async fn fetch_repos(
             berth_deployments::spec::github_repo_name_ok(&r.full_name)
                 && berth_ssh::Arg::url(&r.clone_url).is_ok()
                 && r.clone_url.starts_with("http")
+                && seen_ids.insert(r.id)
+                && seen_names.insert(r.full_name.to_lowercase())
         }));
         if last {
             break;
@@ -263,43 +273,55 @@ pub async fn sync_repos(
             .execute(&mut *tx)
             .await?
             .rows_affected();
-    for repo in &repos {
-        // A renamed repository keeps its id; a name taken over by another
-        // id (deleted and re-created) is the new one's.
-        sqlx::query(
-            "DELETE FROM github_repos WHERE user_id = $1 AND lower(full_name) = lower($2) \
-             AND github_id <> $3",
-        )
-        .bind(user_id)
-        .bind(&repo.full_name)
-        .bind(repo.id)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO github_repos (user_id, github_id, full_name, private, default_branch, \
-             clone_url, html_url, description, pushed_at, synced_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now()) \
-             ON CONFLICT (user_id, github_id) DO UPDATE SET full_name = EXCLUDED.full_name, \
-             private = EXCLUDED.private, default_branch = EXCLUDED.default_branch, \
-             clone_url = EXCLUDED.clone_url, html_url = EXCLUDED.html_url, \
-             description = EXCLUDED.description, pushed_at = EXCLUDED.pushed_at, synced_at = now()",
-        )
-        .bind(user_id)
-        .bind(repo.id)
-        .bind(&repo.full_name)
-        .bind(repo.private)
-        .bind(repo.default_branch.as_deref().unwrap_or("main"))
-        .bind(&repo.clone_url)
-        .bind(&repo.html_url)
-        .bind(
-            repo.description
+    let names: Vec<&str> = repos.iter().map(|r| r.full_name.as_str()).collect();
+    // A renamed repository keeps its id; a name taken over by another id
+    // (deleted and re-created) is the new one's.
+    sqlx::query(
+        "DELETE FROM github_repos g USING UNNEST($2::bigint[], $3::text[]) AS r(github_id, full_name) \
+         WHERE g.user_id = $1 AND lower(g.full_name) = lower(r.full_name) AND g.github_id <> r.github_id",
+    )
+    .bind(user_id)
+    .bind(&ids)
+    .bind(&names)
+    .execute(&mut *tx)
+    .await?;
+    let private: Vec<bool> = repos.iter().map(|r| r.private).collect();
+    let branches: Vec<&str> = repos
+        .iter()
+        .map(|r| r.default_branch.as_deref().unwrap_or("main"))
+        .collect();
+    let clone_urls: Vec<&str> = repos.iter().map(|r| r.clone_url.as_str()).collect();
+    let html_urls: Vec<&str> = repos.iter().map(|r| r.html_url.as_str()).collect();
+    let descriptions: Vec<Option<String>> = repos
+        .iter()
+        .map(|r| {
+            r.description
                 .as_deref()
-                .map(|d| d.chars().take(500).collect::<String>()),
-        )
-        .bind(repo.pushed_at)
-        .execute(&mut *tx)
-        .await?;
-    }
+                .map(|d| d.chars().take(500).collect())
+        })
+        .collect();
+    let pushed: Vec<Option<DateTime<Utc>>> = repos.iter().map(|r| r.pushed_at).collect();
+    sqlx::query(
+        "INSERT INTO github_repos (user_id, github_id, full_name, private, default_branch, \
+         clone_url, html_url, description, pushed_at, synced_at) \
+         SELECT $1, r.*, now() FROM UNNEST($2::bigint[], $3::text[], $4::bool[], $5::text[], \
+         $6::text[], $7::text[], $8::text[], $9::timestamptz[]) AS r \
+         ON CONFLICT (user_id, github_id) DO UPDATE SET full_name = EXCLUDED.full_name, \
+         private = EXCLUDED.private, default_branch = EXCLUDED.default_branch, \
+         clone_url = EXCLUDED.clone_url, html_url = EXCLUDED.html_url, \
+         description = EXCLUDED.description, pushed_at = EXCLUDED.pushed_at, synced_at = now()",
+    )
+    .bind(user_id)
+    .bind(&ids)
+    .bind(&names)
+    .bind(&private)
+    .bind(&branches)
+    .bind(&clone_urls)
+    .bind(&html_urls)
+    .bind(&descriptions)
+    .bind(&pushed)
+    .execute(&mut *tx)
+    .await?;
     audit::record(
         &mut tx,
         client.audit(
@@ -321,11 +343,9 @@ pub async fn sync_repos(
 
 /// GitHub is linked, but Berth holds no token for it.
 pub(crate) fn no_token() -> ApiError {
-    ApiError::Conflict(
-        "Berth holds no token for the linked GitHub account: link it again with \
-         GET /auth/oauth/github?mode=link"
-            .into(),
-    )
+    ApiError::Conflict(format!(
+        "Berth holds no token for the linked GitHub account: link it again with {LINK_HINT}"
+    ))
 }
 
 fn open_token(state: &AppState, user_id: Uuid, account: &Linked) -> Result<String, ApiError> {

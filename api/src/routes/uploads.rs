@@ -6,6 +6,8 @@
 
 use axum::extract::State;
 use axum::extract::multipart::{Multipart, MultipartRejection};
+
+use crate::multipart::{PartError, next_part, read_part_to_vec};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
@@ -104,25 +106,19 @@ async fn read_file_part(
     multipart: &mut Multipart,
     max_bytes: usize,
 ) -> Result<(Option<String>, Vec<u8>), ApiError> {
-    let malformed = |_| multipart_error("the multipart body is malformed or incomplete");
-    while let Some(mut field) = multipart.next_field().await.map_err(malformed)? {
+    let failed = |e: PartError| match e {
+        PartError::TooLarge => too_large(max_bytes),
+        PartError::Malformed => multipart_error("the multipart body is malformed or incomplete"),
+        PartError::Sink(e) => e,
+    };
+    while let Some(mut field) = next_part(multipart).await.map_err(failed)? {
         if field.name() != Some("file") {
             continue;
         }
         let name = field.file_name().map(str::to_owned);
-        let mut data = Vec::new();
-        while let Some(chunk) = field.chunk().await.map_err(|e| {
-            if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                too_large(max_bytes)
-            } else {
-                malformed(e)
-            }
-        })? {
-            if data.len() + chunk.len() > max_bytes {
-                return Err(too_large(max_bytes));
-            }
-            data.extend_from_slice(&chunk);
-        }
+        let data = read_part_to_vec(&mut field, max_bytes)
+            .await
+            .map_err(failed)?;
         return Ok((name, data));
     }
     Err(multipart_error(

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use berth_e2e::deploy::{AppRepo, DeployFleet};
 use berth_e2e::eventually;
-use reqwest::Method;
 use serde_json::{Value, json};
 
 async fn releases(f: &DeployFleet, id: &str) -> Vec<Value> {
@@ -81,15 +80,7 @@ async fn a_worker_killed_at_any_step_leaves_a_consistent_deployment() {
                 ("after-switch", None)
             }
         };
-        let (status, body) = f
-            .send(
-                Method::POST,
-                &format!("/api/v1/deployments/{id}/redeploy"),
-                json!({}),
-            )
-            .await;
-        assert_eq!(status, 202, "{body}");
-        let job_id = body["data"]["jobId"].as_str().unwrap().to_owned();
+        let job_id = f.redeploy(&id).await["jobId"].as_str().unwrap().to_owned();
         wait_until(&f, &id, step).await;
         if step == Some("preflight") {
             // Into the build's sleep.

@@ -157,6 +157,58 @@ async fn a_synced_private_repository_deploys_with_the_accounts_token_until_disco
     let (_, log) = f.get(&format!("/api/v1/jobs/{job}/logs?limit=1000")).await;
     assert!(!log.to_string().contains(&token));
 
+    // A sync again: a renamed repository keeps its id, a new one taking
+    // over the old name is the new one's, one listed twice is one; then
+    // a repository no longer listed is removed.
+    let listed = |id: i64, name: &str| FakeRepo {
+        id,
+        full_name: name.into(),
+        private: true,
+        default_branch: "main".into(),
+        bare: repo.bare.clone(),
+    };
+    fake.set_repos(vec![
+        listed(4242, "octo/app-v2"),
+        listed(5151, "octo/private-app"),
+        listed(5151, "octo/private-app"),
+    ]);
+    let names = || async {
+        let (_, body) = f.get("/api/v1/github/repos").await;
+        let mut found: Vec<(i64, String)> = body["data"]["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["id"].as_i64().unwrap(),
+                    r["fullName"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        found.sort();
+        found
+    };
+    let (status, body) = f
+        .send(Method::POST, "/api/v1/github/repos/sync", json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["synced"], 2, "{body}");
+    assert_eq!(body["data"]["removed"], 0, "{body}");
+    assert_eq!(
+        names().await,
+        vec![
+            (4242, "octo/app-v2".to_owned()),
+            (5151, "octo/private-app".to_owned())
+        ]
+    );
+    fake.set_repos(vec![listed(5151, "octo/private-app")]);
+    let (status, body) = f
+        .send(Method::POST, "/api/v1/github/repos/sync", json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["removed"], 1, "{body}");
+    assert_eq!(names().await, vec![(5151, "octo/private-app".to_owned())]);
+
     // A token GitHub revoked: the sync says so.
     fake.revoke_tokens();
     let (status, body) = f

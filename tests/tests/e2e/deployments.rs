@@ -66,16 +66,9 @@ async fn a_git_app_is_built_served_redeployed_rolled_back_stopped_and_deleted() 
     );
 
     f.authorize_deploy_key(&id).await;
-    let (status, body) = f
-        .send(
-            Method::POST,
-            &format!("/api/v1/deployments/{id}/redeploy"),
-            json!({}),
-        )
-        .await;
-    assert_eq!(status, 202, "{body}");
-    assert_eq!(body["data"]["release"], 2);
-    f.job_ok(body["data"]["jobId"].as_str().unwrap()).await;
+    let second = f.redeploy(&id).await;
+    assert_eq!(second["release"], 2);
+    f.job_ok(second["jobId"].as_str().unwrap()).await;
     let live = f.deployment(&id).await;
     assert_eq!(
         (live["status"].as_str(), live["liveRelease"].as_i64()),
@@ -160,14 +153,8 @@ async fn a_git_app_is_built_served_redeployed_rolled_back_stopped_and_deleted() 
         2,
         "{bad}"
     );
-    let (_, body) = f
-        .send(
-            Method::POST,
-            &format!("/api/v1/deployments/{id}/redeploy"),
-            json!({}),
-        )
+    f.job_ok(f.redeploy(&id).await["jobId"].as_str().unwrap())
         .await;
-    f.job_ok(body["data"]["jobId"].as_str().unwrap()).await;
     assert_eq!(f.through_nginx(&url, "/").await, Some((200, "v3\n".into())));
     assert_eq!(
         f.through_nginx(&url, "/greeting.txt").await,
@@ -215,16 +202,9 @@ async fn a_git_app_is_built_served_redeployed_rolled_back_stopped_and_deleted() 
     }
 
     // Rollback: v2's image and v2's env, no build.
-    let (status, body) = f
-        .send(
-            Method::POST,
-            &format!("/api/v1/deployments/{id}/rollback"),
-            json!({}),
-        )
-        .await;
-    assert_eq!(status, 202, "{body}");
-    assert_eq!(body["data"]["release"], 4);
-    f.job_ok(body["data"]["jobId"].as_str().unwrap()).await;
+    let rollback = f.act(&id, "rollback", json!({})).await;
+    assert_eq!(rollback["release"], 4);
+    f.job_ok(rollback["jobId"].as_str().unwrap()).await;
     assert_eq!(f.through_nginx(&url, "/").await, Some((200, "v1\n".into())));
     assert_eq!(
         f.through_nginx(&url, "/greeting.txt").await,
@@ -312,26 +292,13 @@ async fn a_git_app_is_built_served_redeployed_rolled_back_stopped_and_deleted() 
     assert_eq!(status, 409);
 
     // Stop takes the site down; restart brings it back.
-    let (status, body) = f
-        .send(
-            Method::POST,
-            &format!("/api/v1/deployments/{id}/stop"),
-            json!({}),
-        )
-        .await;
-    assert_eq!(status, 202, "{body}");
-    f.job_ok(body["data"]["jobId"].as_str().unwrap()).await;
+    let stop = f.act(&id, "stop", json!({})).await;
+    f.job_ok(stop["jobId"].as_str().unwrap()).await;
     assert_eq!(f.deployment(&id).await["status"], "stopped");
     let served = f.through_nginx(&url, "/").await;
     assert!(served.as_ref().is_none_or(|(s, _)| *s != 200), "{served:?}");
-    let (_, body) = f
-        .send(
-            Method::POST,
-            &format!("/api/v1/deployments/{id}/restart"),
-            json!({}),
-        )
-        .await;
-    f.job_ok(body["data"]["jobId"].as_str().unwrap()).await;
+    let restart = f.act(&id, "restart", json!({})).await;
+    f.job_ok(restart["jobId"].as_str().unwrap()).await;
     assert_eq!(f.deployment(&id).await["status"], "running");
     assert_eq!(f.through_nginx(&url, "/").await, Some((200, "v1\n".into())));
 

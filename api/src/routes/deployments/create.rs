@@ -14,12 +14,14 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::releases::{Making, make_release, seal_env, settings_json};
+use super::webhook::repo_identity;
 use super::{DeploymentView, owned, view};
 use crate::audit;
 use crate::auth::sessions::Client;
 use crate::auth::{Principal, Scope};
 use crate::envelope::{Envelope, Json};
 use crate::error::{ApiError, FieldError};
+use crate::multipart::{PartError, next_part, read_part, read_part_to_vec};
 use crate::state::AppState;
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -134,8 +136,8 @@ async fn insert(
     sqlx::query(
         "INSERT INTO deployments (id, owner_user_id, server_id, project_id, name, source_type, repo_url, \
          branch, image, settings, env_sealed, deploy_key_sealed, deploy_key_public, webhook_secret_sealed, \
-         git_access, github_repo) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+         git_access, github_repo, repo_identity) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
     )
     .bind(id)
     .bind(principal.user_id())
@@ -153,6 +155,7 @@ async fn insert(
     .bind(&webhook)
     .bind(git_access)
     .bind(&github_repo)
+    .bind(repo_url.as_deref().map(repo_identity))
     .execute(&mut *tx)
     .await?;
     let row = owned(&mut tx, principal, id).await?;
@@ -291,29 +294,26 @@ pub async fn upload(
             "the archive is larger than {max} bytes (BERTH_DEPLOY_ARCHIVE_MAX_BYTES)"
         ))
     };
-    let malformed = |_| ApiError::bad_request("the multipart body is malformed or incomplete");
+    let failed = |e: PartError| match e {
+        PartError::TooLarge => too_large(),
+        PartError::Malformed => {
+            ApiError::bad_request("the multipart body is malformed or incomplete")
+        }
+        PartError::Sink(e) => e,
+    };
     let mut fields = serde_json::Map::new();
     let mut upload: Option<(tempfile::NamedTempFile, usize)> = None;
-    while let Some(mut field) = multipart.next_field().await.map_err(malformed)? {
+    while let Some(mut field) = next_part(&mut multipart).await.map_err(failed)? {
         let name = field.name().unwrap_or("").to_owned();
         if name == "file" {
             let mut file =
                 tempfile::NamedTempFile::new().map_err(|e| ApiError::Internal(e.into()))?;
-            let mut size = 0usize;
-            while let Some(chunk) = field.chunk().await.map_err(|e| {
-                if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                    too_large()
-                } else {
-                    malformed(e)
-                }
-            })? {
-                size += chunk.len();
-                if size > max {
-                    return Err(too_large());
-                }
-                file.write_all(&chunk)
-                    .map_err(|e| ApiError::Internal(e.into()))?;
-            }
+            let size = read_part(&mut field, max, |chunk| {
+                file.write_all(chunk)
+                    .map_err(|e| ApiError::Internal(e.into()))
+            })
+            .await
+            .map_err(failed)?;
             upload = Some((file, size));
             continue;
         }
@@ -321,13 +321,12 @@ pub async fn upload(
         if !known {
             return Err(field_error(&name, "is not a field of a deployment"));
         }
-        let mut text = Vec::new();
-        while let Some(chunk) = field.chunk().await.map_err(malformed)? {
-            text.extend_from_slice(&chunk);
-            if text.len() > MAX_FIELD_BYTES {
-                return Err(field_error(&name, "is too long"));
-            }
-        }
+        let text = read_part_to_vec(&mut field, MAX_FIELD_BYTES)
+            .await
+            .map_err(|e| match e {
+                PartError::TooLarge => field_error(&name, "is too long"),
+                other => failed(other),
+            })?;
         let text = String::from_utf8(text).map_err(|_| field_error(&name, "must be UTF-8 text"))?;
         let value = if JSON_FIELDS.contains(&name.as_str()) {
             serde_json::from_str(&text).map_err(|_| field_error(&name, "must be JSON"))?

@@ -103,7 +103,6 @@ fn unauthorized() -> ApiError {
 struct Candidate {
     id: Uuid,
     owner_user_id: Uuid,
-    repo_url: Option<String>,
     branch: Option<String>,
     webhook_secret_sealed: Option<String>,
 }
@@ -147,18 +146,14 @@ pub async fn github(
     .map(|u| repo_identity(u))
     .collect();
     let candidates: Vec<Candidate> = sqlx::query_as(
-        "SELECT id, owner_user_id, repo_url, branch, webhook_secret_sealed FROM deployments \
-         WHERE source_type = 'git' AND status <> 'deleting'",
+        "SELECT id, owner_user_id, branch, webhook_secret_sealed FROM deployments \
+         WHERE repo_identity = ANY($1) AND source_type = 'git' AND status <> 'deleting'",
     )
+    .bind(&identities)
     .fetch_all(&state.pool)
     .await?;
     let signed: Vec<Candidate> = candidates
         .into_iter()
-        .filter(|c| {
-            c.repo_url
-                .as_deref()
-                .is_some_and(|u| identities.contains(&repo_identity(u)))
-        })
         .filter(|c| {
             let Some(sealed) = &c.webhook_secret_sealed else {
                 return false;
