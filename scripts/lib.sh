@@ -51,6 +51,9 @@ berth_install_packages() {
     command -v ssh-keygen >/dev/null 2>&1 || missing+=(openssh-client)
     # Image deploys pull from a registry of the tests' own.
     command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
+    # Certificates come from a local ACME CA (pebble) whose DNS is pebble-challtestsrv.
+    command -v pebble >/dev/null 2>&1 || missing+=(pebble)
+    command -v openssl >/dev/null 2>&1 || missing+=(openssl)
     berth_apt "${missing[@]}"
 }
 

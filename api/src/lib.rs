@@ -51,6 +51,7 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
         (name = "jobs", description = "Job status (SPEC §3.1)"),
         (name = "servers", description = "Users' servers over SSH (SPEC §3.3)"),
         (name = "deployments", description = "Apps built and run on users' servers, and their releases (SPEC §3.4)"),
+        (name = "domains", description = "Domains attached to deployments, and their certificates (SPEC §3.5)"),
         (name = "github", description = "The linked GitHub account's repositories, to deploy from (SPEC §3.4)"),
         (name = "alerts", description = "Alert rules, notifications and the realtime channel (SPEC §3.6)")
     )
@@ -101,6 +102,9 @@ fn deployment_routes(state: &AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(d::rotate_webhook))
         .routes(routes!(d::preflight))
         .routes(routes!(d::github))
+        .routes(routes!(routes::domains::list, routes::domains::create))
+        .routes(routes!(routes::domains::get, routes::domains::delete))
+        .routes(routes!(routes::domains::ssl))
         .routes(routes!(routes::github::list_repos))
         .routes(routes!(routes::github::sync_repos))
         .routes(routes!(routes::github::disconnect))

@@ -6,8 +6,8 @@
 
 use berth_secrets::{Binding, Keyring};
 use berth_secrets::{
-    deployment_secret_binding, oauth_identity_row, oauth_token_binding, release_snapshot_binding,
-    server_secret_binding,
+    acme_account_binding, deployment_secret_binding, oauth_identity_row, oauth_token_binding,
+    release_snapshot_binding, server_secret_binding,
 };
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -121,6 +121,26 @@ pub async fn reseal_all(pool: &PgPool, keys: &Keyring) -> anyhow::Result<Reseale
             )
             .bind(user_id)
             .bind(&provider)
+            .bind(again)
+            .execute(&mut *tx)
+            .await?;
+        }
+    }
+    let accounts: Vec<(String, String)> =
+        sqlx::query_as("SELECT directory_url, credentials_sealed FROM acme_accounts FOR UPDATE")
+            .fetch_all(&mut *tx)
+            .await?;
+    for (directory, sealed) in accounts {
+        if let Some(again) = reseal_one(
+            keys,
+            &sealed,
+            acme_account_binding(&directory),
+            &mut outcome,
+        ) {
+            sqlx::query(
+                "UPDATE acme_accounts SET credentials_sealed = $2 WHERE directory_url = $1",
+            )
+            .bind(&directory)
             .bind(again)
             .execute(&mut *tx)
             .await?;

@@ -33,6 +33,31 @@ pub fn release_dir(data_dir: &str, id: Uuid, release: i32) -> String {
     format!("{}/releases/{release}", deployment_dir(data_dir, id))
 }
 
+/// Where nginx finds ACME's HTTP-01 tokens on the server: the root of
+/// every site's `/.well-known/acme-challenge/` location.
+pub fn acme_root(data_dir: &str) -> String {
+    format!("{}/acme", data_dir.trim_end_matches('/'))
+}
+
+/// The directory of one domain's certificate files (inside the
+/// deployment's, so deleting the deployment removes them).
+pub fn certificate_dir(data_dir: &str, id: Uuid, domain_id: Uuid) -> String {
+    format!("{}/certs/{domain_id}", deployment_dir(data_dir, id))
+}
+
+/// One issued certificate's chain and key, named by its serial: a renewal
+/// writes new files beside the served ones, and the site points at one
+/// set at a time.
+pub fn certificate_files(
+    data_dir: &str,
+    id: Uuid,
+    domain_id: Uuid,
+    serial: &str,
+) -> (String, String) {
+    let dir = certificate_dir(data_dir, id, domain_id);
+    (format!("{dir}/{serial}.crt"), format!("{dir}/{serial}.key"))
+}
+
 /// The host name nginx serves a deployment under before any domain:
 /// `<name>-<short id>.<base>`, the base being the server's `hostnameBase`,
 /// else `<address>.sslip.io` for an IP address (sslip.io answers with the

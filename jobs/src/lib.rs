@@ -20,9 +20,10 @@ pub mod transport;
 
 pub use client::JobClient;
 pub use kinds::{
-    CodePurpose, Control, DeploymentDelete, DeploymentDeploy, DeploymentRestart,
-    DeploymentRollback, DeploymentStop, DiagnosticJob, EmailJob, EmailMessage, JobPayload, Kind,
-    RemoteSleep, Sealed, ServerProbe, ServerValidate, deployment_key,
+    CertificatesRenew, CodePurpose, Control, DeploymentDelete, DeploymentDeploy, DeploymentRestart,
+    DeploymentRollback, DeploymentStop, DiagnosticJob, DomainAttach, DomainCertificate,
+    DomainDetach, EmailJob, EmailMessage, JobPayload, Kind, RemoteSleep, Sealed, ServerProbe,
+    ServerValidate, certificate_dedupe, deployment_key,
 };
 pub use policy::{JobPolicy, Policies};
 pub use queue::Queue;

@@ -32,7 +32,9 @@ impl JobPolicy {
         let (max_attempts, timeout_secs, concurrency) = match queue {
             Queue::Deploy => (1, 1800, 4),
             Queue::Rollback => (1, 600, 2),
-            Queue::Ssl => (3, 300, 2),
+            // A CA's refusal is retried from 1 minute, doubling to 6 hours
+            // (below), for about a day before the job gives up.
+            Queue::Ssl => (10, 300, 2),
             Queue::Probe => (1, 30, 16),
             Queue::Backup => (2, 3600, 1),
             Queue::Email => (5, 60, 4),
@@ -40,10 +42,14 @@ impl JobPolicy {
             Queue::Diagnostic => (3, 600, 8),
             Queue::Maintenance => (1, 300, 2),
         };
+        let (backoff_base, backoff_max) = match queue {
+            Queue::Ssl => (Duration::from_secs(60), Duration::from_secs(6 * 3600)),
+            _ => (Duration::from_secs(5), Duration::from_secs(600)),
+        };
         Self {
             max_attempts,
-            backoff_base: Duration::from_secs(5),
-            backoff_max: Duration::from_secs(600),
+            backoff_base,
+            backoff_max,
             timeout: Duration::from_secs(timeout_secs),
             concurrency,
             per_user_running: Self::default_share(queue, concurrency),

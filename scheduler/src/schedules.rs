@@ -2,6 +2,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use berth_config::{ConfigError, Env};
+use berth_jobs::CertificatesRenew;
 use berth_jobs::kinds::maintenance::{Prune, Reconcile};
 use berth_jobs::store::NewJob;
 use berth_jobs::{JobClient, Policies};
@@ -23,16 +24,25 @@ pub enum Schedule {
     Reconcile,
     /// A probe job for every validated server.
     Probe,
+    /// Renewals of certificates past their renewal share of lifetime, and
+    /// expiry warnings (a `certificates.renew` job).
+    Certificates,
 }
 
 impl Schedule {
-    pub const ALL: [Schedule; 3] = [Schedule::Prune, Schedule::Reconcile, Schedule::Probe];
+    pub const ALL: [Schedule; 4] = [
+        Schedule::Prune,
+        Schedule::Reconcile,
+        Schedule::Probe,
+        Schedule::Certificates,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Schedule::Prune => "prune",
             Schedule::Reconcile => "reconcile",
             Schedule::Probe => "probe",
+            Schedule::Certificates => "certificates",
         }
     }
 
@@ -41,13 +51,17 @@ impl Schedule {
             Schedule::Prune => "0 */10 * * * *",
             Schedule::Reconcile => "*/30 * * * * *",
             Schedule::Probe => "0 * * * * *",
+            // Daily, at a minute past the hour few others pick.
+            Schedule::Certificates => "0 17 3 * * *",
         }
     }
 
     /// How long enqueueing a tick's work may take.
     fn timeout(self) -> Duration {
         match self {
-            Schedule::Prune | Schedule::Reconcile => Duration::from_secs(10),
+            Schedule::Prune | Schedule::Reconcile | Schedule::Certificates => {
+                Duration::from_secs(10)
+            }
             Schedule::Probe => Duration::from_secs(50),
         }
     }
@@ -65,6 +79,12 @@ pub struct SchedulerConfig {
     pub running_grace: Duration,
     /// A queued job with no outbox row is considered lost after this long.
     pub queued_lost_after: Duration,
+    /// A certificate is renewed with less than this share of its lifetime
+    /// left (`BERTH_CERT_RENEW_FRACTION`, a third).
+    pub cert_renew_fraction: f64,
+    /// The expiry warning goes out this many days before
+    /// (`BERTH_CERT_WARN_DAYS`, 21).
+    pub cert_warn_days: u32,
 }
 
 impl SchedulerConfig {
@@ -99,6 +119,17 @@ impl SchedulerConfig {
                 .millis("BERTH_RECONCILE_RUNNING_GRACE_MS", Duration::from_secs(60))?,
             queued_lost_after: env
                 .millis("BERTH_RECONCILE_QUEUED_LOST_MS", Duration::from_secs(600))?,
+            cert_renew_fraction: {
+                let fraction: f64 = env.parsed("BERTH_CERT_RENEW_FRACTION", 1.0 / 3.0)?;
+                if !(0.0..=1.0).contains(&fraction) {
+                    return Err(ConfigError::Malformed {
+                        name: "BERTH_CERT_RENEW_FRACTION".into(),
+                        reason: "a share of a certificate's lifetime, from 0 to 1".into(),
+                    });
+                }
+                fraction
+            },
+            cert_warn_days: env.parsed("BERTH_CERT_WARN_DAYS", 21)?,
         })
     }
 }
@@ -232,6 +263,14 @@ impl Scheduler {
                     .enqueue(NewJob::new(Reconcile {
                         running_grace_ms: config.running_grace.as_millis() as u64,
                         queued_lost_ms: config.queued_lost_after.as_millis() as u64,
+                    }))
+                    .await?
+            }
+            Schedule::Certificates => {
+                self.jobs
+                    .enqueue(NewJob::new(CertificatesRenew {
+                        renew_fraction: config.cert_renew_fraction,
+                        warn_days: config.cert_warn_days,
                     }))
                     .await?
             }

@@ -81,6 +81,15 @@ pub fn oauth_token_binding(identity: &str) -> Binding<'_> {
     }
 }
 
+/// Berth's sealed ACME account credentials for one directory URL.
+pub fn acme_account_binding(directory_url: &str) -> Binding<'_> {
+    Binding {
+        table: "acme_accounts",
+        column: "credentials",
+        row_id: directory_url,
+    }
+}
+
 impl Binding<'_> {
     fn associated_data(&self) -> Vec<u8> {
         // Lengths first, so ("ab", "c") and ("a", "bc") never bind alike.

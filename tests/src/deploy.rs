@@ -24,6 +24,8 @@ pub struct DeployFleet {
     pub server_id: String,
     /// Where nginx listens for the deployments' sites.
     pub http_port: u16,
+    /// Where it serves them over HTTPS once a domain has a certificate.
+    pub https_port: u16,
     pub data_dir: PathBuf,
     pub dir: PathBuf,
 }
@@ -53,15 +55,21 @@ impl DeployFleet {
     }
 
     pub async fn start_with(extra: &[(&'static str, String)]) -> DeployFleet {
+        Self::start_on(extra, free_port()).await
+    }
+
+    /// [`Self::start_with`], the server's nginx listening on `http_port`
+    /// (what a local ACME CA validates on).
+    pub async fn start_on(extra: &[(&'static str, String)], http_port: u16) -> DeployFleet {
         images::busybox().await;
         let settings = settings(extra);
         let borrowed: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let fleet = Fleet::start("probe,deploy,rollback", &borrowed).await;
+        let fleet = Fleet::start("probe,deploy,rollback,ssl,maintenance", &borrowed).await;
         let dir = scratch_dir("deploy");
         let nginx = PrivateNginx::start(&dir.join("nginx")).await;
         let data_dir = dir.join("data");
         let server_id = fleet.onboard(0).await;
-        let http_port = free_port();
+        let https_port = free_port();
         let (status, body) = send_as(
             &fleet.stack.app,
             &fleet.token,
@@ -70,6 +78,7 @@ impl DeployFleet {
             json!({"nginxConfDir": nginx.sites.to_str().unwrap(),
                    "nginxConfFile": nginx.conf.to_str().unwrap(),
                    "httpPort": http_port,
+                   "httpsPort": https_port,
                    "dataDir": data_dir.to_str().unwrap()}),
         )
         .await;
@@ -83,6 +92,7 @@ impl DeployFleet {
             nginx,
             server_id,
             http_port,
+            https_port,
             data_dir,
             dir,
         }

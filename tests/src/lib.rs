@@ -4,6 +4,7 @@
 //! listener are started per test so a test can stop and restart them.
 
 pub mod accounts;
+pub mod acme;
 pub mod deploy;
 pub mod fake_oauth;
 pub mod fleet;

@@ -6,6 +6,7 @@ pub mod alerts;
 pub mod deploy;
 pub mod diagnostic;
 pub mod diagnostic_remote_sleep;
+pub mod domains;
 pub mod email;
 pub mod maintenance;
 pub mod probe;

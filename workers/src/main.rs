@@ -8,6 +8,7 @@ use berth_jobs::runtime::{Liveness, WorkerRuntime};
 use berth_jobs::{Policies, Queue};
 use berth_secrets::Keyring;
 use berth_workers::deploy::{DeployConfig, DeploymentJobs};
+use berth_workers::domains::{DomainConfig, DomainJobs};
 use berth_workers::email::Mailer;
 use berth_workers::servers::ServerJobs;
 use clap::Parser;
@@ -85,8 +86,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Keyring::from_config(&mail.master_key, &mail.previous_master_keys),
         DeployConfig::from_env(&env)?,
     );
-    let registry =
-        berth_workers::registry::registry(mailer, servers, deployments, pool.clone(), redis)?;
+    let domains = DomainJobs::new(deployments.clone(), DomainConfig::from_env(&env)?)?;
+    let registry = berth_workers::registry::registry(
+        mailer,
+        servers,
+        deployments,
+        domains,
+        pool.clone(),
+        redis,
+    )?;
     let runtime = WorkerRuntime::new(
         pool,
         common.redis_url.expose().to_owned(),

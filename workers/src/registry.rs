@@ -12,6 +12,7 @@ use crate::deploy::{
 };
 use crate::diagnostic::DiagnosticSleep;
 use crate::diagnostic_remote_sleep::RemoteSleeper;
+use crate::domains::{AttachDomain, DetachDomain, DomainJobs, IssueCertificate, RenewCertificates};
 use crate::email::{Mailer, SendEmail};
 use crate::maintenance::{Pruner, Reconciler};
 use crate::server_probe::ProbeServer;
@@ -22,6 +23,7 @@ pub fn registry(
     mailer: Arc<Mailer>,
     servers: Arc<ServerJobs>,
     deployments: Arc<DeploymentJobs>,
+    domains: Arc<DomainJobs>,
     pool: PgPool,
     redis: ConnectionManager,
 ) -> Result<Registry, DuplicateKind> {
@@ -36,6 +38,10 @@ pub fn registry(
         .with(StopDeployment(deployments.clone()))?
         .with(RestartDeployment(deployments.clone()))?
         .with(DeleteDeployment(deployments))?
+        .with(AttachDomain(domains.clone()))?
+        .with(IssueCertificate(domains.clone()))?
+        .with(DetachDomain(domains.clone()))?
+        .with(RenewCertificates(domains))?
         .with(Pruner {
             pool: pool.clone(),
             redis,

@@ -26,7 +26,7 @@ use crate::probe::{CpuCounters, Sample};
 pub struct ServerJobs {
     pub(crate) pool: PgPool,
     redis: ConnectionManager,
-    policies: Policies,
+    pub(crate) policies: Policies,
     pub(crate) remote: Remote,
 }
 

@@ -2,6 +2,7 @@ pub mod account;
 pub mod auth;
 pub mod contact;
 pub mod deployments;
+pub mod domains;
 pub mod github;
 pub mod jobs;
 pub mod notifications;

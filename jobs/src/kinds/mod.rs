@@ -7,6 +7,7 @@
 mod deployment;
 mod diagnostic_remote_sleep;
 mod diagnostic_sleep;
+mod domain;
 mod email_send;
 pub mod maintenance;
 mod server_probe;
@@ -22,6 +23,9 @@ pub use deployment::{
 };
 pub use diagnostic_remote_sleep::RemoteSleep;
 pub use diagnostic_sleep::DiagnosticJob;
+pub use domain::{
+    CertificatesRenew, DomainAttach, DomainCertificate, DomainDetach, certificate_dedupe,
+};
 pub use email_send::{CodePurpose, EmailJob, EmailMessage, Sealed};
 pub use server_probe::ServerProbe;
 pub use server_validate::{ServerValidate, VALIDATION_ATTEMPTS};
@@ -87,6 +91,10 @@ pub const CATALOG: &[Kind] = &[
     kind::<DeploymentStop>(),
     kind::<DeploymentRestart>(),
     kind::<DeploymentDelete>(),
+    kind::<DomainAttach>(),
+    kind::<DomainCertificate>(),
+    kind::<DomainDetach>(),
+    kind::<CertificatesRenew>(),
 ];
 
 /// The catalog's entry for `name`.

@@ -42,7 +42,8 @@ impl JobFailure {
         }
     }
 
-    pub(super) fn reason(&self) -> &str {
+    /// What went wrong, or why it waits.
+    pub fn reason(&self) -> &str {
         match self {
             Self::Retryable(r) | Self::Permanent(r) | Self::Later { reason: r, .. } => r,
         }

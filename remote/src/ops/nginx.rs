@@ -188,29 +188,82 @@ fn proxy_site_path(conf_dir: &Arg, id: uuid::Uuid) -> Result<Arg, berth_ssh::Ref
 /// starts new workers on the new upstream while the old workers finish
 /// their open requests and connections on the old one, which is why the
 /// old container is kept for the drain time.
+///
+/// A domain with a certificate is served over HTTPS, and its plain HTTP
+/// redirects there. Every HTTP server block answers ACME's HTTP-01 tokens
+/// from `acme_root`, so a certificate can be issued or renewed whatever
+/// the app serves.
 #[derive(Debug, Clone)]
 pub struct ProxySite {
     /// Names the upstream (unique per deployment, so many sites live in
     /// one nginx) and the site's file.
     pub id: uuid::Uuid,
-    /// DNS names, checked ([`berth_ssh::command::check_host`]).
+    /// DNS names served over plain HTTP, checked
+    /// ([`berth_ssh::command::check_host`]; a `*.` first label allowed).
     pub server_names: Vec<String>,
+    /// Names served over HTTPS with their certificate.
+    pub tls: Vec<TlsName>,
     pub listen_port: u16,
+    pub https_port: u16,
     /// The live container's port on the server's loopback.
     pub upstream_port: u16,
+    /// The directory holding `.well-known/acme-challenge/`.
+    pub acme_root: String,
+}
+
+/// A name served over HTTPS, and the files of its certificate.
+#[derive(Debug, Clone)]
+pub struct TlsName {
+    pub name: String,
+    pub certificate: String,
+    pub key: String,
+}
+
+fn check_server_name(name: &str) -> Result<(), berth_ssh::Refused> {
+    let host = name.strip_prefix("*.").unwrap_or(name);
+    berth_ssh::command::check_host(host)?;
+    if host.parse::<std::net::IpAddr>().is_ok() {
+        return Err(berth_ssh::Refused {
+            what: "server name",
+            value: name.to_owned(),
+            rule: "must be a DNS name",
+        });
+    }
+    Ok(())
+}
+
+/// A path written into nginx's configuration: nothing nginx would read as
+/// syntax (spaces, quotes, `;`, braces, `$`).
+fn check_config_path(path: &str) -> Result<(), berth_ssh::Refused> {
+    let ok = path.starts_with('/')
+        && !path.split('/').any(|part| part == "..")
+        && path
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(berth_ssh::Refused {
+            what: "path in the nginx site",
+            value: path.to_owned(),
+            rule: "an absolute path of letters, digits, '/', '.', '_' and '-'",
+        })
+    }
 }
 
 impl ProxySite {
     pub fn render(&self) -> Result<String, berth_ssh::Refused> {
-        for name in &self.server_names {
-            berth_ssh::command::check_host(name)?;
-            if name.parse::<std::net::IpAddr>().is_ok() {
-                return Err(berth_ssh::Refused {
-                    what: "server name",
-                    value: name.clone(),
-                    rule: "must be a DNS name",
-                });
-            }
+        for name in self
+            .server_names
+            .iter()
+            .chain(self.tls.iter().map(|t| &t.name))
+        {
+            check_server_name(name)?;
+        }
+        check_config_path(&self.acme_root)?;
+        for tls in &self.tls {
+            check_config_path(&tls.certificate)?;
+            check_config_path(&tls.key)?;
         }
         let id = self.id.simple();
         let names = if self.server_names.is_empty() {
@@ -218,20 +271,50 @@ impl ProxySite {
         } else {
             self.server_names.join(" ")
         };
-        Ok(format!(
-            "# Berth deployment {uuid}: written by Berth, replaced at every release switch.\n\
-             upstream berth_{id} {{\n    server 127.0.0.1:{upstream};\n    keepalive 16;\n}}\n\
-             server {{\n    listen {listen};\n    server_name {names};\n    client_max_body_size 100m;\n\
-             \x20   location / {{\n        proxy_pass http://berth_{id};\n        proxy_http_version 1.1;\n\
+        let listen = self.listen_port;
+        let acme = format!(
+            "    location ^~ /.well-known/acme-challenge/ {{\n        root {root};\n\
+             \x20       default_type text/plain;\n        try_files $uri =404;\n    }}\n",
+            root = self.acme_root
+        );
+        let proxy = format!(
+            "    location / {{\n        proxy_pass http://berth_{id};\n        proxy_http_version 1.1;\n\
              \x20       proxy_set_header Host $host;\n        proxy_set_header X-Real-IP $remote_addr;\n\
              \x20       proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n\
              \x20       proxy_set_header X-Forwarded-Proto $scheme;\n\
+             \x20       proxy_set_header X-Forwarded-Host $host;\n\
              \x20       proxy_set_header Upgrade $http_upgrade;\n\
              \x20       proxy_set_header Connection $berth_connection;\n\
-             \x20       proxy_read_timeout 3600s;\n        proxy_send_timeout 3600s;\n    }}\n}}\n",
+             \x20       proxy_connect_timeout 10s;\n\
+             \x20       proxy_read_timeout 3600s;\n        proxy_send_timeout 3600s;\n    }}\n"
+        );
+        let mut site = format!(
+            "# Berth deployment {uuid}: written by Berth, replaced at every release switch.\n\
+             upstream berth_{id} {{\n    server 127.0.0.1:{upstream};\n    keepalive 16;\n}}\n\
+             server {{\n    listen {listen};\n    server_name {names};\n    client_max_body_size 100m;\n\
+             {acme}{proxy}}}\n",
             uuid = self.id,
             upstream = self.upstream_port,
-            listen = self.listen_port,
-        ))
+        );
+        let https = self.https_port;
+        let port_suffix = if https == 443 {
+            String::new()
+        } else {
+            format!(":{https}")
+        };
+        for tls in &self.tls {
+            site.push_str(&format!(
+                "server {{\n    listen {listen};\n    server_name {name};\n{acme}\
+                 \x20   location / {{\n        return 301 https://$host{port_suffix}$request_uri;\n    }}\n}}\n\
+                 server {{\n    listen {https} ssl;\n    server_name {name};\n\
+                 \x20   ssl_certificate {certificate};\n    ssl_certificate_key {key};\n\
+                 \x20   ssl_protocols TLSv1.2 TLSv1.3;\n    ssl_session_cache shared:berth_tls:10m;\n\
+                 \x20   client_max_body_size 100m;\n{proxy}}}\n",
+                name = tls.name,
+                certificate = tls.certificate,
+                key = tls.key,
+            ));
+        }
+        Ok(site)
     }
 }

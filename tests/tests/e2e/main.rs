@@ -11,6 +11,7 @@ mod deployment_sources;
 mod deployment_webhook;
 mod deployment_zero_downtime;
 mod deployments;
+mod domains;
 mod http_hardening;
 mod job_cancel;
 mod job_keys;

@@ -69,11 +69,15 @@ async fn twenty_switches_under_load_drop_no_request_and_no_stream() {
     let conf_dir = Arg::path(nginx_master.sites.to_str().unwrap()).unwrap();
     let listen = free_port();
     let backends = [backend("A").await, backend("B").await];
+    let acme_root = dir.join("acme");
     let site = |upstream_port| ProxySite {
         id,
         server_names: vec![HOST.into()],
+        tls: Vec::new(),
         listen_port: listen,
+        https_port: free_port(),
         upstream_port,
+        acme_root: acme_root.to_str().unwrap().to_owned(),
     };
     nginx
         .install_proxy_site(&on, &conf_dir, &site(backends[0]))

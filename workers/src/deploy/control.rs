@@ -13,7 +13,7 @@ use berth_ssh::Arg;
 use uuid::Uuid;
 
 use super::store::{self, DeploymentRow};
-use super::{DeploymentJobs, log_lines, nginx_of, op_failure, proxy_site, stored};
+use super::{DeploymentJobs, log_lines, nginx_of, op_failure, stored};
 
 pub struct StopDeployment(pub Arc<DeploymentJobs>);
 pub struct RestartDeployment(pub Arc<DeploymentJobs>);
@@ -150,10 +150,16 @@ impl JobHandler for RestartDeployment {
             }
             ctx.log.step("putting the site back");
             let (nginx, conf_dir) = nginx_of(&server).map_err(refused)?;
+            let site = super::site::proxy_site(&jobs.pool, &deployment, &server, port)
+                .await
+                .map_err(stored)?;
             nginx
-                .install_proxy_site(&on, &conf_dir, &proxy_site(&deployment, &server, port))
+                .install_proxy_site(&on, &conf_dir, &site)
                 .await
                 .map_err(|e| op_failure("installing the site", &e))?;
+            super::site::domains_served(&jobs.pool, deployment.id)
+                .await
+                .map_err(stored)?;
             store::set_running(&jobs.pool, deployment.id, false, None)
                 .await
                 .map_err(stored)

@@ -8,6 +8,7 @@
 mod cleanup;
 mod control;
 mod release;
+pub(crate) mod site;
 mod steps;
 pub mod store;
 
@@ -18,7 +19,7 @@ use std::time::{Duration, Instant};
 use berth_build::BaseImages;
 use berth_config::{ConfigError, Env};
 use berth_jobs::runtime::{JobContext, JobFailure};
-use berth_remote::ops::nginx::{Nginx, ProxySite};
+use berth_remote::ops::nginx::Nginx;
 use berth_remote::ops::{Lines, OpError};
 use berth_remote::{Server, Session};
 use berth_secrets::Keyring;
@@ -91,7 +92,7 @@ impl DeployConfig {
 /// What every deployment job needs.
 pub struct DeploymentJobs {
     pub(crate) pool: PgPool,
-    servers: Arc<ServerJobs>,
+    pub(crate) servers: Arc<ServerJobs>,
     pub(crate) keys: Keyring,
     pub(crate) config: DeployConfig,
 }
@@ -160,20 +161,6 @@ pub(crate) fn host_of(deployment: &store::DeploymentRow, server: &Server) -> Str
         server.host(),
         server.hostname_base.as_deref(),
     )
-}
-
-/// The deployment's nginx site, sending its host names to `upstream_port`.
-pub(crate) fn proxy_site(
-    deployment: &store::DeploymentRow,
-    server: &Server,
-    upstream_port: u16,
-) -> ProxySite {
-    ProxySite {
-        id: deployment.id,
-        server_names: vec![host_of(deployment, server)],
-        listen_port: u16::try_from(server.http_port).unwrap_or(80),
-        upstream_port,
-    }
 }
 
 /// The server's nginx and the directory Berth's sites go in.

@@ -502,8 +502,11 @@ impl Run<'_> {
             .await;
     }
 
-    fn site(&self, upstream_port: u16) -> ProxySite {
-        super::proxy_site(self.deployment, self.server, upstream_port)
+    async fn site(&self, upstream_port: u16) -> Result<ProxySite, StepError> {
+        Ok(
+            super::site::proxy_site(&self.jobs.pool, self.deployment, self.server, upstream_port)
+                .await?,
+        )
     }
 
     fn host(&self) -> String {
@@ -525,7 +528,7 @@ impl Run<'_> {
         match self.previous_port().await? {
             Some(port) => {
                 nginx
-                    .install_proxy_site(&on, &conf_dir, &self.site(port))
+                    .install_proxy_site(&on, &conf_dir, &self.site(port).await?)
                     .await?
             }
             None => nginx.remove_proxy_site(&on, &conf_dir, self.id()).await?,
@@ -538,10 +541,11 @@ impl Run<'_> {
         let (nginx, conf_dir) = self.nginx()?;
         self.switching = true;
         nginx
-            .install_proxy_site(&self.on, &conf_dir, &self.site(port))
+            .install_proxy_site(&self.on, &conf_dir, &self.site(port).await?)
             .await?;
         self.confirm().await?;
         store::went_live(&self.jobs.pool, self.id(), self.number()).await?;
+        super::site::domains_served(&self.jobs.pool, self.id()).await?;
         self.log(&format!("serving http://{}/", self.host()));
         self.end(timer).await
     }

@@ -111,8 +111,8 @@ pub struct DeploymentView {
     current_release: Option<ReleaseView>,
     /// The newest releases, newest first.
     releases: Vec<ReleaseView>,
-    /// Domains attached to it (SPEC §3.5).
-    domains: Vec<String>,
+    /// Domains attached to it (SPEC §3.5), by name.
+    domains: Vec<crate::routes::domains::DomainView>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
@@ -209,9 +209,10 @@ pub(crate) async fn view(
     ))
     .bind(row.id)
     .bind(RECENT_RELEASES)
-    .fetch_all(conn)
+    .fetch_all(&mut *conn)
     .await?;
     let current_release = releases.first().cloned();
+    let domains = crate::routes::domains::of_deployment(conn, row.id).await?;
     Ok(DeploymentView {
         id: row.id,
         server_id: row.server_id,
@@ -234,7 +235,7 @@ pub(crate) async fn view(
         live_release: row.live_release,
         current_release,
         releases,
-        domains: Vec::new(),
+        domains,
         created_at: row.created_at,
         updated_at: row.updated_at,
     })
