@@ -150,6 +150,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_cas_refusals_are_retried_from_a_minute_to_six_hours() {
+        let ssl = JobPolicy::default_for(Queue::Ssl);
+        assert_eq!(ssl.backoff_base, Duration::from_secs(60));
+        assert_eq!(ssl.backoff_max, Duration::from_secs(6 * 3600));
+        // Equal jitter: at least half of the doubled delay, capped.
+        assert!(ssl.backoff(1) >= Duration::from_secs(30));
+        assert!(ssl.backoff(30) <= Duration::from_secs(6 * 3600));
+        assert!(ssl.backoff(30) >= Duration::from_secs(3 * 3600));
+    }
+
+    #[test]
     fn backoff_grows_exponentially_within_bounds() {
         let p = JobPolicy {
             backoff_base: Duration::from_millis(1000),

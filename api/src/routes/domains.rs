@@ -29,6 +29,7 @@ pub struct DomainRequest {
     pub deployment_id: Uuid,
     /// A DNS name (internationalized names are stored in their ASCII
     /// form); no IP address.
+    #[schema(min_length = 1, max_length = 253)]
     pub domain_name: String,
     /// Allow a `*.example.com` name (served by nginx; no certificate:
     /// HTTP-01 cannot validate a wildcard).

@@ -342,6 +342,18 @@ async fn a_domain_gets_a_certificate_from_the_ca_is_renewed_under_load_and_remov
     )
     .await;
     drop(scheduler);
+    // A renewal the last ticks enqueued runs to its end first.
+    eventually(Duration::from_secs(60), "no renewal left", || async {
+        let left: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM jobs WHERE kind = 'domain.certificate' \
+             AND state IN ('queued', 'running')",
+        )
+        .fetch_one(&f.fleet.stack.db.pool)
+        .await
+        .unwrap();
+        left == 0
+    })
+    .await;
     let renewed = domain(&f, &domain_id).await;
     assert_eq!(renewed["certificate"]["status"], "issued", "{renewed}");
     let new_serial = renewed["certificate"]["serial"]
@@ -385,6 +397,40 @@ async fn a_domain_gets_a_certificate_from_the_ca_is_renewed_under_load_and_remov
         renewal_settled,
     )
     .await;
+
+    // A certificate 10 days from its end whose renewal has not happened:
+    // the expiry warning goes out once, however many ticks see it.
+    sqlx::query(
+        "UPDATE domains SET cert_expires_at = now() + interval '10 days', \
+         cert_not_before = now() - interval '80 days' WHERE id = $1::uuid",
+    )
+    .bind(&domain_id)
+    .execute(&f.fleet.stack.db.pool)
+    .await
+    .unwrap();
+    env.insert("BERTH_CERT_RENEW_FRACTION".into(), "0".into());
+    let warnings = || async {
+        let (_, listed) = f.get("/api/v1/notifications?limit=100").await;
+        listed["data"]["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| n["kind"] == "certificate_expiring")
+            .count()
+    };
+    let scheduler = BerthProcess::spawn("berth-scheduler", &[], &env);
+    eventually(Duration::from_secs(30), "the expiry warning", || async {
+        warnings().await == 1
+    })
+    .await;
+    // Three more ticks.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    drop(scheduler);
+    assert_eq!(warnings().await, 1, "warned once");
+    assert_eq!(
+        domain(&f, &domain_id).await["certificate"]["status"],
+        "expiring"
+    );
 
     // Delete: the block and the files go, nginx serves the name no more.
     let (status, body) = f

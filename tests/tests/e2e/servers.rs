@@ -398,6 +398,18 @@ async fn credentials_survive_a_master_key_rotation() {
     .execute(&w.stack.db.pool)
     .await
     .unwrap();
+    // And Berth's ACME account at a CA.
+    let directory = "https://acme.example.test/directory";
+    let account_sealed = berth_e2e::keyring().seal(
+        br#"{"id":"https://acme.example.test/acct/1"}"#,
+        berth_secrets::acme_account_binding(directory),
+    );
+    sqlx::query("INSERT INTO acme_accounts (directory_url, credentials_sealed) VALUES ($1, $2)")
+        .bind(directory)
+        .bind(&account_sealed)
+        .execute(&w.stack.db.pool)
+        .await
+        .unwrap();
     let old_key = berth_e2e::MASTER_KEY;
     let new_key = "ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=";
     let mut env = w.stack.env.clone();
@@ -451,6 +463,16 @@ async fn credentials_survive_a_master_key_rotation() {
     assert!(
         before.needs_reseal(&token_now),
         "the GitHub token resealed too"
+    );
+    let account_now: String =
+        sqlx::query_scalar("SELECT credentials_sealed FROM acme_accounts WHERE directory_url = $1")
+            .bind(directory)
+            .fetch_one(&w.stack.db.pool)
+            .await
+            .unwrap();
+    assert!(
+        before.needs_reseal(&account_now),
+        "the ACME account resealed too"
     );
 
     // A worker that knows only the new key validates the server.
