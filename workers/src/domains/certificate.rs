@@ -185,22 +185,28 @@ impl DomainJobs {
             .await
             .map_err(|e| Refusal::of(op_failure("creating the challenge directory", &e)))?;
         let published = std::sync::Mutex::new(Vec::new());
-        let issued = acme
-            .issue(&domain.name, |token, key_authorization| {
-                let on = &on;
-                let challenge_dir = &challenge_dir;
-                let published = &published;
-                async move {
-                    let path = Arg::path(&format!("{}/{token}", challenge_dir.as_str()))
-                        .map_err(|e| e.to_string())?;
-                    files::put(on, &path, key_authorization.as_bytes(), 0o644)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    published.lock().expect("not poisoned").push(path);
-                    Ok(())
-                }
-            })
-            .await;
+        let order = acme.issue(&domain.name, |token, key_authorization| {
+            let on = &on;
+            let challenge_dir = &challenge_dir;
+            let published = &published;
+            async move {
+                let path = Arg::path(&format!("{}/{token}", challenge_dir.as_str()))
+                    .map_err(|e| e.to_string())?;
+                files::put(on, &path, key_authorization.as_bytes(), 0o644)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                published.lock().expect("not poisoned").push(path);
+                Ok(())
+            }
+        });
+        // The CA is not told: an order left pending expires on its own.
+        let issued = tokio::select! {
+            issued = order => issued,
+            () = ctx.cancel.cancelled() => Err(AcmeError {
+                problem_type: None,
+                detail: "stopped (cancelled, or past the job's timeout)".into(),
+            }),
+        };
         for path in published.into_inner().expect("not poisoned") {
             let _ = files::remove(&on, &path).await;
         }
