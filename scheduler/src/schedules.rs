@@ -295,6 +295,7 @@ mod tests {
             [
                 ("BERTH_SCHEDULE_PRUNE".to_string(), "off".to_string()),
                 ("BERTH_SCHEDULE_PROBE".to_string(), "off".to_string()),
+                ("BERTH_SCHEDULE_CERTIFICATES".to_string(), "off".to_string()),
                 (
                     "BERTH_SCHEDULE_RECONCILE".to_string(),
                     "*/5 * * * * *".to_string(),
