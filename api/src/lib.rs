@@ -1,5 +1,6 @@
 //! `berth-api`: validates, authorizes, writes Postgres, enqueues, answers at once.
 
+pub mod access;
 pub mod api_docs;
 pub mod audit;
 pub mod auth;
@@ -52,6 +53,7 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
         (name = "servers", description = "Users' servers over SSH (SPEC §3.3)"),
         (name = "deployments", description = "Apps built and run on users' servers, and their releases (SPEC §3.4)"),
         (name = "domains", description = "Domains attached to deployments, and their certificates (SPEC §3.5)"),
+        (name = "projects", description = "Projects, members, roles and invitations (SPEC §3.8)"),
         (name = "github", description = "The linked GitHub account's repositories, to deploy from (SPEC §3.4)"),
         (name = "alerts", description = "Alert rules, notifications and the realtime channel (SPEC §3.6)")
     )
@@ -102,6 +104,7 @@ fn deployment_routes(state: &AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(d::rotate_webhook))
         .routes(routes!(d::preflight))
         .routes(routes!(d::github))
+        .routes(routes!(d::move_project))
         .routes(routes!(routes::domains::list, routes::domains::create))
         .routes(routes!(routes::domains::get, routes::domains::delete))
         .routes(routes!(routes::domains::ssl))
@@ -115,6 +118,21 @@ fn deployment_routes(state: &AppState) -> OpenApiRouter<AppState> {
                     state.config.deploy_archive_max_bytes + uploads_overhead(),
                 )),
         )
+}
+
+fn project_routes() -> OpenApiRouter<AppState> {
+    use routes::projects as p;
+    OpenApiRouter::new()
+        .routes(routes!(p::list, p::create))
+        .routes(routes!(p::get, p::update, p::delete))
+        .routes(routes!(p::transfer))
+        .routes(routes!(p::list_members))
+        .routes(routes!(p::change_role, p::remove_member))
+        .routes(routes!(p::invite))
+        .routes(routes!(p::revoke_invite))
+        .routes(routes!(p::invitations))
+        .routes(routes!(p::accept))
+        .routes(routes!(p::decline))
 }
 
 fn uploads_overhead() -> usize {
@@ -222,6 +240,7 @@ pub fn router(state: AppState) -> Router {
         .merge(upload_routes(&state))
         .merge(server_routes())
         .merge(deployment_routes(&state))
+        .merge(project_routes())
         .routes(routes!(
             routes::notifications::get_rules,
             routes::notifications::put_rules

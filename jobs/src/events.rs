@@ -128,6 +128,66 @@ pub fn topic_of(channel: &str) -> Option<&str> {
     channel.strip_prefix(TOPIC_PREFIX)
 }
 
+/// The topic of a project's job events: every member may follow it.
+pub fn project_topic(project_id: Uuid) -> String {
+    format!("project:{project_id}")
+}
+
+/// Where the api says whose access to a project just narrowed, so every api
+/// process drops the topics its sockets followed through it.
+pub const ACCESS_CHANNEL: &str = "berth:access";
+
+/// A narrowing of access: the sockets of `user` (everyone's when `None`)
+/// lose what they followed through `project` (only `deployment`'s things,
+/// when it is set).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Revocation {
+    pub project: Uuid,
+    pub user: Option<Uuid>,
+    pub deployment: Option<Uuid>,
+}
+
+impl Revocation {
+    /// The project is gone: everyone loses it.
+    pub fn project(project: Uuid) -> Self {
+        Self {
+            project,
+            user: None,
+            deployment: None,
+        }
+    }
+
+    /// `user` left or was removed.
+    pub fn member(project: Uuid, user: Uuid) -> Self {
+        Self {
+            project,
+            user: Some(user),
+            deployment: None,
+        }
+    }
+
+    /// `deployment` moved out of the project.
+    pub fn deployment(project: Uuid, deployment: Uuid) -> Self {
+        Self {
+            project,
+            user: None,
+            deployment: Some(deployment),
+        }
+    }
+}
+
+pub async fn publish_revocation(redis: &ConnectionManager, revocation: &Revocation) {
+    let sent: Result<i64, redis::RedisError> = redis::cmd("PUBLISH")
+        .arg(ACCESS_CHANNEL)
+        .arg(serde_json::to_string(revocation).expect("revocations serialize"))
+        .query_async(&mut redis.clone())
+        .await;
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, "access revocation not published");
+    }
+}
+
 /// The topic of a job's log.
 pub fn job_topic(job_id: &str) -> String {
     format!("job:{job_id}")

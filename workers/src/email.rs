@@ -101,6 +101,14 @@ impl Mailer {
                 "password_reset.html",
                 include_str!("../templates/password_reset.html"),
             ),
+            (
+                "project_invite.txt",
+                include_str!("../templates/project_invite.txt"),
+            ),
+            (
+                "project_invite.html",
+                include_str!("../templates/project_invite.html"),
+            ),
         ] {
             templates.add_template(name, source)?;
         }
@@ -162,19 +170,32 @@ impl Mailer {
                 expires_in_minutes,
             } => {
                 let token = token.open(&self.keys, to)?;
-                let mut link = url::Url::parse(&format!("{}/reset-password", self.public_url))
-                    .map_err(|e| {
-                        RenderError::Template(minijinja::Error::new(
-                            minijinja::ErrorKind::InvalidOperation,
-                            format!("BERTH_PUBLIC_URL does not make a link: {e}"),
-                        ))
-                    })?;
-                link.query_pairs_mut().append_pair("token", &token);
+                let link = self.link("/reset-password", &[("token", &token)])?;
                 (
                     "password_reset",
                     "Reset your Berth password".to_owned(),
-                    json!({ "recipient_name": recipient_name, "reset_url": link.as_str(),
+                    json!({ "recipient_name": recipient_name, "reset_url": link,
                             "expires_in_minutes": expires_in_minutes }),
+                )
+            }
+            EmailMessage::ProjectInvite {
+                inviter_name,
+                project_name,
+                role,
+                invitation_id,
+                token,
+                expires_in_days,
+            } => {
+                let token = token.open(&self.keys, to)?;
+                let link = self.link(
+                    &format!("/invitations/{invitation_id}"),
+                    &[("token", &token)],
+                )?;
+                (
+                    "project_invite",
+                    format!("{inviter_name} invited you to {project_name} on Berth"),
+                    json!({ "inviter_name": inviter_name, "project_name": project_name,
+                            "role": role, "invite_url": link, "expires_in_days": expires_in_days }),
                 )
             }
         };
@@ -193,6 +214,18 @@ impl Mailer {
             text,
             html,
         })
+    }
+
+    /// A link into Berth's dashboard with `query`.
+    fn link(&self, path: &str, query: &[(&str, &str)]) -> Result<String, RenderError> {
+        let mut link = url::Url::parse(&format!("{}{path}", self.public_url)).map_err(|e| {
+            RenderError::Template(minijinja::Error::new(
+                minijinja::ErrorKind::InvalidOperation,
+                format!("BERTH_PUBLIC_URL does not make a link: {e}"),
+            ))
+        })?;
+        link.query_pairs_mut().extend_pairs(query);
+        Ok(link.into())
     }
 
     /// Runs one email job. Bad addresses and templates fail at once; delivery

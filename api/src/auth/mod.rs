@@ -52,12 +52,17 @@ pub enum Scope {
     NotificationsRead,
     #[serde(rename = "notifications:write")]
     NotificationsWrite,
+    /// Projects, their members and invitations.
+    #[serde(rename = "projects:read")]
+    ProjectsRead,
+    #[serde(rename = "projects:write")]
+    ProjectsWrite,
     #[serde(rename = "admin")]
     Admin,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 9] = [
+    pub const ALL: [Scope; 11] = [
         Scope::ServersRead,
         Scope::ServersWrite,
         Scope::DeploymentsRead,
@@ -66,6 +71,8 @@ impl Scope {
         Scope::DomainsWrite,
         Scope::NotificationsRead,
         Scope::NotificationsWrite,
+        Scope::ProjectsRead,
+        Scope::ProjectsWrite,
         Scope::Admin,
     ];
 
@@ -79,6 +86,8 @@ impl Scope {
             Scope::DomainsWrite => "domains:write",
             Scope::NotificationsRead => "notifications:read",
             Scope::NotificationsWrite => "notifications:write",
+            Scope::ProjectsRead => "projects:read",
+            Scope::ProjectsWrite => "projects:write",
             Scope::Admin => "admin",
         }
     }
@@ -94,6 +103,7 @@ impl Scope {
             Scope::DeploymentsRead => Some(Scope::DeploymentsWrite),
             Scope::DomainsRead => Some(Scope::DomainsWrite),
             Scope::NotificationsRead => Some(Scope::NotificationsWrite),
+            Scope::ProjectsRead => Some(Scope::ProjectsWrite),
             _ => None,
         }
     }

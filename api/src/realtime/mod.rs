@@ -14,13 +14,22 @@ use axum::http::{HeaderMap, header};
 use axum::response::Response;
 use uuid::Uuid;
 
+use crate::access::{self, Action, Relation, Resource};
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::state::AppState;
 
 mod hub;
 
+pub use berth_jobs::events::Revocation;
 pub use hub::Hub;
+use hub::Through;
+
+/// Tells every api process that access narrowed (after the change committed):
+/// their sockets drop what they followed through it before any later event.
+pub async fn revoke(state: &AppState, revocation: Revocation) {
+    berth_jobs::events::publish_revocation(&state.redis, &revocation).await;
+}
 
 /// How often an open socket re-checks that its session is still valid.
 const SESSION_RECHECK: Duration = Duration::from_secs(30);
@@ -71,7 +80,37 @@ pub async fn ws(
         .on_upgrade(move |socket| serve(state, socket, principal, session_id)))
 }
 
-/// What a client may send: follow a topic, `job:<id>` (a job's log).
+/// May `principal` follow `topic`: `job:<id>` (a job's log) or
+/// `project:<id>` (the job events of a project's deployments)? Answers
+/// through which project membership, when it is not their own.
+async fn may_follow(
+    state: &AppState,
+    principal: &Principal,
+    topic: &str,
+) -> Result<Option<Through>, ApiError> {
+    let resource = if let Some(job_id) = topic.strip_prefix("job:") {
+        Resource::Job(job_id)
+    } else if let Some(project) = topic.strip_prefix("project:") {
+        let id = project
+            .parse()
+            .map_err(|_| ApiError::NotFound("unknown topic".into()))?;
+        Resource::Project(id)
+    } else {
+        return Err(ApiError::NotFound("unknown topic".into()));
+    };
+    let mut conn = state.pool.acquire().await?;
+    let grant = access::authorize(&mut conn, principal, resource, Action::Read).await?;
+    Ok(match (grant.relation(), grant.project_id()) {
+        (Relation::Member(_), Some(project)) => Some(Through {
+            project,
+            deployment: grant.deployment_id(),
+        }),
+        _ => None,
+    })
+}
+
+/// What a client may send: follow a topic, `job:<id>` (a job's log) or
+/// `project:<id>` (a project's job events).
 #[derive(serde::Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum ClientMessage {
@@ -89,15 +128,12 @@ async fn handle(state: &AppState, principal: &Principal, socket_id: u64, text: &
             serde_json::json!({ "message": "expected {\"type\": \"subscribe\", \"topic\": \"job:<id>\"}" }),
         );
     };
-    let allowed = match topic.strip_prefix("job:") {
-        Some(job_id) => crate::routes::jobs::may_follow(state, principal, job_id).await,
-        None => Err(ApiError::NotFound("unknown topic".into())),
-    };
+    let allowed = may_follow(state, principal, &topic).await;
     match allowed {
-        Ok(()) if state.hub.subscribe(socket_id, topic.clone()) => {
+        Ok(through) if state.hub.subscribe(socket_id, topic.clone(), through) => {
             answer("subscribed", serde_json::json!({ "topic": topic }))
         }
-        Ok(()) => answer(
+        Ok(_) => answer(
             "error",
             serde_json::json!({ "topic": topic, "message": "this socket follows too many topics" }),
         ),
@@ -140,6 +176,12 @@ async fn serve(state: AppState, mut socket: WebSocket, principal: Principal, ses
                 if !alive {
                     let _ = socket.send(Message::Close(None)).await;
                     break;
+                }
+                // A revocation lost on the way is caught here.
+                for (topic, _) in state.hub.followed_through(id) {
+                    if matches!(may_follow(&state, &principal, &topic).await, Err(ApiError::NotFound(_) | ApiError::Forbidden(_))) {
+                        state.hub.unsubscribe(id, &topic);
+                    }
                 }
             }
         }

@@ -1,6 +1,6 @@
 //! SPEC §3.5: domains attached to deployments, and their certificates.
-//! The api checks the name and the caller's deployment (through the one
-//! ownership check, [`super::deployments::owned_for_update`]), stores the
+//! The api checks the name and the caller's access to the deployment
+//! ([`crate::access::authorize`]: its owner, or a project DEVELOPER), stores the
 //! domain and enqueues its job; the `ssl` queue's workers write nginx,
 //! check DNS and talk to the CA. Every state the user can see — where the
 //! name points, the certificate's state, its expiry, the CA's last error
@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::deployments::owned_for_update;
+use crate::access::{self, Action, Grant, Resource};
 use crate::audit;
 use crate::auth::sessions::Client;
 use crate::auth::{Principal, Scope};
@@ -161,23 +161,25 @@ impl From<DomainRow> for DomainView {
     }
 }
 
-/// The caller's domain `id` (locked when `lock`), or 404: a domain is the
-/// caller's when its deployment is.
-async fn owned(
+/// The domain `id` if the caller may do `action` to it (locked when
+/// `lock`): a domain goes with its deployment (see [`access`]).
+async fn authorized(
     conn: &mut PgConnection,
     principal: &Principal,
     id: Uuid,
+    action: Action,
     lock: bool,
-) -> Result<DomainRow, ApiError> {
+) -> Result<(DomainRow, Grant), ApiError> {
+    let grant = access::authorize(conn, principal, Resource::Domain(id), action).await?;
     let lock = if lock { "FOR UPDATE OF m" } else { "" };
-    sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM {FROM} WHERE m.id = $1 AND d.owner_user_id = $2 {lock}"
+    let row = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM {FROM} WHERE m.id = $1 {lock}"
     ))
-    .bind(id)
-    .bind(principal.user_id())
+    .bind(grant.id())
     .fetch_optional(conn)
     .await?
-    .ok_or_else(|| ApiError::NotFound("no such domain".into()))
+    .ok_or_else(|| ApiError::NotFound("no such domain".into()))?;
+    Ok((row, grant))
 }
 
 /// The domains of one deployment, for its view.
@@ -233,21 +235,28 @@ pub async fn create(
     Json(req): Json<DomainRequest>,
 ) -> Result<Envelope<DomainAccepted>, ApiError> {
     principal.require(Scope::DomainsWrite)?;
+    let mut tx = state.pool.begin().await?;
+    let grant = access::authorize(
+        &mut tx,
+        &principal,
+        Resource::DeploymentDomains(req.deployment_id),
+        Action::Operate,
+    )
+    .await?;
     let name = DomainName::parse(&req.domain_name, req.wildcard)
         .map_err(|e| ApiError::validation(vec![FieldError::new("domainName", e.to_string())]))?;
-    let mut tx = state.pool.begin().await?;
-    let deployment = owned_for_update(&mut tx, &principal, req.deployment_id).await?;
+    let deployment = super::deployments::load(&mut tx, &grant, true).await?;
     if deployment.status == berth_deployments::state::DeploymentStatus::Deleting {
         return Err(ApiError::Conflict("the deployment is being deleted".into()));
     }
     let id = Uuid::new_v4();
     let inserted = sqlx::query(
-        "INSERT INTO domains (id, deployment_id, owner_user_id, name) VALUES ($1, $2, $3, $4) \
+        "INSERT INTO domains (id, deployment_id, owner_user_id, name) \
+         SELECT $1, $2, owner_user_id, $3 FROM deployments WHERE id = $2 \
          ON CONFLICT (name) DO NOTHING",
     )
     .bind(id)
     .bind(deployment.id)
-    .bind(principal.user_id())
     .bind(name.as_str())
     .execute(&mut *tx)
     .await?
@@ -280,7 +289,7 @@ pub async fn create(
         ),
     )
     .await?;
-    let domain = owned(&mut tx, &principal, id, false).await?;
+    let (domain, _) = authorized(&mut tx, &principal, id, Action::Read, false).await?;
     tx.commit().await?;
     state.jobs.dispatch(&job).await;
     Ok(Envelope::accepted(DomainAccepted {
@@ -316,8 +325,9 @@ pub async fn list(
     .validate()?;
     let mut conn = state.pool.acquire().await?;
     let rows: Vec<DomainRow> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM {FROM} WHERE d.owner_user_id = $1 \
-         AND ($2::uuid IS NULL OR m.deployment_id = $2) ORDER BY m.name OFFSET $3 LIMIT $4"
+        "SELECT {COLUMNS} FROM {FROM} WHERE {} \
+         AND ($2::uuid IS NULL OR m.deployment_id = $2) ORDER BY m.name OFFSET $3 LIMIT $4",
+        access::visible_deployments(1)
     ))
     .bind(principal.user_id())
     .bind(filter.deployment_id)
@@ -325,10 +335,11 @@ pub async fn list(
     .bind(request.limit)
     .fetch_all(&mut *conn)
     .await?;
-    let total: i64 = sqlx::query_scalar(
+    let total: i64 = sqlx::query_scalar(&format!(
         "SELECT count(*) FROM domains m JOIN deployments d ON d.id = m.deployment_id \
-         WHERE d.owner_user_id = $1 AND ($2::uuid IS NULL OR m.deployment_id = $2)",
-    )
+         WHERE {} AND ($2::uuid IS NULL OR m.deployment_id = $2)",
+        access::visible_deployments(1)
+    ))
     .bind(principal.user_id())
     .bind(filter.deployment_id)
     .fetch_one(&mut *conn)
@@ -347,11 +358,9 @@ pub async fn get(
     principal: Principal,
     Path(id): Path<Uuid>,
 ) -> Result<Envelope<DomainView>, ApiError> {
-    principal.require(Scope::DomainsRead)?;
     let mut conn = state.pool.acquire().await?;
-    Ok(Envelope::ok(
-        owned(&mut conn, &principal, id, false).await?.into(),
-    ))
+    let (domain, _) = authorized(&mut conn, &principal, id, Action::Read, false).await?;
+    Ok(Envelope::ok(domain.into()))
 }
 
 /// Detach the domain: a job takes its block out of nginx, removes its
@@ -367,9 +376,8 @@ pub async fn delete(
     client: Client,
     Path(id): Path<Uuid>,
 ) -> Result<Envelope<DomainAccepted>, ApiError> {
-    principal.require(Scope::DomainsWrite)?;
     let mut tx = state.pool.begin().await?;
-    let domain = owned(&mut tx, &principal, id, true).await?;
+    let (domain, _) = authorized(&mut tx, &principal, id, Action::Operate, true).await?;
     if domain.status == "deleting" {
         return Err(ApiError::Conflict(
             "the domain is being removed already".into(),
@@ -402,7 +410,7 @@ pub async fn delete(
         ),
     )
     .await?;
-    let domain = owned(&mut tx, &principal, id, false).await?;
+    let (domain, _) = authorized(&mut tx, &principal, id, Action::Read, false).await?;
     tx.commit().await?;
     state.jobs.dispatch(&job).await;
     Ok(Envelope::accepted(DomainAccepted {
@@ -426,9 +434,8 @@ pub async fn ssl(
     client: Client,
     Path(id): Path<Uuid>,
 ) -> Result<Envelope<DomainAccepted>, ApiError> {
-    principal.require(Scope::DomainsWrite)?;
     let mut tx = state.pool.begin().await?;
-    let domain = owned(&mut tx, &principal, id, true).await?;
+    let (domain, grant) = authorized(&mut tx, &principal, id, Action::Operate, true).await?;
     if domain.status == "deleting" {
         return Err(ApiError::Conflict("the domain is being removed".into()));
     }
@@ -439,7 +446,7 @@ pub async fn ssl(
                 .into(),
         ));
     }
-    let deployment = owned_for_update(&mut tx, &principal, domain.deployment_id).await?;
+    let deployment = super::deployments::load(&mut tx, &grant, true).await?;
     if deployment.live_release.is_none()
         || matches!(
             deployment.status,

@@ -1,5 +1,6 @@
-//! SPEC §3.1: job status. Users see their own jobs, administrators everyone's.
-//! An API token sees only the kinds its scopes cover.
+//! SPEC §3.1: job status. Users see their own jobs and those of the
+//! deployments they may read (theirs, their projects'), administrators
+//! everyone's. An API token sees only the kinds its scopes cover.
 
 use axum::extract::State;
 use berth_jobs::joblog::LogLine;
@@ -7,46 +8,18 @@ use berth_jobs::store::{self, JobFilter};
 use berth_jobs::{JobRecord, JobState, Queue};
 use serde::{Deserialize, Serialize};
 
+use crate::access::{self, Action, Resource};
 use crate::audit;
 use crate::auth::sessions::Client;
-use crate::auth::{Credential, Principal, Scope};
+use crate::auth::{Principal, Scope};
 use crate::envelope::{Envelope, Page, PageQuery, Path, Query};
 use crate::error::{ApiError, FieldError};
 use crate::state::AppState;
 
-/// The scope a token needs to see jobs of `queue`. Queues without one (mail,
-/// backups, diagnostics) concern the account or the platform: only a
-/// signed-in session or the `admin` scope sees them.
-fn scope_for(queue: Queue) -> Scope {
-    match queue {
-        Queue::Deploy | Queue::Rollback => Scope::DeploymentsRead,
-        Queue::Ssl => Scope::DomainsRead,
-        Queue::Probe | Queue::Alerts => Scope::ServersRead,
-        Queue::Backup | Queue::Email | Queue::Diagnostic | Queue::Maintenance => Scope::Admin,
-    }
-}
-
-/// The scope a token needs to cancel jobs of `queue`.
-fn write_scope_for(queue: Queue) -> Scope {
-    match queue {
-        Queue::Deploy | Queue::Rollback => Scope::DeploymentsWrite,
-        Queue::Ssl => Scope::DomainsWrite,
-        Queue::Probe | Queue::Alerts => Scope::ServersWrite,
-        Queue::Backup | Queue::Email | Queue::Diagnostic | Queue::Maintenance => Scope::Admin,
-    }
-}
-
-fn may_see_queue(principal: &Principal, queue: Queue) -> bool {
-    match principal.credential {
-        Credential::Session { .. } => true,
-        Credential::ApiToken { .. } => principal.allows(scope_for(queue)),
-    }
-}
-
 fn needs_scope(queue: Queue, what: &str) -> ApiError {
     ApiError::Forbidden(format!(
         "this token needs the {} scope to see {what} jobs",
-        scope_for(queue).name()
+        access::queue_scopes(queue).0.name()
     ))
 }
 
@@ -55,25 +28,19 @@ fn sees_all_owners(principal: &Principal) -> bool {
     principal.role().is_admin() && principal.allows(Scope::Admin)
 }
 
-/// The job `id` if the caller may see it: their own (admins: anyone's), of
-/// a queue their token covers. Every job route goes through here.
+/// The job `id` if the caller may do `action` to it (see [`access`]).
 async fn visible_job(
     state: &AppState,
     principal: &Principal,
     id: &str,
+    action: Action,
 ) -> Result<JobRecord, ApiError> {
-    let not_found = || ApiError::NotFound("no such job".into());
-    if id.len() > 32 {
-        return Err(not_found());
-    }
-    let job = store::get(&state.pool, id).await?.ok_or_else(not_found)?;
-    if !sees_all_owners(principal) && job.owner_user_id != Some(principal.user_id()) {
-        return Err(not_found());
-    }
-    if !may_see_queue(principal, job.queue) {
-        return Err(needs_scope(job.queue, &job.kind));
-    }
-    Ok(job)
+    let mut conn = state.pool.acquire().await?;
+    let grant = access::authorize(&mut conn, principal, Resource::Job(id), action).await?;
+    drop(conn);
+    store::get(&state.pool, grant.job_id())
+        .await?
+        .ok_or_else(|| ApiError::NotFound("no such job".into()))
 }
 
 /// One job.
@@ -87,7 +54,9 @@ pub async fn get_job(
     principal: Principal,
     Path(id): Path<String>,
 ) -> Result<Envelope<JobRecord>, ApiError> {
-    Ok(Envelope::ok(visible_job(&state, &principal, &id).await?))
+    Ok(Envelope::ok(
+        visible_job(&state, &principal, &id, Action::Read).await?,
+    ))
 }
 
 /// Cancels a job: a queued one at once (200, `cancelled`), a running one by
@@ -106,10 +75,7 @@ pub async fn cancel_job(
     client: Client,
     Path(id): Path<String>,
 ) -> Result<Envelope<JobRecord>, ApiError> {
-    let job = visible_job(&state, &principal, &id).await?;
-    if matches!(principal.credential, Credential::ApiToken { .. }) {
-        principal.require(write_scope_for(job.queue))?;
-    }
+    let job = visible_job(&state, &principal, &id, Action::Operate).await?;
     let mut tx = state.pool.begin().await?;
     let reason = format!("cancelled by {}", principal.user.email);
     let outcome = store::cancel(&mut tx, &id, &reason).await?;
@@ -187,7 +153,7 @@ pub async fn job_logs(
     Query(query): Query<LogQuery>,
 ) -> Result<Envelope<JobLogPage>, ApiError> {
     let (after, limit) = query.checked()?;
-    let job = visible_job(&state, &principal, &id).await?;
+    let job = visible_job(&state, &principal, &id, Action::Read).await?;
     Ok(Envelope::ok(
         log_page(&state, &id, after, limit, job.state.is_terminal()).await?,
     ))
@@ -231,11 +197,6 @@ pub(crate) async fn log_page(
         truncated,
         finished,
     })
-}
-
-/// For the realtime channel: may `principal` follow job `id`'s log?
-pub async fn may_follow(state: &AppState, principal: &Principal, id: &str) -> Result<(), ApiError> {
-    visible_job(state, principal, id).await.map(|_| ())
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -299,7 +260,7 @@ pub async fn list_jobs(
     .validate()?;
     let (visible, hidden): (Vec<Queue>, Vec<Queue>) = Queue::ALL
         .into_iter()
-        .partition(|q| may_see_queue(&principal, *q));
+        .partition(|q| access::may_see_queue(&principal, *q));
     let kind = match query.kind.as_deref() {
         Some(name) => Some(berth_jobs::kinds::find(name).ok_or_else(|| {
             let known: Vec<&str> = berth_jobs::kinds::CATALOG.iter().map(|k| k.name).collect();
@@ -323,7 +284,7 @@ pub async fn list_jobs(
         None => visible,
     };
     let filter = JobFilter {
-        owner_user_id: (!sees_all_owners(&principal)).then(|| principal.user_id()),
+        visible_to: (!sees_all_owners(&principal)).then(|| principal.user_id()),
         queues: Some(queues),
         kind: kind.map(|k| k.name.to_owned()),
         state: query.state,
@@ -338,7 +299,7 @@ pub async fn list_jobs(
             .map(|k| HiddenKind {
                 kind: k.name,
                 queue: k.queue,
-                needs_scope: scope_for(k.queue).name().to_owned(),
+                needs_scope: access::queue_scopes(k.queue).0.name().to_owned(),
             })
             .collect(),
     }))

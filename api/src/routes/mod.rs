@@ -10,6 +10,7 @@ pub mod oauth;
 pub mod password_reset;
 pub mod platform;
 pub mod preferences;
+pub mod projects;
 pub mod registration;
 pub mod server_metrics;
 pub mod servers;

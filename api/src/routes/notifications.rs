@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::access::{self, Action, Resource};
 use crate::audit;
 use crate::auth::sessions::Client;
 use crate::auth::{Principal, Scope};
@@ -200,14 +201,20 @@ pub async fn mark_read(
     principal: Principal,
     Path(id): Path<Uuid>,
 ) -> Result<Envelope<NotificationView>, ApiError> {
-    principal.require(Scope::NotificationsWrite)?;
+    let mut conn = state.pool.acquire().await?;
+    let grant = access::authorize(
+        &mut conn,
+        &principal,
+        Resource::Notification(id),
+        Action::Operate,
+    )
+    .await?;
     let view: Option<NotificationView> = sqlx::query_as(&format!(
         "UPDATE notifications SET read_at = COALESCE(read_at, now()) \
-         WHERE id = $1 AND user_id = $2 RETURNING {NOTIFICATION_COLUMNS}"
+         WHERE id = $1 RETURNING {NOTIFICATION_COLUMNS}"
     ))
-    .bind(id)
-    .bind(principal.user_id())
-    .fetch_optional(&state.pool)
+    .bind(grant.id())
+    .fetch_optional(&mut *conn)
     .await?;
     view.map(Envelope::ok)
         .ok_or_else(|| ApiError::NotFound("no such notification".into()))
@@ -246,11 +253,17 @@ pub async fn delete(
     principal: Principal,
     Path(id): Path<Uuid>,
 ) -> Result<Envelope<Updated>, ApiError> {
-    principal.require(Scope::NotificationsWrite)?;
-    let updated = sqlx::query("DELETE FROM notifications WHERE id = $1 AND user_id = $2")
-        .bind(id)
-        .bind(principal.user_id())
-        .execute(&state.pool)
+    let mut conn = state.pool.acquire().await?;
+    let grant = access::authorize(
+        &mut conn,
+        &principal,
+        Resource::Notification(id),
+        Action::Manage,
+    )
+    .await?;
+    let updated = sqlx::query("DELETE FROM notifications WHERE id = $1")
+        .bind(grant.id())
+        .execute(&mut *conn)
         .await?
         .rows_affected();
     if updated == 0 {

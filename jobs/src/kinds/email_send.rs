@@ -37,6 +37,15 @@ pub enum EmailMessage {
         token: Sealed,
         expires_in_minutes: u32,
     },
+    /// An invitation to a project: its single-use link (7 days).
+    ProjectInvite {
+        inviter_name: String,
+        project_name: String,
+        role: String,
+        invitation_id: uuid::Uuid,
+        token: Sealed,
+        expires_in_days: u32,
+    },
     /// A notification (an alert raised or cleared, a changed host key) by mail.
     Notification {
         recipient_name: String,

@@ -124,6 +124,33 @@ pub(super) async fn run_delivery(
 }
 
 impl Dispatch {
+    /// A deployment's job concerns more than whoever enqueued it: its owner
+    /// hears of it, and so does every socket following its project's topic
+    /// (the api checked each may). Looked up at each event, so a deployment
+    /// that moved is followed where it is now.
+    async fn tell_deployment_readers(
+        &self,
+        deployment: uuid::Uuid,
+        job_owner: Option<uuid::Uuid>,
+        event: &crate::events::RealtimeEvent,
+    ) {
+        let found: Result<Option<(uuid::Uuid, Option<uuid::Uuid>)>, sqlx::Error> =
+            sqlx::query_as("SELECT owner_user_id, project_id FROM deployments WHERE id = $1")
+                .bind(deployment)
+                .fetch_optional(&self.pool)
+                .await;
+        let Ok(Some((owner, project))) = found else {
+            return;
+        };
+        if job_owner != Some(owner) {
+            crate::events::publish(&self.redis, owner, event).await;
+        }
+        if let Some(project) = project {
+            let topic = crate::events::project_topic(project);
+            crate::events::publish_topic(&self.redis, &topic, event).await;
+        }
+    }
+
     /// Runs the delivery in a task of its own, tracked by `runs`: when the
     /// apalis worker stops on its own (Redis gone), its futures are dropped, and
     /// a job dropped between its side effect (a mail sent) and its Postgres
@@ -185,6 +212,10 @@ impl Dispatch {
             async move {
                 if let Some(owner) = owner {
                     crate::events::publish(&self.redis, owner, &event).await;
+                }
+                if let Some(deployment) = claimed.targets.deployment_id {
+                    self.tell_deployment_readers(deployment, owner, &event)
+                        .await;
                 }
             }
         };

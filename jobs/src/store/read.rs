@@ -44,7 +44,9 @@ pub struct JobRecord {
 #[derive(Debug, Clone, Default)]
 pub struct JobFilter {
     pub id: Option<String>,
-    pub owner_user_id: Option<Uuid>,
+    /// Jobs this user may see: their own, and those of deployments that are
+    /// theirs or in a project they are a member of.
+    pub visible_to: Option<Uuid>,
     pub queues: Option<Vec<Queue>>,
     pub kind: Option<String>,
     pub state: Option<JobState>,
@@ -83,12 +85,14 @@ async fn select(
                                        AND k.job_id <> o.id)))
                   END::int AS position
            FROM jobs
-           WHERE ($1::text IS NULL OR id = $1) AND ($2::uuid IS NULL OR owner_user_id = $2)
+           WHERE ($1::text IS NULL OR id = $1) AND ($2::uuid IS NULL OR owner_user_id = $2 OR deployment_id IN
+                  (SELECT d.id FROM deployments d WHERE d.owner_user_id = $2 OR d.project_id IN
+                     (SELECT m.project_id FROM project_members m WHERE m.user_id = $2)))
              AND ($3::text[] IS NULL OR queue = ANY($3)) AND ($4::text IS NULL OR state = $4)
              AND ($5::text IS NULL OR kind = $5)
            ORDER BY id DESC OFFSET $6 LIMIT $7"#,
         filter.id.as_deref(),
-        filter.owner_user_id,
+        filter.visible_to,
         filter.queues.as_ref().map(|q| q.iter().map(|q| q.name().to_owned()).collect::<Vec<_>>()) as Option<Vec<String>>,
         filter.state.map(JobState::name),
         filter.kind.as_deref(),
@@ -117,11 +121,13 @@ pub async fn list(
     let records = select(pool, filter, offset, limit).await?;
     let total = sqlx::query_scalar!(
         r#"SELECT count(*) AS "total!" FROM jobs
-           WHERE ($1::text IS NULL OR id = $1) AND ($2::uuid IS NULL OR owner_user_id = $2)
+           WHERE ($1::text IS NULL OR id = $1) AND ($2::uuid IS NULL OR owner_user_id = $2 OR deployment_id IN
+                  (SELECT d.id FROM deployments d WHERE d.owner_user_id = $2 OR d.project_id IN
+                     (SELECT m.project_id FROM project_members m WHERE m.user_id = $2)))
              AND ($3::text[] IS NULL OR queue = ANY($3)) AND ($4::text IS NULL OR state = $4)
              AND ($5::text IS NULL OR kind = $5)"#,
         filter.id.as_deref(),
-        filter.owner_user_id,
+        filter.visible_to,
         filter
             .queues
             .as_ref()

@@ -37,7 +37,8 @@ pub async fn check_as(
     command = command
         .raw("--")
         .arg(url)
-        .raw("; else wget -q -S -O /dev/null -T")
+        // wget, like curl, answers the first response: a redirect is an answer.
+        .raw("; else wget -q -S --max-redirect=0 -O /dev/null -T")
         .arg(&seconds);
     if let Some(host) = host {
         command = command.raw("--header").arg(host);

@@ -25,6 +25,7 @@ mod oauth;
 mod operator;
 mod platform;
 mod preferences_uploads;
+mod projects;
 mod release_checks;
 mod remote;
 mod scheduler;

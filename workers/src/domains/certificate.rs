@@ -246,22 +246,28 @@ impl DomainJobs {
         put(key_path.clone(), certificate.key_pem.clone(), 0o600).await?;
         put(chain_path.clone(), certificate.chain_pem.clone(), 0o644).await?;
         ctx.log.step("serving the domain over HTTPS");
-        self.install_site(
-            ctx,
-            &session,
-            deployment,
-            &server,
-            Some((
-                &domain.name,
-                TlsName {
-                    name: domain.name.clone(),
-                    certificate: chain_path,
-                    key: key_path,
-                },
-            )),
-        )
-        .await
-        .map_err(Refusal::of)?;
+        let installed = self
+            .install_site(
+                ctx,
+                &session,
+                deployment,
+                &server,
+                Some((
+                    &domain.name,
+                    TlsName {
+                        name: domain.name.clone(),
+                        certificate: chain_path,
+                        key: key_path,
+                    },
+                )),
+            )
+            .await
+            .map_err(Refusal::of)?;
+        if installed {
+            self.confirm_redirect(ctx, &session, &server, &domain.name)
+                .await
+                .map_err(Refusal::of)?;
+        }
         store::certificate_installed(self.pool(), domain.id, &leaf)
             .await
             .map_err(|e| Refusal::of(stored(e)))?;

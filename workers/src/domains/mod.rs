@@ -22,6 +22,12 @@ use berth_remote::ops::On;
 use berth_remote::{Server, Session};
 
 use crate::deploy::store::DeploymentRow;
+
+/// Fresh connections in a row that must see the new site after a reload.
+const REDIRECTS_IN_A_ROW: u32 = 3;
+
+/// How long a reload may take to be answered by every nginx worker.
+const REDIRECT_CONFIRM: Duration = Duration::from_secs(15);
 use crate::deploy::{DeploymentJobs, log_lines, nginx_of, op_failure, stored};
 
 pub use attach::{AttachDomain, DetachDomain};
@@ -155,6 +161,47 @@ impl DomainJobs {
             .await
             .map_err(|e| op_failure("installing the site", &e))?;
         Ok(true)
+    }
+
+    /// Waits until nginx answers with the new site: plain HTTP for `name`
+    /// redirects, on three fresh connections in a row. For a moment after a
+    /// reload an old worker may still take a new connection with the old
+    /// configuration; the job says HTTPS is served only once it is.
+    async fn confirm_redirect(
+        &self,
+        ctx: &JobContext,
+        session: &Session,
+        server: &Server,
+        name: &str,
+    ) -> Result<(), JobFailure> {
+        use berth_remote::ops::http;
+        use berth_ssh::Arg;
+        let url = Arg::url(&format!("http://127.0.0.1:{}/", server.http_port))
+            .map_err(JobFailure::permanent)?;
+        let host = Arg::host_header(name).map_err(JobFailure::permanent)?;
+        let on = On::new(session, &ctx.cancel);
+        let started = std::time::Instant::now();
+        let mut in_a_row = 0;
+        while in_a_row < REDIRECTS_IN_A_ROW {
+            let answer = http::check_as(&on, &url, Some(&host), Duration::from_secs(5))
+                .await
+                .map_err(|e| op_failure("checking the redirect to HTTPS", &e))?;
+            if answer.status == Some(301) {
+                in_a_row += 1;
+                continue;
+            }
+            in_a_row = 0;
+            if started.elapsed() > REDIRECT_CONFIRM {
+                return Err(JobFailure::retryable(format!(
+                    "nginx does not redirect {name} to HTTPS after the reload (status {})",
+                    answer
+                        .status
+                        .map_or_else(|| "none".to_owned(), |s| s.to_string())
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
     }
 
     /// The live container's port while the deployment serves.

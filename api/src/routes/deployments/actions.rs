@@ -10,10 +10,11 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::releases::{Making, ReleaseAccepted, make_release};
-use super::{DeploymentRow, owned, owned_for_update};
+use super::{DeploymentRow, authorized, authorized_for_update};
+use crate::access::Action;
 use crate::audit;
+use crate::auth::Principal;
 use crate::auth::sessions::Client;
-use crate::auth::{Principal, Scope};
 use crate::envelope::{Envelope, Path};
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -54,9 +55,8 @@ pub async fn redeploy(
     client: Client,
     Path(id): Path<Uuid>,
 ) -> Result<Envelope<ReleaseAccepted>, ApiError> {
-    principal.require(Scope::DeploymentsWrite)?;
     let mut tx = state.pool.begin().await?;
-    let row = owned_for_update(&mut tx, &principal, id).await?;
+    let row = authorized_for_update(&mut tx, &principal, id, Action::Operate).await?;
     refuse_while_deleting(&row)?;
     let (number, job) = make_release(
         &mut tx,
@@ -107,7 +107,6 @@ pub async fn rollback(
     Path(id): Path<Uuid>,
     body: axum::body::Bytes,
 ) -> Result<Envelope<ReleaseAccepted>, ApiError> {
-    principal.require(Scope::DeploymentsWrite)?;
     // The body is optional: none (or `{}`) rolls back to the previous release.
     let request: RollbackRequest =
         if body.iter().all(u8::is_ascii_whitespace) || body.trim_ascii() == b"null" {
@@ -116,7 +115,7 @@ pub async fn rollback(
             crate::envelope::json_object(&body)?
         };
     let mut tx = state.pool.begin().await?;
-    let row = owned_for_update(&mut tx, &principal, id).await?;
+    let row = authorized_for_update(&mut tx, &principal, id, Action::Operate).await?;
     refuse_while_deleting(&row)?;
     let target: Option<(i32, ReleaseState, bool, Option<String>)> = match request.release {
         Some(n) => {
@@ -199,9 +198,15 @@ async fn control<P: JobPayload>(
     payload: P,
     deleting: bool,
 ) -> Result<Envelope<ControlAccepted>, ApiError> {
-    principal.require(Scope::DeploymentsWrite)?;
+    // Deleting is more than operating: the deployment's owner, or a
+    // project's ADMIN.
+    let needed = if deleting {
+        Action::Manage
+    } else {
+        Action::Operate
+    };
     let mut tx = state.pool.begin().await?;
-    let row = owned_for_update(&mut tx, principal, id).await?;
+    let row = authorized_for_update(&mut tx, principal, id, needed).await?;
     refuse_while_deleting(&row)?;
     if !deleting && row.live_release.is_none() {
         return Err(ApiError::Conflict(
@@ -350,9 +355,8 @@ pub async fn cancel(
     client: Client,
     Path(id): Path<Uuid>,
 ) -> Result<Envelope<Cancelled>, ApiError> {
-    principal.require(Scope::DeploymentsWrite)?;
     let mut tx = state.pool.begin().await?;
-    owned(&mut tx, &principal, id).await?;
+    authorized(&mut tx, &principal, id, Action::Operate).await?;
     // The running one first, else the newest waiting.
     let found: Option<(i32, String)> = sqlx::query_as(
         "SELECT r.number, r.job_id FROM releases r JOIN jobs j ON j.id = r.job_id \

@@ -15,7 +15,8 @@ use uuid::Uuid;
 
 use super::releases::{Making, make_release, seal_env, settings_json};
 use super::webhook::repo_identity;
-use super::{DeploymentView, owned, view};
+use super::{DeploymentView, authorized, view};
+use crate::access::{self, Action, Resource};
 use crate::audit;
 use crate::auth::sessions::Client;
 use crate::auth::{Principal, Scope};
@@ -62,21 +63,33 @@ async fn insert(
     archive: Option<Archive>,
 ) -> Result<Envelope<DeploymentAccepted>, ApiError> {
     let mut tx = state.pool.begin().await?;
-    let server: Option<(Option<String>,)> = sqlx::query_as(
-        "SELECT host_key FROM servers WHERE id = $1 AND owner_user_id = $2 FOR SHARE",
+    // Only a server's owner deploys onto it; into a project, as a DEVELOPER
+    // (or more) of it: the consent the project's members deploy under.
+    let server = access::authorize(
+        &mut tx,
+        principal,
+        Resource::Server(spec.server_id),
+        Action::Read,
     )
-    .bind(spec.server_id)
-    .bind(principal.user_id())
-    .fetch_optional(&mut *tx)
     .await?;
-    match server {
-        None => return Err(ApiError::NotFound("no such server".into())),
-        Some((None,)) => {
-            return Err(ApiError::Conflict(
-                "the server has not been validated yet: wait for its validation (or run POST /servers/{id}/validate)".into(),
-            ));
-        }
-        Some(_) => {}
+    if let Some(project) = spec.project_id {
+        access::authorize(
+            &mut tx,
+            principal,
+            Resource::Project(project),
+            Action::Operate,
+        )
+        .await?;
+    }
+    let host_key: Option<String> =
+        sqlx::query_scalar("SELECT host_key FROM servers WHERE id = $1 FOR SHARE")
+            .bind(server.id())
+            .fetch_one(&mut *tx)
+            .await?;
+    if host_key.is_none() {
+        return Err(ApiError::Conflict(
+            "the server has not been validated yet: wait for its validation (or run POST /servers/{id}/validate)".into(),
+        ));
     }
     let taken: bool = sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM deployments WHERE server_id = $1 AND name = $2)",
@@ -158,7 +171,7 @@ async fn insert(
     .bind(repo_url.as_deref().map(repo_identity))
     .execute(&mut *tx)
     .await?;
-    let row = owned(&mut tx, principal, id).await?;
+    let row = authorized(&mut tx, principal, id, Action::Read).await?;
     let (number, job) = make_release(
         &mut tx,
         state,
@@ -194,7 +207,7 @@ async fn insert(
         ),
     )
     .await?;
-    let row = owned(&mut tx, principal, id).await?;
+    let row = authorized(&mut tx, principal, id, Action::Read).await?;
     let deployment = view(&mut tx, row).await?;
     tx.commit().await?;
     state.jobs.dispatch(&job).await;
@@ -210,7 +223,7 @@ async fn insert(
     (status = 202, description = "Stored; the first release's deploy job is queued", body = DeploymentAccepted),
     (status = 400, description = "Invalid fields, each named", body = crate::error::ErrorEnvelope),
     (status = 403, description = "Needs deployments:write", body = crate::error::ErrorEnvelope),
-    (status = 404, description = "No such server of yours", body = crate::error::ErrorEnvelope),
+    (status = 404, description = "No such server of yours, or project of yours", body = crate::error::ErrorEnvelope),
     (status = 409, description = "The name is taken on that server, or the server is not validated", body = crate::error::ErrorEnvelope)))]
 pub async fn create(
     State(state): State<AppState>,
@@ -276,7 +289,7 @@ fn field_error(field: &str, message: impl Into<String>) -> ApiError {
     request_body(content = DeploymentUploadForm, content_type = "multipart/form-data"), responses(
     (status = 202, description = "Stored; the first release's deploy job is queued", body = DeploymentAccepted),
     (status = 400, description = "Invalid fields, or a refused archive", body = crate::error::ErrorEnvelope),
-    (status = 404, description = "No such server of yours", body = crate::error::ErrorEnvelope),
+    (status = 404, description = "No such server of yours, or project of yours", body = crate::error::ErrorEnvelope),
     (status = 409, description = "The name is taken on that server", body = crate::error::ErrorEnvelope),
     (status = 413, description = "Past BERTH_DEPLOY_ARCHIVE_MAX_BYTES", body = crate::error::ErrorEnvelope)))]
 pub async fn upload(

@@ -13,8 +13,9 @@ use axum::response::Response;
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::owned;
-use crate::auth::{Principal, Scope};
+use super::authorized;
+use crate::access::Action;
+use crate::auth::Principal;
 use crate::envelope::{Envelope, Path, Query};
 use crate::error::ApiError;
 use crate::routes::jobs::{JobLogPage, LogQuery, log_page};
@@ -22,6 +23,9 @@ use crate::state::AppState;
 
 /// How often a stream looks for new lines.
 const STREAM_POLL: Duration = Duration::from_millis(150);
+
+/// How often a stream asks again whether its reader may still read.
+const ACCESS_RECHECK: Duration = Duration::from_secs(1);
 /// Lines per read while catching up.
 const STREAM_BATCH: i64 = 500;
 
@@ -38,10 +42,9 @@ pub async fn release_logs(
     Path((id, number)): Path<(Uuid, i32)>,
     Query(query): Query<LogQuery>,
 ) -> Result<Envelope<JobLogPage>, ApiError> {
-    principal.require(Scope::DeploymentsRead)?;
-    let (after, limit) = query.checked()?;
     let mut conn = state.pool.acquire().await?;
-    owned(&mut conn, &principal, id).await?;
+    authorized(&mut conn, &principal, id, Action::Read).await?;
+    let (after, limit) = query.checked()?;
     let job = release_job(&state, id, number)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no release v{number}")))?;
@@ -93,10 +96,9 @@ pub async fn logs_stream(
     Query(query): Query<StreamQuery>,
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
-    principal.require(Scope::DeploymentsRead)?;
     crate::realtime::require_same_origin(&state, &headers)?;
     let mut conn = state.pool.acquire().await?;
-    owned(&mut conn, &principal, id).await?;
+    authorized(&mut conn, &principal, id, Action::Read).await?;
     let start: Option<i32> = match query.release {
         Some(n) => Some(n),
         None => {
@@ -108,10 +110,16 @@ pub async fn logs_stream(
     };
     Ok(upgrade
         .max_message_size(4096)
-        .on_upgrade(move |socket| stream(state, socket, id, start.unwrap_or(1))))
+        .on_upgrade(move |socket| stream(state, socket, principal, id, start.unwrap_or(1))))
 }
 
-async fn stream(state: AppState, mut socket: WebSocket, id: Uuid, mut release: i32) {
+async fn stream(
+    state: AppState,
+    mut socket: WebSocket,
+    principal: Principal,
+    id: Uuid,
+    mut release: i32,
+) {
     let send = |kind: &str, data: serde_json::Value| {
         Message::Text(
             serde_json::json!({ "type": kind, "data": data })
@@ -119,6 +127,7 @@ async fn stream(state: AppState, mut socket: WebSocket, id: Uuid, mut release: i
                 .into(),
         )
     };
+    let mut checked = std::time::Instant::now();
     let mut after = 0i64;
     let mut announced = false;
     let mut ended = false;
@@ -181,6 +190,15 @@ async fn stream(state: AppState, mut socket: WebSocket, id: Uuid, mut release: i
                 continue;
             }
         }
+        // Access is asked again every second: a member removed from the
+        // deployment's project stops reading within one.
+        if checked.elapsed() >= ACCESS_RECHECK {
+            if !still_readable(&state, &principal, id).await {
+                let _ = socket.send(Message::Close(None)).await;
+                return;
+            }
+            checked = std::time::Instant::now();
+        }
         tokio::select! {
             () = tokio::time::sleep(STREAM_POLL) => {}
             incoming = socket.recv() => match incoming {
@@ -189,4 +207,16 @@ async fn stream(state: AppState, mut socket: WebSocket, id: Uuid, mut release: i
             },
         }
     }
+}
+
+/// Whether `principal` may still read deployment `id` (a database hiccup
+/// keeps the stream; only a refusal ends it).
+async fn still_readable(state: &AppState, principal: &Principal, id: Uuid) -> bool {
+    let Ok(mut conn) = state.pool.acquire().await else {
+        return true;
+    };
+    !matches!(
+        authorized(&mut conn, principal, id, Action::Read).await,
+        Err(ApiError::NotFound(_) | ApiError::Forbidden(_))
+    )
 }

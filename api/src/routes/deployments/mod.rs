@@ -1,7 +1,8 @@
 //! SPEC §3.4: deployments and their releases. The api checks, stores and
 //! enqueues; every build, switch and clean-up is a job of the `deploy` or
-//! `rollback` queue (`berth-workers`' `deploy` module). One authorization
-//! path: [`owned`] answers 404 for anything not the caller's.
+//! `rollback` queue (`berth-workers`' `deploy` module). Every route asks
+//! [`crate::access::authorize`] first: a deployment is its owner's, and its
+//! project members' as far as their role goes.
 
 use axum::extract::State;
 use berth_deployments::names;
@@ -12,6 +13,7 @@ use serde::Serialize;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use crate::access::{self, Action, Grant, Resource};
 use crate::auth::{Principal, Scope};
 use crate::envelope::{Envelope, Page, PageQuery, Path, Query};
 use crate::error::ApiError;
@@ -20,6 +22,7 @@ use crate::state::AppState;
 mod actions;
 mod create;
 mod logs;
+mod project;
 mod releases;
 mod runtime_logs;
 mod secrets;
@@ -28,6 +31,7 @@ mod webhook;
 pub use actions::*;
 pub use create::*;
 pub use logs::*;
+pub use project::*;
 pub use runtime_logs::*;
 pub use secrets::*;
 pub use webhook::*;
@@ -96,6 +100,9 @@ const RECENT_RELEASES: i64 = 10;
 pub struct DeploymentView {
     id: Uuid,
     server_id: Uuid,
+    /// The server it runs on, as every reader of the deployment may see it
+    /// (project members see no more of a server than this).
+    server: ServerSummary,
     project_id: Option<Uuid>,
     name: String,
     source: SourceView,
@@ -117,6 +124,15 @@ pub struct DeploymentView {
     updated_at: DateTime<Utc>,
 }
 
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerSummary {
+    id: Uuid,
+    name: String,
+    /// `pending`, `online`, `offline` or `error`.
+    status: String,
+}
+
 #[derive(sqlx::FromRow)]
 pub(crate) struct DeploymentRow {
     pub id: Uuid,
@@ -135,13 +151,16 @@ pub(crate) struct DeploymentRow {
     pub server_host: String,
     pub hostname_base: Option<String>,
     pub build_slots: i32,
+    pub server_name: String,
+    pub server_status: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
 
 const COLUMNS: &str = "d.id, d.server_id, d.project_id, d.name, d.source_type, \
     d.repo_url, d.branch, d.image, d.github_repo, d.settings, d.status, d.status_reason, d.live_release, \
-    s.host AS server_host, s.hostname_base, s.build_slots, d.created_at, d.updated_at";
+    s.host AS server_host, s.hostname_base, s.build_slots, s.name AS server_name, s.status AS server_status, \
+    d.created_at, d.updated_at";
 
 impl DeploymentRow {
     pub(crate) fn settings(&self) -> Result<Settings, ApiError> {
@@ -162,39 +181,41 @@ impl DeploymentRow {
     }
 }
 
-/// The caller's deployment, or 404 (also for another user's id).
-pub(crate) async fn owned(
+/// The deployment `id` if the caller may do `action` to it (see [`access`]).
+pub(crate) async fn authorized(
     conn: &mut PgConnection,
     principal: &Principal,
     id: Uuid,
+    action: Action,
 ) -> Result<DeploymentRow, ApiError> {
-    owned_by(conn, principal.user_id(), id, false).await
+    let grant = access::authorize(conn, principal, Resource::Deployment(id), action).await?;
+    load(conn, &grant, false).await
 }
 
-/// [`owned`], locked for the rest of the transaction: release numbers and
-/// state changes of one deployment are decided one at a time.
-pub(crate) async fn owned_for_update(
+/// [`authorized`], locked for the rest of the transaction: release numbers
+/// and state changes of one deployment are decided one at a time.
+pub(crate) async fn authorized_for_update(
     conn: &mut PgConnection,
     principal: &Principal,
     id: Uuid,
+    action: Action,
 ) -> Result<DeploymentRow, ApiError> {
-    owned_by(conn, principal.user_id(), id, true).await
+    let grant = access::authorize(conn, principal, Resource::Deployment(id), action).await?;
+    load(conn, &grant, true).await
 }
 
-/// `owner`'s deployment `id`, locked when `lock`; 404 for anything else.
-pub(crate) async fn owned_by(
+/// The deployment a grant is for, locked when `lock`.
+pub(crate) async fn load(
     conn: &mut PgConnection,
-    owner: Uuid,
-    id: Uuid,
+    grant: &Grant,
     lock: bool,
 ) -> Result<DeploymentRow, ApiError> {
     let lock = if lock { "FOR UPDATE OF d" } else { "" };
     sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM deployments d JOIN servers s ON s.id = d.server_id \
-         WHERE d.id = $1 AND d.owner_user_id = $2 {lock}"
+         WHERE d.id = $1 {lock}"
     ))
-    .bind(id)
-    .bind(owner)
+    .bind(grant.deployment_id().unwrap_or_else(|| grant.id()))
     .fetch_optional(conn)
     .await?
     .ok_or_else(|| ApiError::NotFound("no such deployment".into()))
@@ -212,13 +233,20 @@ pub(crate) async fn view(
     .fetch_all(&mut *conn)
     .await?;
     let current_release = releases.first().cloned();
+    let settings = row.settings()?;
+    let url = row.url();
     let domains = crate::routes::domains::of_deployment(conn, row.id).await?;
     Ok(DeploymentView {
         id: row.id,
         server_id: row.server_id,
+        server: ServerSummary {
+            id: row.server_id,
+            name: row.server_name,
+            status: row.server_status,
+        },
         project_id: row.project_id,
-        settings: row.settings()?,
-        url: row.url(),
+        settings,
+        url,
         source: SourceView {
             kind: match row.github_repo {
                 Some(_) => "github".into(),
@@ -241,31 +269,60 @@ pub(crate) async fn view(
     })
 }
 
-/// The caller's deployments.
-#[utoipa::path(get, path = "/deployments", tag = "deployments", params(PageQuery), responses(
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploymentsQuery {
+    /// Page number, from 1.
+    #[param(minimum = 1)]
+    page: Option<i64>,
+    /// Items per page, 1 to 100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
+    limit: Option<i64>,
+    /// Only this project's deployments.
+    project_id: Option<Uuid>,
+}
+
+/// The caller's deployments and those of their projects.
+#[utoipa::path(get, path = "/deployments", tag = "deployments", params(DeploymentsQuery), responses(
     (status = 200, description = "Deployments, newest first", body = Page<DeploymentView>)))]
 pub async fn list(
     State(state): State<AppState>,
     principal: Principal,
-    Query(page): Query<PageQuery>,
+    Query(filter): Query<DeploymentsQuery>,
 ) -> Result<Envelope<Page<DeploymentView>>, ApiError> {
     principal.require(Scope::DeploymentsRead)?;
-    let request = page.validate()?;
+    let request = PageQuery {
+        page: filter.page,
+        limit: filter.limit,
+    }
+    .validate()?;
     let mut conn = state.pool.acquire().await?;
+    let visible = |project: u8| {
+        format!(
+            "{} AND (${project}::uuid IS NULL OR d.project_id = ${project})",
+            access::visible_deployments(1)
+        )
+    };
     let rows: Vec<DeploymentRow> = sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM deployments d JOIN servers s ON s.id = d.server_id \
-         WHERE d.owner_user_id = $1 ORDER BY d.created_at DESC, d.id OFFSET $2 LIMIT $3"
+         WHERE {} ORDER BY d.created_at DESC, d.id OFFSET $2 LIMIT $3",
+        visible(4)
     ))
     .bind(principal.user_id())
     .bind(request.offset())
     .bind(request.limit)
+    .bind(filter.project_id)
     .fetch_all(&mut *conn)
     .await?;
-    let total: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM deployments WHERE owner_user_id = $1")
-            .bind(principal.user_id())
-            .fetch_one(&mut *conn)
-            .await?;
+    let total: i64 = sqlx::query_scalar(&format!(
+        "SELECT count(*) FROM deployments d WHERE {}",
+        visible(2)
+    ))
+    .bind(principal.user_id())
+    .bind(filter.project_id)
+    .fetch_one(&mut *conn)
+    .await?;
     let mut items = Vec::with_capacity(rows.len());
     for row in rows {
         items.push(view(&mut conn, row).await?);
@@ -283,9 +340,8 @@ pub async fn get(
     principal: Principal,
     Path(id): Path<Uuid>,
 ) -> Result<Envelope<DeploymentView>, ApiError> {
-    principal.require(Scope::DeploymentsRead)?;
     let mut conn = state.pool.acquire().await?;
-    let row = owned(&mut conn, &principal, id).await?;
+    let row = authorized(&mut conn, &principal, id, Action::Read).await?;
     Ok(Envelope::ok(view(&mut conn, row).await?))
 }
 

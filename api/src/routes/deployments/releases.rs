@@ -10,8 +10,9 @@ use serde::Serialize;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::{DeploymentRow, RELEASE_COLUMNS, ReleaseView, owned};
-use crate::auth::{Principal, Scope};
+use super::{DeploymentRow, RELEASE_COLUMNS, ReleaseView, authorized};
+use crate::access::Action;
+use crate::auth::Principal;
 use crate::envelope::{Envelope, Path};
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -228,9 +229,8 @@ pub async fn list_releases(
     principal: Principal,
     Path(id): Path<Uuid>,
 ) -> Result<Envelope<Vec<ReleaseView>>, ApiError> {
-    principal.require(Scope::DeploymentsRead)?;
     let mut conn = state.pool.acquire().await?;
-    owned(&mut conn, &principal, id).await?;
+    authorized(&mut conn, &principal, id, Action::Read).await?;
     let releases: Vec<ReleaseView> = sqlx::query_as(&format!(
         "SELECT {RELEASE_COLUMNS} FROM releases WHERE deployment_id = $1 ORDER BY number DESC"
     ))

@@ -16,8 +16,9 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::owned;
-use crate::auth::{Principal, Scope};
+use super::authorized;
+use crate::access::Action;
+use crate::auth::Principal;
 use crate::envelope::{Path, Query};
 use crate::error::{ApiError, FieldError};
 use crate::state::AppState;
@@ -54,7 +55,6 @@ pub async fn runtime_logs(
     Query(query): Query<RuntimeLogsQuery>,
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
-    principal.require(Scope::DeploymentsRead)?;
     crate::realtime::require_same_origin(&state, &headers)?;
     let tail = query.tail.unwrap_or(200);
     if !(1..=5000).contains(&tail) {
@@ -64,7 +64,7 @@ pub async fn runtime_logs(
         )]));
     }
     let mut conn = state.pool.acquire().await?;
-    let row = owned(&mut conn, &principal, id).await?;
+    let row = authorized(&mut conn, &principal, id, Action::Read).await?;
     let live = row
         .live_release
         .ok_or_else(|| ApiError::Conflict("no release is live".into()))?;

@@ -11,7 +11,8 @@ use uuid::Uuid;
 
 use super::create::new_webhook_secret;
 use super::releases::{open_env, seal_env};
-use super::{owned, owned_for_update};
+use super::{authorized, authorized_for_update};
+use crate::access::Action;
 use crate::audit;
 use crate::auth::sessions::Client;
 use crate::auth::{Principal, Scope};
@@ -54,9 +55,9 @@ pub async fn get_env(
     principal: Principal,
     Path(id): Path<Uuid>,
 ) -> Result<Envelope<EnvView>, ApiError> {
-    principal.require(Scope::DeploymentsRead)?;
     let mut conn = state.pool.acquire().await?;
-    owned(&mut conn, &principal, id).await?;
+    // Values are secrets: a VIEWER does not read them.
+    authorized(&mut conn, &principal, id, Action::Operate).await?;
     Ok(Envelope::ok(env_of(&state, &principal, id).await?))
 }
 
@@ -84,7 +85,8 @@ pub async fn put_env(
     Path(id): Path<Uuid>,
     Json(change): Json<EnvChange>,
 ) -> Result<Envelope<EnvView>, ApiError> {
-    principal.require(Scope::DeploymentsWrite)?;
+    let mut tx = state.pool.begin().await?;
+    authorized_for_update(&mut tx, &principal, id, Action::Operate).await?;
     let mut errors = Vec::new();
     if change.set.is_empty() && change.unset.is_empty() {
         errors.push(FieldError::new("body", "give `set` or `unset`"));
@@ -97,8 +99,6 @@ pub async fn put_env(
             ));
         }
     }
-    let mut tx = state.pool.begin().await?;
-    owned_for_update(&mut tx, &principal, id).await?;
     let sealed: String = sqlx::query_scalar("SELECT env_sealed FROM deployments WHERE id = $1")
         .bind(id)
         .fetch_one(&mut *tx)
@@ -150,9 +150,8 @@ pub async fn deploy_key(
     principal: Principal,
     Path(id): Path<Uuid>,
 ) -> Result<Envelope<DeployKey>, ApiError> {
-    principal.require(Scope::DeploymentsRead)?;
     let mut conn = state.pool.acquire().await?;
-    owned(&mut conn, &principal, id).await?;
+    authorized(&mut conn, &principal, id, Action::Read).await?;
     let key: Option<String> =
         sqlx::query_scalar("SELECT deploy_key_public FROM deployments WHERE id = $1")
             .bind(id)
@@ -208,9 +207,8 @@ pub async fn webhook(
     principal: Principal,
     Path(id): Path<Uuid>,
 ) -> Result<Envelope<Webhook>, ApiError> {
-    principal.require(Scope::DeploymentsWrite)?;
     let mut conn = state.pool.acquire().await?;
-    owned(&mut conn, &principal, id).await?;
+    authorized(&mut conn, &principal, id, Action::Operate).await?;
     Ok(Envelope::ok(webhook_of(&state, id).await?))
 }
 
@@ -225,9 +223,8 @@ pub async fn rotate_webhook(
     client: Client,
     Path(id): Path<Uuid>,
 ) -> Result<Envelope<Webhook>, ApiError> {
-    principal.require(Scope::DeploymentsWrite)?;
     let mut tx = state.pool.begin().await?;
-    owned_for_update(&mut tx, &principal, id).await?;
+    authorized_for_update(&mut tx, &principal, id, Action::Operate).await?;
     let sealed = state.keys.seal(
         new_webhook_secret().as_bytes(),
         deployment_secret_binding(&id.to_string(), "webhook_secret"),
@@ -277,9 +274,8 @@ pub async fn preflight(
     principal: Principal,
     Path(id): Path<Uuid>,
 ) -> Result<Envelope<PreflightView>, ApiError> {
-    principal.require(Scope::DeploymentsRead)?;
     let mut conn = state.pool.acquire().await?;
-    owned(&mut conn, &principal, id).await?;
+    authorized(&mut conn, &principal, id, Action::Read).await?;
     let found: Option<(i32, serde_json::Value)> = sqlx::query_as(
         "SELECT number, preflight FROM releases WHERE deployment_id = $1 AND preflight IS NOT NULL \
          ORDER BY number DESC LIMIT 1",

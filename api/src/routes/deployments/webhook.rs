@@ -230,7 +230,8 @@ pub async fn github(
         .filter(|c| c.branch.as_deref() == Some(branch))
     {
         let principal_owner = candidate.owner_user_id;
-        let row = super::owned_by(&mut tx, principal_owner, candidate.id, true).await?;
+        let grant = crate::access::signed_push(candidate.id);
+        let row = super::load(&mut tx, &grant, true).await?;
         let (number, job) = make_release(
             &mut tx,
             &state,

@@ -8,6 +8,7 @@ use serde::Serialize;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use crate::access::{self, Action, Resource};
 use crate::audit;
 use crate::auth::sessions::Client;
 use crate::auth::{Principal, Scope};
@@ -76,20 +77,20 @@ const VIEW_COLUMNS: &str = "id, name, host, port, username, auth_type, host_key,
     nginx_conf_dir, nginx_conf_file, http_port, https_port, data_dir, hostname_base, \
     nginx_config_ok, nginx_config_error, last_probe_at, created_at, updated_at";
 
-/// The caller's server, or 404 (also for another user's id).
-pub(crate) async fn owned(
+/// The server `id` if the caller may do `action` to it: only its owner may
+/// (servers are never shared; see [`access`]).
+pub(crate) async fn authorized(
     conn: &mut PgConnection,
     principal: &Principal,
     id: Uuid,
+    action: Action,
 ) -> Result<ServerView, ApiError> {
-    sqlx::query_as(&format!(
-        "SELECT {VIEW_COLUMNS} FROM servers WHERE id = $1 AND owner_user_id = $2"
-    ))
-    .bind(id)
-    .bind(principal.user_id())
-    .fetch_optional(conn)
-    .await?
-    .ok_or_else(|| ApiError::NotFound("no such server".into()))
+    let grant = access::authorize(conn, principal, Resource::Server(id), action).await?;
+    sqlx::query_as(&format!("SELECT {VIEW_COLUMNS} FROM servers WHERE id = $1"))
+        .bind(grant.id())
+        .fetch_optional(conn)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("no such server".into()))
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -163,7 +164,7 @@ pub async fn create(
         ),
     )
     .await?;
-    let server = owned(&mut tx, &principal, id).await?;
+    let server = authorized(&mut tx, &principal, id, Action::Read).await?;
     tx.commit().await?;
     state.jobs.dispatch(&job).await;
     Ok(Limited(
@@ -208,9 +209,10 @@ pub async fn get(
     principal: Principal,
     Path(id): Path<Uuid>,
 ) -> Result<Envelope<ServerView>, ApiError> {
-    principal.require(Scope::ServersRead)?;
     let mut conn = state.pool.acquire().await?;
-    Ok(Envelope::ok(owned(&mut conn, &principal, id).await?))
+    Ok(Envelope::ok(
+        authorized(&mut conn, &principal, id, Action::Read).await?,
+    ))
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -236,7 +238,8 @@ pub async fn update(
     Path(id): Path<Uuid>,
     Json(req): Json<ServerRequest>,
 ) -> Result<Envelope<ServerUpdated>, ApiError> {
-    principal.require(Scope::ServersWrite)?;
+    let mut tx = state.pool.begin().await?;
+    let current = authorized(&mut tx, &principal, id, Action::Operate).await?;
     let mut errors = Vec::new();
     let name = req
         .name
@@ -268,8 +271,6 @@ pub async fn update(
         errors.push(FieldError::new("body", "give at least one field to change"));
     }
     validate::finish(errors)?;
-    let mut tx = state.pool.begin().await?;
-    let current = owned(&mut tx, &principal, id).await?;
     let moved = host.as_ref().is_some_and(|h| *h != current.host)
         || port.is_some_and(|p| p != current.port);
     let reconnect =
@@ -316,7 +317,7 @@ pub async fn update(
         ),
     )
     .await?;
-    let server = owned(&mut tx, &principal, id).await?;
+    let server = authorized(&mut tx, &principal, id, Action::Read).await?;
     tx.commit().await?;
     if let Some(job) = &job {
         state.jobs.dispatch(job).await;
@@ -344,9 +345,8 @@ pub async fn delete(
     client: Client,
     Path(id): Path<Uuid>,
 ) -> Result<Envelope<ServerDeleted>, ApiError> {
-    principal.require(Scope::ServersWrite)?;
     let mut tx = state.pool.begin().await?;
-    let server = owned(&mut tx, &principal, id).await?;
+    let server = authorized(&mut tx, &principal, id, Action::Manage).await?;
     let deployments: i64 =
         sqlx::query_scalar("SELECT count(*) FROM deployments WHERE server_id = $1")
             .bind(id)

@@ -9,14 +9,15 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::audit;
+use crate::auth::Principal;
 use crate::auth::sessions::Client;
-use crate::auth::{Principal, Scope};
 use crate::envelope::{Envelope, Json, Path};
 use crate::error::{ApiError, FieldError};
 use crate::rate_limit::Limited;
 use crate::state::AppState;
 
-use super::owned;
+use super::authorized;
+use crate::access::Action;
 
 pub(super) async fn enqueue_validation(
     conn: &mut PgConnection,
@@ -49,9 +50,8 @@ pub async fn validate_again(
     client: Client,
     Path(id): Path<Uuid>,
 ) -> Result<Limited<Envelope<JobAccepted>>, ApiError> {
-    principal.require(Scope::ServersWrite)?;
     let mut tx = state.pool.begin().await?;
-    owned(&mut tx, &principal, id).await?;
+    authorized(&mut tx, &principal, id, Action::Operate).await?;
     // Each validation holds an SSH slot of the probe queue: one user cannot
     // keep the queue busy by validating again and again.
     let decision = state
@@ -104,9 +104,8 @@ pub async fn repin(
     Path(id): Path<Uuid>,
     Json(req): Json<Repin>,
 ) -> Result<Envelope<JobAccepted>, ApiError> {
-    principal.require(Scope::ServersWrite)?;
     let mut tx = state.pool.begin().await?;
-    let server = owned(&mut tx, &principal, id).await?;
+    let server = authorized(&mut tx, &principal, id, Action::Operate).await?;
     if server.host_key_offered.as_deref() != Some(req.fingerprint.trim()) {
         return Err(ApiError::validation(vec![FieldError::new(
             "fingerprint",
