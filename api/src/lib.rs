@@ -26,7 +26,6 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::{Extension, Router};
 use berth_jobs::relay::Relay;
-use sqlx::migrate::Migrator;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -39,7 +38,7 @@ pub use state::AppState;
 
 use crate::error::ApiError;
 
-pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
+pub use berth_database::MIGRATOR;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -55,7 +54,8 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
         (name = "domains", description = "Domains attached to deployments, and their certificates (SPEC §3.5)"),
         (name = "projects", description = "Projects, members, roles and invitations (SPEC §3.8)"),
         (name = "github", description = "The linked GitHub account's repositories, to deploy from (SPEC §3.4)"),
-        (name = "alerts", description = "Alert rules, notifications and the realtime channel (SPEC §3.6)")
+        (name = "alerts", description = "Alert rules, notifications and the realtime channel (SPEC §3.6)"),
+        (name = "admin", description = "Administration: users, stats, audit log, contact messages, verified backups and restores (SPEC §3.9)")
     )
 )]
 struct ApiDoc;
@@ -133,6 +133,26 @@ fn project_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(p::invitations))
         .routes(routes!(p::accept))
         .routes(routes!(p::decline))
+}
+
+fn admin_routes() -> OpenApiRouter<AppState> {
+    use routes::admin as a;
+    OpenApiRouter::new()
+        .routes(routes!(a::list_users))
+        .routes(routes!(a::get_user, a::delete_user))
+        .routes(routes!(a::change_role))
+        .routes(routes!(a::change_status))
+        .routes(routes!(a::stats))
+        .routes(routes!(a::list_deployments))
+        .routes(routes!(a::delete_deployment))
+        .routes(routes!(a::audit_logs))
+        .routes(routes!(a::list_contact))
+        .routes(routes!(a::update_contact))
+        .routes(routes!(a::list_backups, a::create_backup))
+        .routes(routes!(a::get_backup, a::delete_backup))
+        .routes(routes!(a::download_backup))
+        .routes(routes!(a::restore_backup))
+        .routes(routes!(a::broadcast))
 }
 
 fn uploads_overhead() -> usize {
@@ -241,6 +261,7 @@ pub fn router(state: AppState) -> Router {
         .merge(server_routes())
         .merge(deployment_routes(&state))
         .merge(project_routes())
+        .merge(admin_routes())
         .routes(routes!(
             routes::notifications::get_rules,
             routes::notifications::put_rules

@@ -81,7 +81,10 @@ pub async fn request_context(
     let span = tracing::info_span!("request", request_id = %request_id, method = %method, route = tracing::field::Empty);
     // Refusals that need no route are made here, still inside the request's
     // context (id, log line, metrics, headers), without another layer.
-    let refused = cross_site(&req).or_else(|| nul_in_target(&req));
+    let mut refused = cross_site(&req).or_else(|| nul_in_target(&req));
+    if refused.is_none() && crate::auth::is_unsafe(&method) {
+        refused = under_maintenance(&state).await;
+    }
     let mut response = match refused {
         Some(refused) => refused,
         None => next.run(req).instrument(span.clone()).await,
@@ -149,6 +152,41 @@ pub async fn after_routing(req: Request<Body>, next: Next) -> Response {
         return refused;
     }
     next.run(req).await
+}
+
+/// While a restore runs (SPEC §3.9), writes are refused and reads go on. If
+/// Redis cannot say, the write goes ahead: Redis down is not maintenance.
+async fn under_maintenance(state: &AppState) -> Option<Response> {
+    // A stalled Redis must not hold every write: past this, the write goes on.
+    let asked = tokio::time::timeout(
+        std::time::Duration::from_millis(500),
+        berth_jobs::maintenance_mode::current(&state.redis),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        Err(redis::RedisError::from((
+            redis::ErrorKind::Io,
+            "no answer within 500 ms",
+        )))
+    });
+    match asked {
+        Ok(Some(maintenance)) => {
+            let mut response = error_response(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                maintenance.reason,
+                Vec::new(),
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
+            Some(response)
+        }
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!(error = %e, "maintenance mode unknown: Redis unavailable");
+            None
+        }
+    }
 }
 
 /// Browsers say where a request comes from (`Sec-Fetch-Site`). An unsafe

@@ -38,6 +38,8 @@ pub struct ApiConfig {
     /// (`BERTH_DEPLOY_ARCHIVE_MAX_UNPACKED_BYTES`, 1 GiB).
     pub deploy_archive_max_bytes: usize,
     pub deploy_archive_max_unpacked_bytes: u64,
+    /// [`crate::backup_dir`].
+    pub backup_dir: std::path::PathBuf,
 }
 
 /// What one user may keep in `POST /uploads`.
@@ -352,6 +354,7 @@ impl ApiConfig {
                 "BERTH_DEPLOY_ARCHIVE_MAX_UNPACKED_BYTES",
                 1024 * 1024 * 1024,
             )?,
+            backup_dir: crate::backup_dir(env)?,
         })
     }
 }

@@ -204,6 +204,22 @@ pub use common::*;
 pub use mail::*;
 pub use ssh::*;
 
+/// `BERTH_BACKUP_DIR`: where backups of Berth's database are written (by the
+/// worker) and read (downloads and deletions by the api); default
+/// `data/backups`. Both must see the same directory.
+pub fn backup_dir(env: &Env) -> Result<std::path::PathBuf, ConfigError> {
+    let dir = env
+        .optional("BERTH_BACKUP_DIR")
+        .unwrap_or_else(|| "data/backups".to_owned());
+    if dir.trim().is_empty() {
+        return Err(ConfigError::Malformed {
+            name: "BERTH_BACKUP_DIR".into(),
+            reason: "a directory path".into(),
+        });
+    }
+    Ok(std::path::PathBuf::from(dir))
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::PathBuf;

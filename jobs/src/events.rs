@@ -87,6 +87,12 @@ pub enum RealtimeEvent {
         #[serde(rename = "createdAt")]
         created_at: chrono::DateTime<chrono::Utc>,
     },
+    /// An administrator's announcement, to every open socket.
+    Announcement {
+        message: String,
+        #[serde(rename = "createdAt")]
+        created_at: chrono::DateTime<chrono::Utc>,
+    },
 }
 
 impl RealtimeEvent {
@@ -201,5 +207,19 @@ pub async fn publish_topic(redis: &ConnectionManager, topic: &str, event: &Realt
         .await;
     if let Err(e) = sent {
         tracing::warn!(error = %e, "realtime event not published");
+    }
+}
+
+/// Every api process hands what is published here to every open socket.
+pub const BROADCAST_CHANNEL: &str = "berth:broadcast";
+
+pub async fn publish_broadcast(redis: &ConnectionManager, event: &RealtimeEvent) {
+    let sent: Result<i64, redis::RedisError> = redis::cmd("PUBLISH")
+        .arg(BROADCAST_CHANNEL)
+        .arg(event.to_json())
+        .query_async(&mut redis.clone())
+        .await;
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, "announcement not published");
     }
 }

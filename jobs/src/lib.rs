@@ -10,6 +10,7 @@ pub mod events;
 pub mod housekeeping;
 pub mod joblog;
 pub mod kinds;
+pub mod maintenance_mode;
 pub mod policy;
 pub mod queue;
 pub mod redis_conn;
@@ -20,10 +21,11 @@ pub mod transport;
 
 pub use client::JobClient;
 pub use kinds::{
-    CertificatesRenew, CodePurpose, Control, DeploymentDelete, DeploymentDeploy, DeploymentRestart,
-    DeploymentRollback, DeploymentStop, DiagnosticJob, DomainAttach, DomainCertificate,
-    DomainDetach, EmailJob, EmailMessage, JobPayload, Kind, RemoteSleep, Sealed, ServerProbe,
-    ServerValidate, certificate_dedupe, deployment_key,
+    BackupCreate, BackupRestore, BackupTrigger, CertificatesRenew, CodePurpose, Control,
+    DeploymentDelete, DeploymentDeploy, DeploymentRestart, DeploymentRollback, DeploymentStop,
+    DiagnosticJob, DomainAttach, DomainCertificate, DomainDetach, EmailJob, EmailMessage,
+    JobPayload, Kind, RemoteSleep, Sealed, ServerProbe, ServerValidate, certificate_dedupe,
+    deployment_key,
 };
 pub use policy::{JobPolicy, Policies};
 pub use queue::Queue;

@@ -3,6 +3,7 @@
 //! `server.probe`), registered in [`registry`].
 
 pub mod alerts;
+pub mod backups;
 pub mod deploy;
 pub mod diagnostic;
 pub mod diagnostic_remote_sleep;

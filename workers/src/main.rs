@@ -7,6 +7,7 @@ use berth_config::{CommonConfig, Env, MailConfig, SshConfig};
 use berth_jobs::runtime::{Liveness, WorkerRuntime};
 use berth_jobs::{Policies, Queue};
 use berth_secrets::Keyring;
+use berth_workers::backups::{BackupConfig, BackupJobs};
 use berth_workers::deploy::{DeployConfig, DeploymentJobs};
 use berth_workers::domains::{DomainConfig, DomainJobs};
 use berth_workers::email::Mailer;
@@ -87,11 +88,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
         DeployConfig::from_env(&env)?,
     );
     let domains = DomainJobs::new(deployments.clone(), DomainConfig::from_env(&env)?)?;
+    let backups = Arc::new(BackupJobs {
+        pool: pool.clone(),
+        redis: redis.clone(),
+        policies: policies.clone(),
+        config: BackupConfig::from_env(&env, common.database_url.expose())?,
+    });
     let registry = berth_workers::registry::registry(
         mailer,
         servers,
         deployments,
         domains,
+        backups,
         pool.clone(),
         redis,
     )?;

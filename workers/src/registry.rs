@@ -6,6 +6,7 @@ use berth_jobs::runtime::{DuplicateKind, Registry};
 use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 
+use crate::backups::{BackupJobs, CreateBackup, RestoreBackup};
 use crate::deploy::{
     DeleteDeployment, DeployRelease, DeploymentJobs, RestartDeployment, RollbackRelease,
     StopDeployment,
@@ -24,6 +25,7 @@ pub fn registry(
     servers: Arc<ServerJobs>,
     deployments: Arc<DeploymentJobs>,
     domains: Arc<DomainJobs>,
+    backups: Arc<BackupJobs>,
     pool: PgPool,
     redis: ConnectionManager,
 ) -> Result<Registry, DuplicateKind> {
@@ -42,6 +44,8 @@ pub fn registry(
         .with(IssueCertificate(domains.clone()))?
         .with(DetachDomain(domains.clone()))?
         .with(RenewCertificates(domains))?
+        .with(CreateBackup(backups.clone()))?
+        .with(RestoreBackup(backups))?
         .with(Pruner {
             pool: pool.clone(),
             redis,

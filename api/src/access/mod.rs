@@ -14,6 +14,7 @@ use berth_jobs::Queue;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use crate::auth::users::Role;
 use crate::auth::{Credential, Principal, Scope};
 use crate::error::ApiError;
 
@@ -59,6 +60,10 @@ pub enum Resource<'a> {
     Job(&'a str),
     Notification(Uuid),
     Project(Uuid),
+    /// The platform itself (SPEC §3.9: users, stats, every deployment, the
+    /// audit log, contact messages, backups): administrators only; `Own`
+    /// is a super admin's.
+    Platform,
 }
 
 impl Resource<'_> {
@@ -70,6 +75,7 @@ impl Resource<'_> {
             Resource::Job(_) => "job",
             Resource::Notification(_) => "notification",
             Resource::Project(_) => "project",
+            Resource::Platform => "platform",
         }
     }
 
@@ -103,6 +109,7 @@ pub struct Grant {
 enum GrantId {
     Uuid(Uuid),
     Job(String),
+    Platform,
 }
 
 impl Grant {
@@ -111,13 +118,16 @@ impl Grant {
         match &self.id {
             GrantId::Uuid(id) => *id,
             GrantId::Job(_) => unreachable!("a job's grant is read by job_id"),
+            GrantId::Platform => unreachable!("the platform has no id"),
         }
     }
 
     pub fn job_id(&self) -> &str {
         match &self.id {
             GrantId::Job(id) => id,
-            GrantId::Uuid(_) => unreachable!("only a job's grant has a job id"),
+            GrantId::Uuid(_) | GrantId::Platform => {
+                unreachable!("only a job's grant has a job id")
+            }
         }
     }
 
@@ -158,6 +168,12 @@ pub async fn authorize(
         .await?
         .ok_or_else(|| resource.not_found())?;
     let Some(relation) = found.relation else {
+        // That there is a platform is no secret: a user is told why not.
+        if matches!(resource, Resource::Platform) {
+            return Err(ApiError::Forbidden(
+                "this needs an administrator's account".into(),
+            ));
+        }
         return Err(resource.not_found());
     };
     let scope = match action {
@@ -172,7 +188,15 @@ pub async fn authorize(
         )));
     }
     match relation {
-        // Administrators reach others' resources only through jobs.
+        Relation::Administrator
+            if matches!(resource, Resource::Platform)
+                && action == Action::Own
+                && principal.role() != Role::SuperAdmin =>
+        {
+            return Err(ApiError::Forbidden("this needs a super admin".into()));
+        }
+        // Administrators reach others' resources only through jobs and the
+        // platform's routes.
         Relation::Owner | Relation::Administrator => {}
         Relation::Member(role) => {
             let least = action.least_role();
@@ -206,11 +230,28 @@ pub async fn authorize(
             | Resource::Domain(id)
             | Resource::Notification(id)
             | Resource::Project(id) => GrantId::Uuid(id),
+            Resource::Platform => GrantId::Platform,
         },
         relation,
         project_id: found.project_id,
         deployment_id: found.deployment_id,
     })
+}
+
+/// An administrator acting on a deployment through the platform's routes
+/// (`DELETE /admin/deployments/{id}`): `platform` must be a grant for
+/// [`Resource::Platform`]; the deployment's existence is the loader's to check.
+pub fn administered_deployment(platform: &Grant, deployment_id: Uuid) -> Grant {
+    assert!(
+        matches!(platform.id, GrantId::Platform),
+        "a platform grant administers deployments"
+    );
+    Grant {
+        id: GrantId::Uuid(deployment_id),
+        relation: Relation::Administrator,
+        project_id: None,
+        deployment_id: Some(deployment_id),
+    }
 }
 
 /// A push signed with a deployment's webhook secret: the signature, checked
@@ -348,6 +389,16 @@ async fn find(
                 ),
             })
         }
+        Resource::Platform => Some(Found {
+            relation: principal
+                .role()
+                .is_admin()
+                .then_some(Relation::Administrator),
+            project_id: None,
+            deployment_id: None,
+            server_owner_role: None,
+            scopes: (Scope::Admin, Scope::Admin, Scope::Admin),
+        }),
         Resource::Job(id) => {
             // Job ids are ULIDs; anything longer is no job.
             if id.len() > 32 {

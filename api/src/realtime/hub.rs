@@ -178,6 +178,14 @@ impl Hub {
         }
     }
 
+    fn deliver_to_all(&self, event: &str) {
+        let mut sockets = self.lock();
+        let ids: Vec<u64> = sockets.user_of.keys().copied().collect();
+        for slow in sockets.send(&ids, event) {
+            sockets.remove(slow);
+        }
+    }
+
     fn deliver_to_topic(&self, topic: &str, event: &str) {
         let mut sockets = self.lock();
         let ids = sockets.by_topic.get(topic).cloned().unwrap_or_default();
@@ -197,6 +205,9 @@ impl Hub {
                 pubsub.psubscribe(berth_jobs::events::TOPIC_PATTERN).await?;
                 pubsub
                     .psubscribe(berth_jobs::events::ACCESS_CHANNEL)
+                    .await?;
+                pubsub
+                    .subscribe(berth_jobs::events::BROADCAST_CHANNEL)
                     .await?;
                 Ok::<_, redis::RedisError>(pubsub)
             };
@@ -218,6 +229,8 @@ impl Hub {
                                         Ok(revocation) => self.revoke(&revocation),
                                         Err(e) => tracing::warn!(error = %e, "unreadable access revocation"),
                                     }
+                                } else if channel == berth_jobs::events::BROADCAST_CHANNEL {
+                                    self.deliver_to_all(&payload);
                                 } else if let Some(user) = berth_jobs::events::user_of(channel) {
                                     self.deliver_to_user(user, &payload);
                                 } else if let Some(topic) = berth_jobs::events::topic_of(channel) {

@@ -4,6 +4,7 @@
 //! line in [`CATALOG`], and a handler file in `berth-workers` plus its line in
 //! that crate's registry.
 
+mod backup;
 mod deployment;
 mod diagnostic_remote_sleep;
 mod diagnostic_sleep;
@@ -17,6 +18,7 @@ use serde::{Serialize, de::DeserializeOwned};
 
 use crate::Queue;
 
+pub use backup::{BackupCreate, BackupRestore, BackupTrigger};
 pub use deployment::{
     Control, DeploymentDelete, DeploymentDeploy, DeploymentRestart, DeploymentRollback,
     DeploymentStop, deployment_key,
@@ -95,6 +97,8 @@ pub const CATALOG: &[Kind] = &[
     kind::<DomainCertificate>(),
     kind::<DomainDetach>(),
     kind::<CertificatesRenew>(),
+    kind::<BackupCreate>(),
+    kind::<BackupRestore>(),
 ];
 
 /// The catalog's entry for `name`.

@@ -3,6 +3,7 @@
 mod account_security;
 mod accounts;
 mod api_conventions;
+mod backups;
 mod contract;
 mod deployment_crashes;
 mod deployment_failures;

@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::releases::{Making, ReleaseAccepted, make_release};
 use super::{DeploymentRow, authorized, authorized_for_update};
-use crate::access::Action;
+use crate::access::{self, Action, Grant};
 use crate::audit;
 use crate::auth::Principal;
 use crate::auth::sessions::Client;
@@ -189,6 +189,17 @@ pub struct ControlAccepted {
     job_id: String,
 }
 
+/// Who asks for a control job, and so what they must be allowed.
+#[derive(Clone, Copy)]
+enum By<'a> {
+    /// Stop, restart: a DEVELOPER's action.
+    Operator,
+    /// Delete: the deployment's owner, or a project's ADMIN.
+    Manager,
+    /// Delete, by an administrator of the platform.
+    Administrator(&'a Grant),
+}
+
 async fn control<P: JobPayload>(
     state: &AppState,
     principal: &Principal,
@@ -196,8 +207,13 @@ async fn control<P: JobPayload>(
     id: Uuid,
     action: &'static str,
     payload: P,
-    deleting: bool,
+    by: By<'_>,
 ) -> Result<Envelope<ControlAccepted>, ApiError> {
+    let deleting = !matches!(by, By::Operator);
+    let administrator = match by {
+        By::Administrator(platform) => Some(platform),
+        By::Operator | By::Manager => None,
+    };
     // Deleting is more than operating: the deployment's owner, or a
     // project's ADMIN.
     let needed = if deleting {
@@ -206,7 +222,17 @@ async fn control<P: JobPayload>(
         Action::Operate
     };
     let mut tx = state.pool.begin().await?;
-    let row = authorized_for_update(&mut tx, principal, id, needed).await?;
+    let row = match administrator {
+        Some(platform) => {
+            super::load(
+                &mut tx,
+                &access::administered_deployment(platform, id),
+                true,
+            )
+            .await?
+        }
+        None => authorized_for_update(&mut tx, principal, id, needed).await?,
+    };
     refuse_while_deleting(&row)?;
     if !deleting && row.live_release.is_none() {
         return Err(ApiError::Conflict(
@@ -274,7 +300,7 @@ pub async fn stop(
         id,
         "deployment.stop",
         job,
-        false,
+        By::Operator,
     )
     .await
 }
@@ -299,7 +325,7 @@ pub async fn restart(
         id,
         "deployment.restart",
         job,
-        false,
+        By::Operator,
     )
     .await
 }
@@ -325,7 +351,29 @@ pub async fn delete(
         id,
         "deployment.delete",
         job,
-        true,
+        By::Manager,
+    )
+    .await
+}
+
+/// `DELETE /admin/deployments/{id}`: the same delete job, asked for by an
+/// administrator (`platform` is their grant for the platform).
+pub(crate) async fn delete_as_administrator(
+    state: &AppState,
+    principal: &Principal,
+    client: &Client,
+    platform: &Grant,
+    id: Uuid,
+) -> Result<Envelope<ControlAccepted>, ApiError> {
+    let job = DeploymentDelete { deployment_id: id };
+    control(
+        state,
+        principal,
+        client,
+        id,
+        "admin.deployment_delete",
+        job,
+        By::Administrator(platform),
     )
     .await
 }

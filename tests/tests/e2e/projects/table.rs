@@ -69,6 +69,8 @@ pub(super) enum Needs {
     Uploader,
     /// An invitation to an address none of the callers has.
     NoCaller,
+    /// The platform's administration: none of the callers is an administrator.
+    Administrator,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -106,6 +108,7 @@ pub(super) fn expect(who: Who, needs: Needs) -> Expect {
             _ => Expect::Forbidden,
         },
         Needs::NoCaller => Expect::NotFound,
+        Needs::Administrator => Expect::Forbidden,
     }
 }
 
@@ -211,6 +214,16 @@ pub(super) fn table() -> Vec<Row> {
             Role(ADMIN),
         )),
         destructive(row(M::DELETE, "/projects/{id}", Role(OWNER))),
+        row(M::GET, "/admin/users/{id}", Administrator),
+        row(M::DELETE, "/admin/users/{id}", Administrator),
+        row(M::PUT, "/admin/users/{id}/role", Administrator),
+        row(M::PUT, "/admin/users/{id}/status", Administrator),
+        row(M::DELETE, "/admin/deployments/{id}", Administrator),
+        row(M::PUT, "/admin/contact/{id}", Administrator),
+        row(M::GET, "/admin/backups/{id}", Administrator),
+        row(M::DELETE, "/admin/backups/{id}", Administrator),
+        row(M::GET, "/admin/backups/{id}/download", Administrator),
+        row(M::POST, "/admin/backups/{id}/restore", Administrator),
     ]
 }
 

@@ -63,6 +63,9 @@ impl World {
             &self.spare_token
         } else if template.starts_with("/invitations/") {
             &self.invitation_to_nobody
+        } else if template.starts_with("/admin/") {
+            // Refused before any lookup: whose id it is does not matter.
+            &self.deployment
         } else {
             panic!("no id for {template}")
         };
@@ -90,6 +93,10 @@ impl World {
             ("PUT", "/deployments/{id}/project") => json!({ "projectId": self.project }),
             ("PATCH", "/servers/{id}") => json!({ "name": "renamed" }),
             ("POST", "/servers/{id}/host-key") => json!({ "fingerprint": "SHA256:matrix" }),
+            ("PUT", "/admin/users/{id}/role") => json!({ "role": "user" }),
+            ("PUT", "/admin/users/{id}/status") => json!({ "status": "active" }),
+            ("PUT", "/admin/contact/{id}") => json!({ "status": "read" }),
+            ("POST", "/admin/backups/{id}/restore") => json!({ "confirm": self.deployment }),
             _ => json!({}),
         }
     }
