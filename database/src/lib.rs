@@ -26,6 +26,15 @@ pub use verify::{VerifyError, checksum, verify};
 /// brings an older backup up to date with them.
 pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
 
+/// Removes the backup file `file_name` from `dir`; one already gone is not
+/// an error (the worker's retention and the api's delete both end here).
+pub async fn remove_backup_file(dir: &std::path::Path, file_name: &str) -> std::io::Result<()> {
+    match tokio::fs::remove_file(dir.join(file_name)).await {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
 /// What went wrong with a backup or restore, in words fit for its job's
 /// error (no password, no full connection string).
 #[derive(Debug, thiserror::Error)]

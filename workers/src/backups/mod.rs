@@ -200,7 +200,7 @@ impl BackupJobs {
         .await
         .map_err(failure)?;
         for (id, file_name) in &old {
-            remove_backup_file(&self.config.dir, file_name)
+            berth_database::remove_backup_file(&self.config.dir, file_name)
                 .await
                 .map_err(failure)?;
             sqlx::query("DELETE FROM backups WHERE id = $1")
@@ -247,14 +247,6 @@ impl BackupJobs {
         if let Err(e) = told.await {
             tracing::error!(error = %e, "administrators not told about a backup");
         }
-    }
-}
-
-/// Removes a backup's file; one already gone is not an error.
-pub async fn remove_backup_file(dir: &std::path::Path, file_name: &str) -> std::io::Result<()> {
-    match tokio::fs::remove_file(dir.join(file_name)).await {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
     }
 }
 

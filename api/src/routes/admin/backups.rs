@@ -207,14 +207,11 @@ pub async fn delete_backup(
         return Err(ApiError::Conflict("the backup is still being taken".into()));
     }
     if let Some(name) = &backup.file_name {
-        match tokio::fs::remove_file(state.config.backup_dir.join(name)).await {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(ApiError::Internal(
-                    anyhow::Error::new(e).context("removing a backup file"),
-                ));
-            }
-            _ => {}
-        }
+        berth_database::remove_backup_file(&state.config.backup_dir, name)
+            .await
+            .map_err(|e| {
+                ApiError::Internal(anyhow::Error::new(e).context("removing a backup file"))
+            })?;
     }
     sqlx::query("DELETE FROM backups WHERE id = $1")
         .bind(id)

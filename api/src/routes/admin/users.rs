@@ -97,13 +97,12 @@ pub async fn list_users(
     let search = like_pattern("search", query.search.as_deref())?;
     let filter = "WHERE ($1::text IS NULL OR u.email ILIKE $1 OR u.name ILIKE $1 OR u.username ILIKE $1) \
                   AND ($2::text IS NULL OR u.role = $2) AND ($3::text IS NULL OR u.status = $3)";
-    let role = query.role.map(role_name);
     let status = query.status.map(AccountStatus::name);
     let items: Vec<AdminUser> = sqlx::query_as(&format!(
         "{USER_SELECT} {filter} ORDER BY u.created_at DESC, u.id OFFSET $4 LIMIT $5"
     ))
     .bind(&search)
-    .bind(role)
+    .bind(query.role)
     .bind(status)
     .bind(page.offset())
     .bind(page.limit)
@@ -111,19 +110,11 @@ pub async fn list_users(
     .await?;
     let total: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM users u {filter}"))
         .bind(&search)
-        .bind(role)
+        .bind(query.role)
         .bind(status)
         .fetch_one(&mut *conn)
         .await?;
     Ok(Envelope::ok(Page::new(items, page, total)))
-}
-
-fn role_name(role: Role) -> &'static str {
-    match role {
-        Role::User => "user",
-        Role::Admin => "admin",
-        Role::SuperAdmin => "super_admin",
-    }
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema, sqlx::FromRow)]
