@@ -93,6 +93,12 @@ berth_start_postgres() {
     if [ ! -f "$dir/data/PG_VERSION" ]; then
         "${run[@]}" "$bin/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 >/dev/null
     fi
+    # Test clusters: one role whose password is checked (every other is
+    # trusted), for the test that no password reaches a command line.
+    local hba="$dir/data/pg_hba.conf"
+    if [ "$mode" = fast ] && ! grep -q berth_password_probe "$hba"; then
+        "${run[@]}" sed -i '1i host all berth_password_probe 127.0.0.1/32 scram-sha-256' "$hba"
+    fi
     local opts="-p $port -k $dir -c listen_addresses=127.0.0.1 -c max_connections=300"
     [ "$mode" = fast ] && opts="$opts -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
     "${run[@]}" "$bin/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -o "$opts" -w -t 60 start >/dev/null

@@ -315,6 +315,16 @@ impl PageRequest {
     }
 }
 
+/// `{deleted: true}`: the answer of a DELETE that has nothing else to say.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Deleted {
+    deleted: bool,
+}
+
+impl Deleted {
+    pub const DONE: Deleted = Deleted { deleted: true };
+}
+
 /// `{items, page, limit, total}`
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Page<T> {

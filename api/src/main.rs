@@ -21,7 +21,8 @@ enum Command {
     /// Re-encrypt stored secrets under the current BERTH_MASTER_KEY (after a
     /// rotation, with the old key in BERTH_MASTER_KEY_PREVIOUS) and exit.
     Reseal,
-    /// Manage accounts on the host, without mail: create, promote, reset-password.
+    /// On the host, without mail or a running api: create, promote,
+    /// reset-password, list users and backups, restore a backup.
     #[command(subcommand)]
     Admin(AdminCommand),
 }
@@ -55,6 +56,25 @@ enum AdminCommand {
         /// Read the password from standard input instead of generating one.
         #[arg(long)]
         password_stdin: bool,
+    },
+    /// List accounts, newest first.
+    Users {
+        /// Part of an email, name or username.
+        #[arg(long)]
+        search: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
+    /// List backups of Berth's database, newest first.
+    Backups,
+    /// Restore a verified backup over the live database (a fresh backup is
+    /// taken first). Run it where the backups directory is.
+    Restore {
+        /// The backup's id.
+        id: uuid::Uuid,
+        /// The backup's id again, to confirm.
+        #[arg(long)]
+        confirm: uuid::Uuid,
     },
 }
 
@@ -99,7 +119,8 @@ fn password_for(from_stdin: bool) -> anyhow::Result<(String, bool)> {
 }
 
 async fn admin(command: AdminCommand) -> anyhow::Result<()> {
-    let common = CommonConfig::from_env(&Env::process())?;
+    let env = Env::process();
+    let common = CommonConfig::from_env(&env)?;
     let pool = sqlx::PgPool::connect(common.database_url.expose())
         .await
         .context("cannot connect to DATABASE_URL")?;
@@ -133,6 +154,28 @@ async fn admin(command: AdminCommand) -> anyhow::Result<()> {
             if generated {
                 println!("password (shown once): {password}");
             }
+        }
+        AdminCommand::Users { search, limit } => {
+            print!(
+                "{}",
+                operator::backups::list_users(&pool, search.as_deref(), limit).await?
+            );
+        }
+        AdminCommand::Backups => print!("{}", operator::backups::list_backups(&pool).await?),
+        AdminCommand::Restore { id, confirm } => {
+            if id != confirm {
+                anyhow::bail!("--confirm must repeat the backup's id; nothing was done");
+            }
+            let setup = berth_database::catalogue::BackupSetup::from_env(
+                &env,
+                common.database_url.expose(),
+            )?;
+            let cancel = CancellationToken::new();
+            tokio::spawn(berth_config::cancel_on_shutdown_signal(cancel.clone()));
+            let safety =
+                operator::backups::restore(&pool, &setup, common.redis_url.expose(), id, &cancel)
+                    .await?;
+            println!("backup {id} restored; the backup taken just before is {safety}");
         }
     }
     Ok(())

@@ -53,6 +53,8 @@ pub struct Shared {
 
 impl AppState {
     pub async fn connect(config: ApiConfig, policies: Policies) -> anyhow::Result<Self> {
+        let hub = Hub::default();
+        let restored_at = hub.database_restored_at();
         let pool = PgPoolOptions::new()
             .max_connections(config.common.database_max_connections)
             // Short, so /health/ready answers 503 quickly while Postgres is down.
@@ -61,8 +63,14 @@ impl AppState {
             // round trip for every query (measured: it halved GET /auth/me).
             // Only connections idle long enough to have been cut are checked.
             .test_before_acquire(false)
-            .before_acquire(|conn, meta| {
+            .before_acquire(move |conn, meta| {
+                let restored_at = restored_at.load(std::sync::atomic::Ordering::Relaxed);
                 Box::pin(async move {
+                    // Opened before a restore ended it: closed, another taken.
+                    let opened_at = unix_millis().saturating_sub(meta.age.as_millis() as u64);
+                    if opened_at < restored_at {
+                        return Ok(false);
+                    }
                     if meta.idle_for > Duration::from_secs(10) {
                         sqlx::Connection::ping(conn).await?;
                     }
@@ -93,7 +101,7 @@ impl AppState {
                 &config.previous_master_keys,
             )),
             http,
-            hub: Hub::default(),
+            hub,
             remote: berth_remote::Remote::new(
                 pool.clone(),
                 Keyring::from_config(&config.master_key, &config.previous_master_keys),
@@ -106,4 +114,11 @@ impl AppState {
             metrics: Arc::new(Metrics::new()),
         })))
     }
+}
+
+/// Milliseconds since the epoch.
+pub(crate) fn unix_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }

@@ -6,6 +6,7 @@
 //! command line: the PostgreSQL tools read it from a passfile only this
 //! process can read.
 
+pub mod catalogue;
 mod counts;
 mod dump;
 mod restore;
@@ -18,7 +19,7 @@ use sqlx::migrate::Migrator;
 pub use counts::TableRows;
 pub use dump::{Dumped, dump};
 pub use restore::{Restored, restore};
-pub use target::{PgTarget, TargetError};
+pub use target::{PgTarget, TargetError, remove_stale_passfiles};
 pub use tools::PgTools;
 pub use verify::{VerifyError, checksum, verify};
 

@@ -95,13 +95,14 @@ impl PgTarget {
 
     /// The environment a PostgreSQL tool connects to `database` with, and the
     /// passfile it reads the password from (kept alive while the tool runs;
-    /// created 0600 in the system's temporary directory, removed on drop).
+    /// created 0600 in the system's temporary directory, removed on drop;
+    /// [`remove_stale_passfiles`] removes those of processes killed meanwhile).
     pub(crate) fn environment(
         &self,
         database: &str,
     ) -> Result<(ToolEnv, NamedTempFile), TargetError> {
-        let mut passfile =
-            NamedTempFile::with_prefix("berth-pgpass-").map_err(TargetError::Passfile)?;
+        let mut passfile = NamedTempFile::with_prefix(passfile_prefix(std::process::id()))
+            .map_err(TargetError::Passfile)?;
         if let Some(password) = &self.password {
             // The passfile's escapes: backslash and colon.
             let escape = |s: &str| s.replace('\\', "\\\\").replace(':', "\\:");
@@ -130,6 +131,35 @@ impl PgTarget {
     }
 }
 
+/// Passfiles are named for the process that wrote them, so that one left by
+/// a killed process can be told from one in use.
+fn passfile_prefix(pid: u32) -> String {
+    format!("berth-pgpass-{pid}-")
+}
+
+/// Removes the passfiles of processes that no longer run (one killed while
+/// a tool ran could not remove its own); returns how many. Run at start.
+pub fn remove_stale_passfiles() -> usize {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("berth-pgpass-")) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        let running = std::path::Path::new("/proc").join(pid.to_string()).exists();
+        if !running && std::fs::remove_file(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,5 +183,17 @@ mod tests {
         assert_eq!(written, "*:*:*:berth:p\\:ss\\\\w\n");
         assert!(PgTarget::from_url("mysql://x@y/z").is_err());
         assert!(PgTarget::from_url("postgres://x@y").is_err());
+    }
+
+    #[test]
+    fn only_the_passfiles_of_processes_gone_are_removed() {
+        let tmp = std::env::temp_dir();
+        let gone = tmp.join(format!("{}test", passfile_prefix(u32::MAX - 7)));
+        let mine =
+            tempfile::NamedTempFile::with_prefix(passfile_prefix(std::process::id())).unwrap();
+        std::fs::write(&gone, "*:*:*:u:p\n").unwrap();
+        assert!(remove_stale_passfiles() >= 1);
+        assert!(!gone.exists());
+        assert!(mine.path().exists());
     }
 }

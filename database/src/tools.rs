@@ -20,6 +20,9 @@ pub struct PgTools {
     bin_dir: Option<PathBuf>,
 }
 
+/// What a PostgreSQL tool is given of this process's environment.
+const INHERITED: [&str; 5] = ["PATH", "LANG", "LC_ALL", "TZ", "TMPDIR"];
+
 /// A running tool, its passfile alive as long as it is.
 pub(crate) struct Running {
     pub(crate) tool: &'static str,
@@ -52,10 +55,15 @@ impl PgTools {
         let mut command = Command::new(&program);
         command
             .args(args)
-            // Only what this target says: nothing inherited may point elsewhere.
-            .env_remove("PGPASSWORD")
-            .env_remove("PGSERVICE")
-            .env_remove("PGOPTIONS")
+            // Only what this target says, and none of this process's secrets
+            // (DATABASE_URL, the master key): nothing inherited but the
+            // search path and the locale.
+            .env_clear()
+            .envs(
+                INHERITED
+                    .iter()
+                    .filter_map(|name| Some((*name, std::env::var_os(name)?))),
+            )
             .envs(env)
             .stdin(if piped_in {
                 Stdio::piped()

@@ -15,7 +15,8 @@ use crate::counts::{self, TableRows};
 use crate::{BackupError, PgTarget, PgTools};
 
 /// Scratch databases are named after the database they verify, so backups
-/// of two Berth databases on one server never touch each other's.
+/// of two Berth databases on one server never touch each other's: by its
+/// name, or by a hash of a name too long or unusual to carry.
 fn scratch_prefix(database: &str) -> String {
     let plain = database
         .bytes()
@@ -24,7 +25,8 @@ fn scratch_prefix(database: &str) -> String {
     if plain && !database.is_empty() && database.len() <= 26 {
         format!("{database}_verify_")
     } else {
-        "berth_verify_".to_owned()
+        let hash = Sha256::digest(database.as_bytes());
+        format!("berth_verify_{}_", hex::encode(&hash[..4]))
     }
 }
 
@@ -128,6 +130,13 @@ async fn restore_and_count(
     Ok(rows)
 }
 
+/// Whether `name` is one of the scratch databases named with `prefix`
+/// (and not one of another database's, whose prefix begins alike).
+fn is_scratch(prefix: &str, name: &str) -> bool {
+    name.strip_prefix(prefix)
+        .is_some_and(|suffix| suffix.len() == 32 && suffix.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 /// Scratch databases a killed worker left behind. Backups run one at a time
 /// (their jobs share a concurrency key), so any that exists is stale.
 async fn drop_stale_scratch_databases(
@@ -139,14 +148,30 @@ async fn drop_stale_scratch_databases(
             .bind(prefix)
             .fetch_all(&mut *admin)
             .await?;
-    for name in names {
-        let suffix = &name[prefix.len()..];
-        if suffix.len() != 32 || !suffix.bytes().all(|b| b.is_ascii_hexdigit()) {
-            continue;
-        }
+    for name in names.iter().filter(|n| is_scratch(prefix, n)) {
         sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
             .execute(&mut *admin)
             .await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scratch_names_of_two_databases_never_overlap_and_fit() {
+        let short = scratch_prefix("berth");
+        assert_eq!(short, "berth_verify_");
+        let a = scratch_prefix("berth_test_0123456789abcdef");
+        let b = scratch_prefix("berth_test_fedcba9876543210");
+        assert_ne!(a, b);
+        let of_a = format!("{a}{}", Uuid::new_v4().simple());
+        assert!(is_scratch(&a, &of_a));
+        assert!(!is_scratch(&b, &of_a) && !is_scratch(&short, &of_a));
+        for prefix in [short, a, b, scratch_prefix("Berth-Prod")] {
+            assert!(prefix.len() + 32 <= 63, "{prefix}");
+        }
+    }
 }

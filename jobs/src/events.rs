@@ -13,17 +13,35 @@ pub const PATTERN: &str = "berth:events:*";
 /// Workers listen here for the ids of running jobs to cancel.
 pub const CANCEL_CHANNEL: &str = "berth:jobs:cancel";
 
-/// Tells whichever worker runs `job_id` to stop it. Fire-and-forget: workers
-/// also poll `cancel_requested_at`, so a lost message only delays the stop.
-pub async fn publish_cancel(redis: &ConnectionManager, job_id: &str) {
+/// Publishes `payload` on `channel`; a failure is logged as `unsent`.
+/// Every message here is a hint with a slower path behind it (a poll, a
+/// re-check), so none is retried.
+async fn send(
+    redis: &ConnectionManager,
+    channel: impl redis::ToRedisArgs,
+    payload: impl redis::ToRedisArgs,
+    unsent: &str,
+) {
     let sent: Result<i64, redis::RedisError> = redis::cmd("PUBLISH")
-        .arg(CANCEL_CHANNEL)
-        .arg(job_id)
+        .arg(channel)
+        .arg(payload)
         .query_async(&mut redis.clone())
         .await;
     if let Err(e) = sent {
-        tracing::warn!(error = %e, "cancellation not published; workers poll for it");
+        tracing::warn!(error = %e, "{unsent}");
     }
+}
+
+/// Tells whichever worker runs `job_id` to stop it. Fire-and-forget: workers
+/// also poll `cancel_requested_at`, so a lost message only delays the stop.
+pub async fn publish_cancel(redis: &ConnectionManager, job_id: &str) {
+    send(
+        redis,
+        CANCEL_CHANNEL,
+        job_id,
+        "cancellation not published; workers poll for it",
+    )
+    .await;
 }
 const PREFIX: &str = "berth:events:";
 
@@ -37,14 +55,13 @@ pub fn user_of(channel: &str) -> Option<Uuid> {
 }
 
 pub async fn publish(redis: &ConnectionManager, user_id: Uuid, event: &RealtimeEvent) {
-    let sent: Result<i64, redis::RedisError> = redis::cmd("PUBLISH")
-        .arg(channel(user_id))
-        .arg(event.to_json())
-        .query_async(&mut redis.clone())
-        .await;
-    if let Err(e) = sent {
-        tracing::warn!(error = %e, "realtime event not published");
-    }
+    send(
+        redis,
+        channel(user_id),
+        event.to_json(),
+        "realtime event not published",
+    )
+    .await;
 }
 
 /// What a job acts on, so a client can tell which server's or deployment's
@@ -184,14 +201,13 @@ impl Revocation {
 }
 
 pub async fn publish_revocation(redis: &ConnectionManager, revocation: &Revocation) {
-    let sent: Result<i64, redis::RedisError> = redis::cmd("PUBLISH")
-        .arg(ACCESS_CHANNEL)
-        .arg(serde_json::to_string(revocation).expect("revocations serialize"))
-        .query_async(&mut redis.clone())
-        .await;
-    if let Err(e) = sent {
-        tracing::warn!(error = %e, "access revocation not published");
-    }
+    send(
+        redis,
+        ACCESS_CHANNEL,
+        serde_json::to_string(revocation).expect("revocations serialize"),
+        "access revocation not published",
+    )
+    .await;
 }
 
 /// The topic of a job's log.
@@ -200,26 +216,54 @@ pub fn job_topic(job_id: &str) -> String {
 }
 
 pub async fn publish_topic(redis: &ConnectionManager, topic: &str, event: &RealtimeEvent) {
-    let sent: Result<i64, redis::RedisError> = redis::cmd("PUBLISH")
-        .arg(topic_channel(topic))
-        .arg(event.to_json())
-        .query_async(&mut redis.clone())
-        .await;
-    if let Err(e) = sent {
-        tracing::warn!(error = %e, "realtime event not published");
-    }
+    send(
+        redis,
+        topic_channel(topic),
+        event.to_json(),
+        "realtime event not published",
+    )
+    .await;
 }
 
 /// Every api process hands what is published here to every open socket.
 pub const BROADCAST_CHANNEL: &str = "berth:broadcast";
 
 pub async fn publish_broadcast(redis: &ConnectionManager, event: &RealtimeEvent) {
-    let sent: Result<i64, redis::RedisError> = redis::cmd("PUBLISH")
-        .arg(BROADCAST_CHANNEL)
-        .arg(event.to_json())
-        .query_async(&mut redis.clone())
-        .await;
-    if let Err(e) = sent {
-        tracing::warn!(error = %e, "announcement not published");
-    }
+    send(
+        redis,
+        BROADCAST_CHANNEL,
+        event.to_json(),
+        "announcement not published",
+    )
+    .await;
+}
+
+/// Every api process closes the sockets of the user published here at once:
+/// the account was suspended or deleted.
+pub const SIGNED_OUT_CHANNEL: &str = "berth:signed-out";
+
+pub async fn publish_signed_out(redis: &ConnectionManager, user: Uuid) {
+    // Each socket still re-checks its session within half a minute.
+    send(
+        redis,
+        SIGNED_OUT_CHANNEL,
+        user.to_string(),
+        "sign-out not published",
+    )
+    .await;
+}
+
+/// A restore replaced the database and ended every connection to it: each
+/// api process replaces the pooled connections opened before it heard this,
+/// so no request meets a connection the restore cut.
+pub const DATABASE_RESTORED_CHANNEL: &str = "berth:database-restored";
+
+pub async fn publish_database_restored(redis: &ConnectionManager) {
+    send(
+        redis,
+        DATABASE_RESTORED_CHANNEL,
+        "restored",
+        "the restore's end not published",
+    )
+    .await;
 }

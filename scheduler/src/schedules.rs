@@ -2,9 +2,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use berth_config::{ConfigError, Env};
-use berth_jobs::CertificatesRenew;
 use berth_jobs::kinds::maintenance::{Prune, Reconcile};
 use berth_jobs::store::NewJob;
+use berth_jobs::{BackupCreate, BackupTrigger, CertificatesRenew};
 use berth_jobs::{JobClient, Policies};
 use chrono::{DateTime, Utc};
 use redis::aio::ConnectionManager;
@@ -27,14 +27,18 @@ pub enum Schedule {
     /// Renewals of certificates past their renewal share of lifetime, and
     /// expiry warnings (a `certificates.renew` job).
     Certificates,
+    /// A backup of Berth's own database, verified, with retention (a
+    /// `backup.create` job); off unless configured.
+    Backup,
 }
 
 impl Schedule {
-    pub const ALL: [Schedule; 4] = [
+    pub const ALL: [Schedule; 5] = [
         Schedule::Prune,
         Schedule::Reconcile,
         Schedule::Probe,
         Schedule::Certificates,
+        Schedule::Backup,
     ];
 
     pub fn name(self) -> &'static str {
@@ -43,6 +47,7 @@ impl Schedule {
             Schedule::Reconcile => "reconcile",
             Schedule::Probe => "probe",
             Schedule::Certificates => "certificates",
+            Schedule::Backup => "backup",
         }
     }
 
@@ -53,13 +58,15 @@ impl Schedule {
             Schedule::Probe => "0 * * * * *",
             // Daily, at a minute past the hour few others pick.
             Schedule::Certificates => "0 17 3 * * *",
+            // A dump of an operator's database is theirs to time (SPEC §3.9).
+            Schedule::Backup => "off",
         }
     }
 
     /// How long enqueueing a tick's work may take.
     fn timeout(self) -> Duration {
         match self {
-            Schedule::Prune | Schedule::Reconcile | Schedule::Certificates => {
+            Schedule::Prune | Schedule::Reconcile | Schedule::Certificates | Schedule::Backup => {
                 Duration::from_secs(10)
             }
             Schedule::Probe => Duration::from_secs(50),
@@ -85,11 +92,14 @@ pub struct SchedulerConfig {
     /// The expiry warning goes out this many days before
     /// (`BERTH_CERT_WARN_DAYS`, 21).
     pub cert_warn_days: u32,
+    /// Scheduled backups kept, verified ones, newest first
+    /// (`BERTH_BACKUP_KEEP`, 7); manual ones are never deleted by it.
+    pub backup_keep: u32,
 }
 
 impl SchedulerConfig {
-    /// `BERTH_SCHEDULE_PRUNE`, `BERTH_SCHEDULE_RECONCILE`: cron expressions with a
-    /// seconds field (`0 */10 * * * *`), or `off`.
+    /// `BERTH_SCHEDULE_<NAME>` for each [`Schedule`]: a cron expression with
+    /// a seconds field (`0 */10 * * * *`), or `off`.
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         let mut schedules = Vec::new();
         for schedule in Schedule::ALL {
@@ -130,6 +140,16 @@ impl SchedulerConfig {
                 fraction
             },
             cert_warn_days: env.parsed("BERTH_CERT_WARN_DAYS", 21)?,
+            backup_keep: {
+                let keep: u32 = env.parsed("BERTH_BACKUP_KEEP", 7)?;
+                if keep == 0 {
+                    return Err(ConfigError::Malformed {
+                        name: "BERTH_BACKUP_KEEP".into(),
+                        reason: "at least 1: the backup just taken is always kept".into(),
+                    });
+                }
+                keep
+            },
         })
     }
 }
@@ -274,6 +294,16 @@ impl Scheduler {
                     }))
                     .await?
             }
+            Schedule::Backup => {
+                // The worker makes the backup's row when the job starts.
+                self.jobs
+                    .enqueue(NewJob::new(BackupCreate {
+                        backup_id: uuid::Uuid::new_v4(),
+                        trigger: BackupTrigger::Scheduled,
+                        keep: Some(config.backup_keep),
+                    }))
+                    .await?
+            }
             Schedule::Probe => {
                 let probes = crate::probes::enqueue_probes(&self.pool, &self.jobs).await?;
                 tracing::info!(probes, "probes enqueued");
@@ -306,6 +336,24 @@ mod tests {
         let config = SchedulerConfig::from_env(&env).unwrap();
         assert_eq!(config.schedules.len(), 1);
         assert_eq!(config.schedules[0].0, Schedule::Reconcile);
+        assert_eq!(config.backup_keep, 7);
+
+        let env = Env::from_map(
+            [
+                (
+                    "BERTH_SCHEDULE_BACKUP".to_string(),
+                    "0 0 3 * * *".to_string(),
+                ),
+                ("BERTH_BACKUP_KEEP".to_string(), "2".to_string()),
+            ]
+            .into(),
+        );
+        let config = SchedulerConfig::from_env(&env).unwrap();
+        assert!(config.schedules.iter().any(|(s, _)| *s == Schedule::Backup));
+        assert_eq!(config.backup_keep, 2);
+        let env = Env::from_map([("BERTH_BACKUP_KEEP".to_string(), "0".to_string())].into());
+        let err = SchedulerConfig::from_env(&env).unwrap_err().to_string();
+        assert!(err.starts_with("BERTH_BACKUP_KEEP is malformed"), "{err}");
 
         let env = Env::from_map(
             [(

@@ -120,6 +120,20 @@ pub async fn create_user(db: &TestDb, user: NewUser<'_>) -> Uuid {
     id
 }
 
+/// A verified user with `role` ([`create_user`]), signed in: their id and
+/// an access token.
+pub async fn signed_in_with_role(stack: &Stack, email: &str, role: &str) -> (Uuid, String) {
+    let id = create_user(
+        &stack.db,
+        NewUser {
+            role,
+            ..NewUser::verified(email)
+        },
+    )
+    .await;
+    (id, access_token(&stack.app, email).await)
+}
+
 /// Signs in by password as a program would; answers `data`.
 pub async fn login(app: &TestApp, identifier: &str, password: &str) -> Value {
     let res = app

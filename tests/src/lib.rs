@@ -401,6 +401,37 @@ impl BerthProcess {
     }
 }
 
+/// Runs `berth-api admin ARGS` with `env`, feeding `stdin`; answers whether
+/// it succeeded, and what it printed (standard output, then error).
+pub async fn berth_api_admin(
+    env: &HashMap<String, String>,
+    args: &[&str],
+    stdin: &str,
+) -> (bool, String) {
+    use tokio::io::AsyncWriteExt;
+    let mut child = Command::new(binary("berth-api"))
+        .arg("admin")
+        .args(args)
+        .env_clear()
+        .envs(env)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("berth-api");
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin.as_bytes()).await.unwrap();
+    drop(input);
+    let out = child.wait_with_output().await.unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
 /// A WebSocket to `base`'s realtime channel, signed in with `token`.
 pub async fn connect_ws(base: &str, token: &str) -> Socket {
     connect_ws_at(base, "/api/v1/ws", token).await

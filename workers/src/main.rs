@@ -7,7 +7,7 @@ use berth_config::{CommonConfig, Env, MailConfig, SshConfig};
 use berth_jobs::runtime::{Liveness, WorkerRuntime};
 use berth_jobs::{Policies, Queue};
 use berth_secrets::Keyring;
-use berth_workers::backups::{BackupConfig, BackupJobs};
+use berth_workers::backups::BackupJobs;
 use berth_workers::deploy::{DeployConfig, DeploymentJobs};
 use berth_workers::domains::{DomainConfig, DomainJobs};
 use berth_workers::email::Mailer;
@@ -92,7 +92,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         pool: pool.clone(),
         redis: redis.clone(),
         policies: policies.clone(),
-        config: BackupConfig::from_env(&env, common.database_url.expose())?,
+        setup: berth_database::catalogue::BackupSetup::from_env(
+            &env,
+            common.database_url.expose(),
+        )?,
     });
     let registry = berth_workers::registry::registry(
         mailer,

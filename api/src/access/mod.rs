@@ -284,13 +284,6 @@ async fn find(
     resource: Resource<'_>,
 ) -> Result<Option<Found>, ApiError> {
     let me = principal.user_id();
-    let relation = |(owner, _, role, _): &Facts| {
-        if *owner == me {
-            Some(Relation::Owner)
-        } else {
-            role.map(Relation::Member)
-        }
-    };
     let found = match resource {
         Resource::Server(id) => {
             let owner: Option<Uuid> =
@@ -324,25 +317,17 @@ async fn find(
                 ),
             })
         }
-        Resource::Deployment(id) => deployment_facts(conn, me, id).await?.map(|facts| Found {
-            relation: relation(&facts),
-            project_id: facts.1,
-            deployment_id: Some(id),
-            server_owner_role: facts.3,
-            scopes: (
+        Resource::Deployment(id) => {
+            let scopes = (
                 Scope::DeploymentsRead,
                 Scope::DeploymentsWrite,
                 Scope::DeploymentsWrite,
-            ),
-        }),
+            );
+            in_deployment(conn, me, id, scopes).await?
+        }
         Resource::DeploymentDomains(id) => {
-            deployment_facts(conn, me, id).await?.map(|facts| Found {
-                relation: relation(&facts),
-                project_id: facts.1,
-                deployment_id: Some(id),
-                server_owner_role: facts.3,
-                scopes: (Scope::DomainsRead, Scope::DomainsWrite, Scope::DomainsWrite),
-            })
+            let scopes = (Scope::DomainsRead, Scope::DomainsWrite, Scope::DomainsWrite);
+            in_deployment(conn, me, id, scopes).await?
         }
         Resource::Domain(id) => {
             let deployment: Option<Uuid> =
@@ -353,15 +338,8 @@ async fn find(
             match deployment {
                 None => None,
                 Some(deployment) => {
-                    deployment_facts(conn, me, deployment)
-                        .await?
-                        .map(|facts| Found {
-                            relation: relation(&facts),
-                            project_id: facts.1,
-                            deployment_id: Some(deployment),
-                            server_owner_role: facts.3,
-                            scopes: (Scope::DomainsRead, Scope::DomainsWrite, Scope::DomainsWrite),
-                        })
+                    let scopes = (Scope::DomainsRead, Scope::DomainsWrite, Scope::DomainsWrite);
+                    in_deployment(conn, me, deployment, scopes).await?
                 }
             }
         }
@@ -419,7 +397,7 @@ async fn find(
             };
             let relation = if owner == Some(me) {
                 Some(Relation::Owner)
-            } else if let Some(relation) = via_deployment.as_ref().and_then(relation) {
+            } else if let Some(relation) = via_deployment.as_ref().and_then(|f| relation(f, me)) {
                 Some(relation)
             } else if principal.role().is_admin() && principal.allows(Scope::Admin) {
                 Some(Relation::Administrator)
@@ -436,6 +414,32 @@ async fn find(
         }
     };
     Ok(found)
+}
+
+/// The caller's relation to a deployment: its owner, or a member of its project.
+fn relation((owner, _, role, _): &Facts, me: Uuid) -> Option<Relation> {
+    if *owner == me {
+        Some(Relation::Owner)
+    } else {
+        role.map(Relation::Member)
+    }
+}
+
+/// What is found of something that belongs to deployment `id` (the
+/// deployment itself, its domains), with the scopes its routes need.
+async fn in_deployment(
+    conn: &mut PgConnection,
+    me: Uuid,
+    id: Uuid,
+    scopes: (Scope, Scope, Scope),
+) -> Result<Option<Found>, ApiError> {
+    Ok(deployment_facts(conn, me, id).await?.map(|facts| Found {
+        relation: relation(&facts, me),
+        project_id: facts.1,
+        deployment_id: Some(id),
+        server_owner_role: facts.3,
+        scopes,
+    }))
 }
 
 /// A deployment's owner and project, the caller's role there, and the role

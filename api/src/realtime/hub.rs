@@ -83,9 +83,18 @@ impl Sockets {
 pub struct Hub {
     sockets: Arc<Mutex<Sockets>>,
     next_id: Arc<std::sync::atomic::AtomicU64>,
+    /// When this process last heard that a restore replaced the database
+    /// (milliseconds since the epoch; 0: never).
+    database_restored_at: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Hub {
+    /// Read by the pool before it hands out a connection: one opened before
+    /// this instant was cut by a restore.
+    pub fn database_restored_at(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.database_restored_at.clone()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Sockets> {
         self.sockets
             .lock()
@@ -170,6 +179,14 @@ impl Hub {
         }
     }
 
+    /// Closes every socket of `user_id`: its serving loop sees its events end.
+    fn close_user(&self, user_id: Uuid) {
+        let mut sockets = self.lock();
+        for id in sockets.by_user.get(&user_id).cloned().unwrap_or_default() {
+            sockets.remove(id);
+        }
+    }
+
     fn deliver_to_user(&self, user_id: Uuid, event: &str) {
         let mut sockets = self.lock();
         let ids = sockets.by_user.get(&user_id).cloned().unwrap_or_default();
@@ -209,6 +226,12 @@ impl Hub {
                 pubsub
                     .subscribe(berth_jobs::events::BROADCAST_CHANNEL)
                     .await?;
+                pubsub
+                    .subscribe(berth_jobs::events::SIGNED_OUT_CHANNEL)
+                    .await?;
+                pubsub
+                    .subscribe(berth_jobs::events::DATABASE_RESTORED_CHANNEL)
+                    .await?;
                 Ok::<_, redis::RedisError>(pubsub)
             };
             match subscribed.await {
@@ -231,6 +254,15 @@ impl Hub {
                                     }
                                 } else if channel == berth_jobs::events::BROADCAST_CHANNEL {
                                     self.deliver_to_all(&payload);
+                                } else if channel == berth_jobs::events::DATABASE_RESTORED_CHANNEL {
+                                    self.database_restored_at.store(
+                                        crate::state::unix_millis(),
+                                        std::sync::atomic::Ordering::Relaxed,
+                                    );
+                                } else if channel == berth_jobs::events::SIGNED_OUT_CHANNEL {
+                                    if let Ok(user) = payload.parse() {
+                                        self.close_user(user);
+                                    }
                                 } else if let Some(user) = berth_jobs::events::user_of(channel) {
                                     self.deliver_to_user(user, &payload);
                                 } else if let Some(topic) = berth_jobs::events::topic_of(channel) {

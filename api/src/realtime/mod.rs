@@ -31,6 +31,12 @@ pub async fn revoke(state: &AppState, revocation: Revocation) {
     berth_jobs::events::publish_revocation(&state.redis, &revocation).await;
 }
 
+/// Closes every socket of `user` on every api process (after the change
+/// committed): their account was suspended or deleted.
+pub async fn sign_out(state: &AppState, user: Uuid) {
+    berth_jobs::events::publish_signed_out(&state.redis, user).await;
+}
+
 /// How often an open socket re-checks that its session is still valid.
 const SESSION_RECHECK: Duration = Duration::from_secs(30);
 
@@ -153,7 +159,11 @@ async fn serve(state: AppState, mut socket: WebSocket, principal: Principal, ses
     loop {
         tokio::select! {
             event = events.recv() => {
-                let Some(event) = event else { break };
+                // Ended by the hub: too slow a reader, or signed out.
+                let Some(event) = event else {
+                    let _ = socket.send(Message::Close(None)).await;
+                    break;
+                };
                 if socket.send(Message::Text(event.into())).await.is_err() {
                     break;
                 }

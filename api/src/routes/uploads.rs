@@ -18,7 +18,7 @@ use uuid::Uuid;
 use crate::audit;
 use crate::auth::Principal;
 use crate::auth::sessions::Client;
-use crate::envelope::{Envelope, Path};
+use crate::envelope::{Deleted, Envelope, Path};
 use crate::error::{ApiError, FieldError};
 use crate::state::AppState;
 
@@ -255,11 +255,6 @@ pub async fn get(
     Ok(response)
 }
 
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct Deleted {
-    deleted: bool,
-}
-
 /// Delete one of your images; a profile using it as its avatar loses it.
 #[utoipa::path(delete, path = "/uploads/{id}", tag = "account",
     params(("id" = Uuid, Path, description = "The upload id")),
@@ -309,7 +304,7 @@ pub async fn delete(
     )
     .await?;
     tx.commit().await?;
-    Ok(Envelope::ok(Deleted { deleted: true }))
+    Ok(Envelope::ok(Deleted::DONE))
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 
 mod account_security;
 mod accounts;
+mod admin;
 mod api_conventions;
 mod backups;
 mod contract;

@@ -1,38 +1,12 @@
 //! The operator's first run and host commands: `berth-api admin …` and the
 //! default admin's warning when it is ignored.
 
-use std::collections::HashMap;
-use std::process::Stdio;
 use std::time::Duration;
 
 use berth_e2e::accounts::{NewUser, create_user, get_as, login};
-use berth_e2e::{BerthProcess, TestApp, TestDb, TestRedis, base_env, binary, eventually};
-use tokio::io::AsyncWriteExt;
-
-/// Runs `berth-api admin ARGS`, feeding `stdin`; answers success and output.
-async fn admin(env: &HashMap<String, String>, args: &[&str], stdin: &str) -> (bool, String) {
-    let mut child = tokio::process::Command::new(binary("berth-api"))
-        .arg("admin")
-        .args(args)
-        .env_clear()
-        .envs(env)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("berth-api");
-    let mut input = child.stdin.take().unwrap();
-    input.write_all(stdin.as_bytes()).await.unwrap();
-    drop(input);
-    let out = child.wait_with_output().await.unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
+use berth_e2e::{
+    BerthProcess, TestApp, TestDb, TestRedis, base_env, berth_api_admin as admin, eventually,
+};
 
 fn shown_password(output: &str) -> String {
     output

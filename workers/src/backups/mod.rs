@@ -6,14 +6,11 @@
 
 mod restore;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use berth_config::{ConfigError, Env};
-use berth_database::{PgTarget, PgTools, TableRows};
+use berth_database::catalogue::{self, BackupSetup, Proven};
 use berth_jobs::runtime::{JobContext, JobFailure, JobHandler};
 use berth_jobs::{BackupCreate, BackupTrigger, Policies};
-use chrono::Utc;
 use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -22,159 +19,51 @@ use crate::alerts::{self, Notice};
 
 pub use restore::RestoreBackup;
 
-/// Where backups go and how the PostgreSQL tools are reached.
-#[derive(Debug, Clone)]
-pub struct BackupConfig {
-    /// [`berth_config::backup_dir`].
-    pub dir: PathBuf,
-    /// `BERTH_PG_BIN_DIR`: where `pg_dump`, `pg_restore` and `psql` are
-    /// (default: the `PATH`).
-    pub tools: PgTools,
-    pub target: PgTarget,
-}
-
-impl BackupConfig {
-    pub fn from_env(env: &Env, database_url: &str) -> Result<Self, ConfigError> {
-        let target = PgTarget::from_url(database_url).map_err(|e| ConfigError::Malformed {
-            name: "DATABASE_URL".into(),
-            reason: e.to_string(),
-        })?;
-        Ok(Self {
-            dir: berth_config::backup_dir(env)?,
-            tools: PgTools::new(env.optional("BERTH_PG_BIN_DIR").map(PathBuf::from)),
-            target,
-        })
-    }
-}
-
 pub struct BackupJobs {
     pub pool: PgPool,
     pub redis: ConnectionManager,
     pub policies: Policies,
-    pub config: BackupConfig,
-}
-
-/// A backup the job took and proved.
-struct Proven {
-    file_name: String,
-    size_bytes: i64,
-    table_rows: TableRows,
+    pub setup: BackupSetup,
 }
 
 fn failure(e: impl std::fmt::Display) -> JobFailure {
     JobFailure::retryable(e)
 }
 
+fn job_failure(e: catalogue::Failure) -> JobFailure {
+    if e.retryable {
+        JobFailure::retryable(e.reason)
+    } else {
+        JobFailure::permanent(e.reason)
+    }
+}
+
 impl BackupJobs {
-    /// Dumps and verifies backup `id`, recording each step on its row. A
-    /// file an earlier attempt left is removed first.
+    /// Dumps and verifies backup `id` ([`catalogue::take`]), the steps in
+    /// the job's log.
     async fn take(
         &self,
         id: Uuid,
         trigger: BackupTrigger,
         ctx: &JobContext,
     ) -> Result<Proven, JobFailure> {
-        let earlier: Option<Option<String>> = sqlx::query_scalar(
-            "INSERT INTO backups (id, trigger, job_id, status) VALUES ($1, $2, $3, 'dumping') \
-             ON CONFLICT (id) DO UPDATE SET status = 'dumping', job_id = EXCLUDED.job_id, failure = NULL, \
-                 finished_at = NULL, verified_at = NULL \
-             RETURNING (SELECT file_name FROM backups WHERE id = $1)",
-        )
-        .bind(id)
-        .bind(trigger.name())
-        .bind(&ctx.job_id)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(failure)?;
-        if let Some(Some(name)) = earlier {
-            let _ = tokio::fs::remove_file(self.config.dir.join(name)).await;
-        }
-        let file_name = format!(
-            "berth-{}-{}.dump",
-            Utc::now().format("%Y%m%dT%H%M%SZ"),
-            id.simple()
-        );
-        ctx.log
-            .step(&format!("dumping the database to {file_name}"));
-        let dumped = berth_database::dump(
+        catalogue::take(
             &self.pool,
-            &self.config.target,
-            &self.config.tools,
-            &self.config.dir,
-            &file_name,
+            &self.setup,
+            id,
+            trigger.name(),
+            Some(&ctx.job_id),
+            &|step| ctx.log.step(step),
             &ctx.cancel,
         )
         .await
-        .map_err(|e| failure(format!("the dump failed: {e}")))?;
-        sqlx::query(
-            "UPDATE backups SET status = 'verifying', file_name = $2, size_bytes = $3, sha256 = $4, \
-             table_rows = $5, dump_ms = $6 WHERE id = $1",
-        )
-        .bind(id)
-        .bind(&file_name)
-        .bind(dumped.size_bytes)
-        .bind(&dumped.sha256)
-        .bind(serde_json::to_value(&dumped.table_rows).expect("counts serialize"))
-        .bind(dumped.elapsed.as_millis() as i64)
-        .execute(&self.pool)
-        .await
-        .map_err(failure)?;
-        let rows: i64 = dumped.table_rows.values().sum();
-        ctx.log.step(&format!(
-            "dumped {} bytes ({} tables, {rows} rows) in {} ms; verifying by a restore into a scratch database",
-            dumped.size_bytes,
-            dumped.table_rows.len(),
-            dumped.elapsed.as_millis()
-        ));
-        let path = self.config.dir.join(&file_name);
-        let (_, verify_time) = match berth_database::verify(
-            &self.config.target,
-            &self.config.tools,
-            &path,
-            &dumped.table_rows,
-            &ctx.cancel,
-        )
-        .await
-        {
-            Ok(done) => done,
-            Err(e) => {
-                // Unproven, so not kept as if it were a backup.
-                let _ = tokio::fs::remove_file(&path).await;
-                return Err(JobFailure::permanent(format!("verification failed: {e}")));
-            }
-        };
-        sqlx::query(
-            "UPDATE backups SET status = 'verified', verify_ms = $2, verified_at = now(), finished_at = now() \
-             WHERE id = $1",
-        )
-        .bind(id)
-        .bind(verify_time.as_millis() as i64)
-        .execute(&self.pool)
-        .await
-        .map_err(failure)?;
-        ctx.log.step(&format!(
-            "verified in {} ms: every table has the rows it was dumped with",
-            verify_time.as_millis()
-        ));
-        Ok(Proven {
-            file_name,
-            size_bytes: dumped.size_bytes,
-            table_rows: dumped.table_rows,
-        })
+        .map_err(job_failure)
     }
 
     /// Marks backup `id` failed (unless it was proven meanwhile) and tells
     /// the administrators.
     async fn record_failure(&self, id: Uuid, reason: &str) {
-        let marked: Result<Option<String>, sqlx::Error> = sqlx::query_scalar(
-            "UPDATE backups SET status = 'failed', failure = $2, finished_at = now() \
-             WHERE id = $1 AND status <> 'verified' RETURNING trigger",
-        )
-        .bind(id)
-        .bind(reason)
-        .fetch_optional(&self.pool)
-        .await;
-        match marked {
+        match catalogue::record_failure(&self.pool, id, reason).await {
             Ok(Some(trigger)) => {
                 self.tell_administrators(Notice {
                     kind: "backup_failed",
@@ -200,7 +89,7 @@ impl BackupJobs {
         .await
         .map_err(failure)?;
         for (id, file_name) in &old {
-            berth_database::remove_backup_file(&self.config.dir, file_name)
+            berth_database::remove_backup_file(&self.setup.dir, file_name)
                 .await
                 .map_err(failure)?;
             sqlx::query("DELETE FROM backups WHERE id = $1")

@@ -3,7 +3,7 @@
 
 use axum::extract::State;
 use axum_extra::extract::CookieJar;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::audit;
 use crate::auth::Principal;
@@ -11,7 +11,7 @@ use crate::auth::codes::{self, CodeCheck, Purpose};
 use crate::auth::password::PASSWORD_MAX_CHARS;
 use crate::auth::sessions::{self, Client};
 use crate::auth::users::{self};
-use crate::envelope::{Envelope, Json};
+use crate::envelope::{Deleted, Envelope, Json};
 use crate::error::ApiError;
 use crate::routes::auth::{Sent, limit_mail_to};
 use crate::state::AppState;
@@ -44,11 +44,6 @@ pub struct AccountDeletion {
     password: Option<String>,
     /// …or the code from `POST /account/delete-code`.
     code: Option<String>,
-}
-
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct Deleted {
-    deleted: bool,
 }
 
 /// Delete the caller's account and everything it owns.
@@ -119,8 +114,9 @@ pub async fn delete_account(
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
+    crate::realtime::sign_out(&state, user.id).await;
     Ok((
         sessions::clear_cookies(&state, jar),
-        Envelope::ok(Deleted { deleted: true }),
+        Envelope::ok(Deleted::DONE),
     ))
 }

@@ -19,7 +19,7 @@ use crate::access::Action;
 use crate::audit;
 use crate::auth::Principal;
 use crate::auth::sessions::Client;
-use crate::envelope::{Envelope, Json, Page, PageQuery, Path, Query};
+use crate::envelope::{Deleted, Envelope, Json, Page, PageQuery, Path, Query};
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -182,15 +182,10 @@ fn in_progress(backup: &BackupView) -> bool {
     matches!(backup.status.as_str(), "queued" | "dumping" | "verifying")
 }
 
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct BackupDeleted {
-    deleted: bool,
-}
-
 /// Delete a backup and its file (the audit log keeps the record).
 #[utoipa::path(delete, path = "/admin/backups/{id}", tag = "admin",
     params(("id" = Uuid, Path, description = "Backup id")), responses(
-    (status = 200, description = "Deleted", body = BackupDeleted),
+    (status = 200, description = "Deleted", body = Deleted),
     (status = 403, description = "Not an administrator", body = crate::error::ErrorEnvelope),
     (status = 404, description = "No such backup", body = crate::error::ErrorEnvelope),
     (status = 409, description = "Still being taken", body = crate::error::ErrorEnvelope)))]
@@ -199,7 +194,7 @@ pub async fn delete_backup(
     principal: Principal,
     client: Client,
     Path(id): Path<Uuid>,
-) -> Result<Envelope<BackupDeleted>, ApiError> {
+) -> Result<Envelope<Deleted>, ApiError> {
     let mut tx = state.pool.begin().await?;
     platform(&mut tx, &principal, Action::Manage).await?;
     let backup = one(&mut tx, id, true).await?;
@@ -229,7 +224,7 @@ pub async fn delete_backup(
     )
     .await?;
     tx.commit().await?;
-    Ok(Envelope::ok(BackupDeleted { deleted: true }))
+    Ok(Envelope::ok(Deleted::DONE))
 }
 
 /// The backup file itself (a super admin): `pg_dump`'s custom format, for

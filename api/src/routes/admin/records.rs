@@ -135,24 +135,16 @@ pub async fn audit_logs(
     Ok(Envelope::ok(Page::new(items, page, total)))
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, sqlx::Type,
+)]
 #[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
 pub enum ContactStatus {
     New,
     Read,
     Replied,
     Archived,
-}
-
-impl ContactStatus {
-    fn name(self) -> &'static str {
-        match self {
-            ContactStatus::New => "new",
-            ContactStatus::Read => "read",
-            ContactStatus::Replied => "replied",
-            ContactStatus::Archived => "archived",
-        }
-    }
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema, sqlx::FromRow)]
@@ -163,8 +155,7 @@ pub struct ContactEntry {
     email: String,
     subject: String,
     message: String,
-    /// `new`, `read`, `replied` or `archived`.
-    status: String,
+    status: ContactStatus,
     client_ip: Option<String>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
@@ -199,12 +190,11 @@ pub async fn list_contact(
         limit: query.limit,
     }
     .validate()?;
-    let status = query.status.map(ContactStatus::name);
     let items: Vec<ContactEntry> = sqlx::query_as(&format!(
         "SELECT {CONTACT_COLUMNS} FROM contact_messages WHERE ($1::text IS NULL OR status = $1) \
          ORDER BY created_at DESC, id OFFSET $2 LIMIT $3"
     ))
-    .bind(status)
+    .bind(query.status)
     .bind(page.offset())
     .bind(page.limit)
     .fetch_all(&mut *conn)
@@ -212,7 +202,7 @@ pub async fn list_contact(
     let total: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM contact_messages WHERE ($1::text IS NULL OR status = $1)",
     )
-    .bind(status)
+    .bind(query.status)
     .fetch_one(&mut *conn)
     .await?;
     Ok(Envelope::ok(Page::new(items, page, total)))
@@ -243,7 +233,7 @@ pub async fn update_contact(
         "UPDATE contact_messages SET status = $2, updated_at = now() WHERE id = $1 RETURNING {CONTACT_COLUMNS}"
     ))
     .bind(id)
-    .bind(req.status.name())
+    .bind(req.status)
     .fetch_optional(&mut *tx)
     .await?
     .ok_or_else(|| ApiError::NotFound("no such message".into()))?;

@@ -14,24 +14,18 @@ use crate::audit;
 use crate::auth::Principal;
 use crate::auth::sessions::{self, Client};
 use crate::auth::users::Role;
-use crate::envelope::{Envelope, Json, Page, PageQuery, Path, Query};
+use crate::envelope::{Deleted, Envelope, Json, Page, PageQuery, Path, Query};
 use crate::error::{ApiError, FieldError};
 use crate::state::AppState;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, sqlx::Type,
+)]
 #[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
 pub enum AccountStatus {
     Active,
     Suspended,
-}
-
-impl AccountStatus {
-    fn name(self) -> &'static str {
-        match self {
-            AccountStatus::Active => "active",
-            AccountStatus::Suspended => "suspended",
-        }
-    }
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema, sqlx::FromRow)]
@@ -42,8 +36,7 @@ pub struct AdminUser {
     username: Option<String>,
     name: String,
     role: Role,
-    /// `active` or `suspended`.
-    status: String,
+    status: AccountStatus,
     email_verified: bool,
     two_factor_enabled: bool,
     created_at: DateTime<Utc>,
@@ -97,13 +90,12 @@ pub async fn list_users(
     let search = like_pattern("search", query.search.as_deref())?;
     let filter = "WHERE ($1::text IS NULL OR u.email ILIKE $1 OR u.name ILIKE $1 OR u.username ILIKE $1) \
                   AND ($2::text IS NULL OR u.role = $2) AND ($3::text IS NULL OR u.status = $3)";
-    let status = query.status.map(AccountStatus::name);
     let items: Vec<AdminUser> = sqlx::query_as(&format!(
         "{USER_SELECT} {filter} ORDER BY u.created_at DESC, u.id OFFSET $4 LIMIT $5"
     ))
     .bind(&search)
     .bind(query.role)
-    .bind(status)
+    .bind(query.status)
     .bind(page.offset())
     .bind(page.limit)
     .fetch_all(&mut *conn)
@@ -111,7 +103,7 @@ pub async fn list_users(
     let total: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM users u {filter}"))
         .bind(&search)
         .bind(query.role)
-        .bind(status)
+        .bind(query.status)
         .fetch_one(&mut *conn)
         .await?;
     Ok(Envelope::ok(Page::new(items, page, total)))
@@ -181,8 +173,8 @@ async fn target(
     conn: &mut PgConnection,
     principal: &Principal,
     id: Uuid,
-) -> Result<(Role, String), ApiError> {
-    let (role, status): (Role, String) =
+) -> Result<(Role, AccountStatus), ApiError> {
+    let (role, status): (Role, AccountStatus) =
         sqlx::query_as("SELECT role, status FROM users WHERE id = $1 FOR UPDATE")
             .bind(id)
             .fetch_optional(&mut *conn)
@@ -309,7 +301,7 @@ pub async fn change_status(
     }
     sqlx::query("UPDATE users SET status = $2, updated_at = now() WHERE id = $1")
         .bind(id)
-        .bind(req.status.name())
+        .bind(req.status)
         .execute(&mut *tx)
         .await?;
     audit::record(
@@ -326,20 +318,17 @@ pub async fn change_status(
     .await?;
     let user = one(&mut tx, id).await?;
     tx.commit().await?;
+    if req.status == AccountStatus::Suspended {
+        crate::realtime::sign_out(&state, id).await;
+    }
     Ok(Envelope::ok(user))
-}
-
-#[derive(Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct UserDeleted {
-    deleted: bool,
 }
 
 /// Delete an account and everything it owns, as the account's own deletion
 /// does (its audit rows stay, without their actor).
 #[utoipa::path(delete, path = "/admin/users/{id}", tag = "admin",
     params(("id" = Uuid, Path, description = "User id")), responses(
-    (status = 200, description = "Deleted", body = UserDeleted),
+    (status = 200, description = "Deleted", body = Deleted),
     (status = 403, description = "Not an administrator, or the target is a super admin", body = crate::error::ErrorEnvelope),
     (status = 404, description = "No such user", body = crate::error::ErrorEnvelope),
     (status = 409, description = "Oneself (use DELETE /account), or the last super admin", body = crate::error::ErrorEnvelope)))]
@@ -348,7 +337,7 @@ pub async fn delete_user(
     principal: Principal,
     client: Client,
     Path(id): Path<Uuid>,
-) -> Result<Envelope<UserDeleted>, ApiError> {
+) -> Result<Envelope<Deleted>, ApiError> {
     let mut tx = state.pool.begin().await?;
     platform(&mut tx, &principal, Action::Manage).await?;
     let (role, _) = target(&mut tx, &principal, id).await?;
@@ -382,7 +371,8 @@ pub async fn delete_user(
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
-    Ok(Envelope::ok(UserDeleted { deleted: true }))
+    crate::realtime::sign_out(&state, id).await;
+    Ok(Envelope::ok(Deleted::DONE))
 }
 
 pub(super) fn field(name: &str, message: &str) -> ApiError {

@@ -12,7 +12,7 @@ use crate::access::{self, Action, Resource};
 use crate::audit;
 use crate::auth::sessions::Client;
 use crate::auth::{Principal, Scope};
-use crate::envelope::{Envelope, Json, Page, PageQuery, Path, Query, user_page};
+use crate::envelope::{Deleted, Envelope, Json, Page, PageQuery, Path, Query, user_page};
 use crate::error::{ApiError, FieldError};
 use crate::rate_limit::Limited;
 use crate::state::AppState;
@@ -328,15 +328,10 @@ pub async fn update(
     }))
 }
 
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct ServerDeleted {
-    deleted: bool,
-}
-
 /// Forget a server (its metrics go with it).
 #[utoipa::path(delete, path = "/servers/{id}", tag = "servers",
     params(("id" = Uuid, Path, description = "Server id")), responses(
-    (status = 200, description = "Deleted", body = ServerDeleted),
+    (status = 200, description = "Deleted", body = Deleted),
     (status = 404, description = "No such server of yours", body = crate::error::ErrorEnvelope),
     (status = 409, description = "It still has deployments", body = crate::error::ErrorEnvelope)))]
 pub async fn delete(
@@ -344,7 +339,7 @@ pub async fn delete(
     principal: Principal,
     client: Client,
     Path(id): Path<Uuid>,
-) -> Result<Envelope<ServerDeleted>, ApiError> {
+) -> Result<Envelope<Deleted>, ApiError> {
     let mut tx = state.pool.begin().await?;
     let server = authorized(&mut tx, &principal, id, Action::Manage).await?;
     let deployments: i64 =
@@ -373,5 +368,5 @@ pub async fn delete(
     )
     .await?;
     tx.commit().await?;
-    Ok(Envelope::ok(ServerDeleted { deleted: true }))
+    Ok(Envelope::ok(Deleted::DONE))
 }

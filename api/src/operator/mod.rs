@@ -1,7 +1,10 @@
 //! What an operator does on the Berth host without mail or a browser:
-//! `berth-api admin create|promote|reset-password`. Passwords come from
+//! `berth-api admin create|promote|reset-password` here, and
+//! `users|backups|restore` in [`backups`]. Passwords come from
 //! standard input or are generated and printed once; never from the command
 //! line, where other users of the host can read them.
+
+pub mod backups;
 
 use std::net::{IpAddr, Ipv4Addr};
 
