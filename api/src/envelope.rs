@@ -345,6 +345,75 @@ impl<T> Page<T> {
     }
 }
 
+/// The values of a filter's `$1`, `$2`, …, bound once for both the page
+/// and its count ([`filtered_page`]).
+#[derive(Default)]
+pub struct Binds {
+    args: sqlx::postgres::PgArguments,
+    error: Option<sqlx::error::BoxDynError>,
+}
+
+impl Binds {
+    pub fn bind<'q, T>(mut self, value: T) -> Self
+    where
+        T: sqlx::Encode<'q, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + 'q,
+    {
+        use sqlx::Arguments;
+        if self.error.is_none()
+            && let Err(e) = self.args.add(value)
+        {
+            self.error = Some(e);
+        }
+        self
+    }
+}
+
+/// One page of `SELECT {columns} {from} {filter}` in `order`, and how many
+/// rows the filter matches in all: the filter is written, and its values
+/// bound, once for both.
+pub async fn filtered_page<T>(
+    conn: &mut sqlx::PgConnection,
+    columns: &str,
+    from: &str,
+    filter: &str,
+    order: &str,
+    binds: Binds,
+    request: PageRequest,
+) -> Result<Page<T>, ApiError>
+where
+    T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
+{
+    use sqlx::Arguments;
+    if let Some(e) = binds.error {
+        return Err(sqlx::Error::Encode(e).into());
+    }
+    let n = binds.args.len();
+    let paged = Binds {
+        args: binds.args.clone(),
+        error: None,
+    }
+    .bind(request.offset())
+    .bind(request.limit);
+    if let Some(e) = paged.error {
+        return Err(sqlx::Error::Encode(e).into());
+    }
+    let items: Vec<T> = sqlx::query_as_with(
+        &format!(
+            "SELECT {columns} {from} {filter} ORDER BY {order} OFFSET ${} LIMIT ${}",
+            n + 1,
+            n + 2
+        ),
+        paged.args,
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let total: i64 =
+        sqlx::query_scalar_with(&format!("SELECT count(*) {from} {filter}"), binds.args)
+            .fetch_one(&mut *conn)
+            .await?;
+    Ok(Page::new(items, request, total))
+}
+
 /// One page of a user's rows: `select` takes `$1` (the user), `$2` (offset)
 /// and `$3` (limit); `count` takes `$1`.
 pub async fn user_page<T>(

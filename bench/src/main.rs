@@ -3,6 +3,7 @@
 //! same run on the same services. Nothing here asserts: the numbers are for people.
 
 mod auth;
+mod backups;
 mod bare_me;
 mod deploys;
 mod probes;
@@ -115,6 +116,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if wanted(7) {
         deploys::deploys(&setup).await?;
+    }
+    if wanted(8) {
+        backups::backups(&setup).await?;
     }
     Ok(())
 }

@@ -19,7 +19,9 @@ use crate::access::Action;
 use crate::audit;
 use crate::auth::Principal;
 use crate::auth::sessions::Client;
-use crate::envelope::{Deleted, Envelope, Json, Page, PageQuery, Path, Query};
+use crate::envelope::{
+    Binds, Deleted, Envelope, Json, Page, PageQuery, Path, Query, filtered_page,
+};
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -149,17 +151,17 @@ pub async fn list_backups(
     let mut conn = state.pool.acquire().await?;
     platform(&mut conn, &principal, Action::Read).await?;
     let page = page.validate()?;
-    let items: Vec<BackupView> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM backups ORDER BY created_at DESC, id OFFSET $1 LIMIT $2"
-    ))
-    .bind(page.offset())
-    .bind(page.limit)
-    .fetch_all(&mut *conn)
+    let backups = filtered_page(
+        &mut conn,
+        COLUMNS,
+        "FROM backups",
+        "",
+        "created_at DESC, id",
+        Binds::default(),
+        page,
+    )
     .await?;
-    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM backups")
-        .fetch_one(&mut *conn)
-        .await?;
-    Ok(Envelope::ok(Page::new(items, page, total)))
+    Ok(Envelope::ok(backups))
 }
 
 /// One backup.

@@ -12,7 +12,7 @@ use super::{like_pattern, platform};
 use crate::access::Action;
 use crate::auth::Principal;
 use crate::auth::sessions::Client;
-use crate::envelope::{Envelope, Page, PageQuery, Path, Query};
+use crate::envelope::{Binds, Envelope, Page, PageQuery, Path, Query, filtered_page};
 use crate::error::ApiError;
 use crate::routes::deployments::{ControlAccepted, delete_as_administrator};
 use crate::state::AppState;
@@ -160,26 +160,19 @@ pub async fn list_deployments(
     }
     .validate()?;
     let search = like_pattern("search", query.search.as_deref())?;
-    let from = "FROM deployments d JOIN users u ON u.id = d.owner_user_id JOIN servers s ON s.id = d.server_id \
-                WHERE ($1::text IS NULL OR d.name ILIKE $1 OR u.email ILIKE $1) \
-                  AND ($2::uuid IS NULL OR d.owner_user_id = $2)";
-    let items: Vec<AdminDeployment> = sqlx::query_as(&format!(
-        "SELECT d.id, d.name, d.status::text AS status, d.owner_user_id, u.email AS owner_email, \
-         d.server_id, s.name AS server_name, d.project_id, d.live_release, d.created_at {from} \
-         ORDER BY d.created_at DESC, d.id OFFSET $3 LIMIT $4"
-    ))
-    .bind(&search)
-    .bind(query.owner_id)
-    .bind(page.offset())
-    .bind(page.limit)
-    .fetch_all(&mut *conn)
+    let deployments = filtered_page(
+        &mut conn,
+        "d.id, d.name, d.status::text AS status, d.owner_user_id, u.email AS owner_email, \
+         d.server_id, s.name AS server_name, d.project_id, d.live_release, d.created_at",
+        "FROM deployments d JOIN users u ON u.id = d.owner_user_id JOIN servers s ON s.id = d.server_id",
+        "WHERE ($1::text IS NULL OR d.name ILIKE $1 OR u.email ILIKE $1) \
+         AND ($2::uuid IS NULL OR d.owner_user_id = $2)",
+        "d.created_at DESC, d.id",
+        Binds::default().bind(search).bind(query.owner_id),
+        page,
+    )
     .await?;
-    let total: i64 = sqlx::query_scalar(&format!("SELECT count(*) {from}"))
-        .bind(&search)
-        .bind(query.owner_id)
-        .fetch_one(&mut *conn)
-        .await?;
-    Ok(Envelope::ok(Page::new(items, page, total)))
+    Ok(Envelope::ok(deployments))
 }
 
 /// Delete any deployment: the same job as its owner's delete (202).

@@ -11,7 +11,7 @@ use crate::access::Action;
 use crate::audit;
 use crate::auth::Principal;
 use crate::auth::sessions::Client;
-use crate::envelope::{Envelope, Json, Page, PageQuery, Path, Query};
+use crate::envelope::{Binds, Envelope, Json, Page, PageQuery, Path, Query, filtered_page};
 use crate::error::{ApiError, FieldError};
 use crate::state::AppState;
 use crate::validate;
@@ -107,32 +107,25 @@ pub async fn audit_logs(
                   AND ($3::text IS NULL OR a.action LIKE $3) AND ($4::text IS NULL OR a.target_type = $4) \
                   AND ($5::timestamptz IS NULL OR a.created_at >= $5) \
                   AND ($6::timestamptz IS NULL OR a.created_at <= $6)";
-    let items: Vec<AuditLogEntry> = sqlx::query_as(&format!(
-        "SELECT a.id, a.actor_user_id, u.email AS actor_email, a.action, a.target_type, a.target_id, \
-         a.client_ip, a.request_id, a.details, a.created_at \
-         FROM audit_logs a LEFT JOIN users u ON u.id = a.actor_user_id {filter} \
-         ORDER BY a.created_at DESC, a.id OFFSET $7 LIMIT $8"
-    ))
-    .bind(query.user_id)
-    .bind(&action)
-    .bind(&prefix)
-    .bind(&query.target_type)
-    .bind(from)
-    .bind(to)
-    .bind(page.offset())
-    .bind(page.limit)
-    .fetch_all(&mut *conn)
-    .await?;
-    let total: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM audit_logs a {filter}"))
+    let binds = Binds::default()
         .bind(query.user_id)
-        .bind(&action)
-        .bind(&prefix)
-        .bind(&query.target_type)
+        .bind(action)
+        .bind(prefix)
+        .bind(query.target_type)
         .bind(from)
-        .bind(to)
-        .fetch_one(&mut *conn)
-        .await?;
-    Ok(Envelope::ok(Page::new(items, page, total)))
+        .bind(to);
+    let rows = filtered_page(
+        &mut conn,
+        "a.id, a.actor_user_id, u.email AS actor_email, a.action, a.target_type, a.target_id, \
+         a.client_ip, a.request_id, a.details, a.created_at",
+        "FROM audit_logs a LEFT JOIN users u ON u.id = a.actor_user_id",
+        filter,
+        "a.created_at DESC, a.id",
+        binds,
+        page,
+    )
+    .await?;
+    Ok(Envelope::ok(rows))
 }
 
 #[derive(
@@ -190,22 +183,17 @@ pub async fn list_contact(
         limit: query.limit,
     }
     .validate()?;
-    let items: Vec<ContactEntry> = sqlx::query_as(&format!(
-        "SELECT {CONTACT_COLUMNS} FROM contact_messages WHERE ($1::text IS NULL OR status = $1) \
-         ORDER BY created_at DESC, id OFFSET $2 LIMIT $3"
-    ))
-    .bind(query.status)
-    .bind(page.offset())
-    .bind(page.limit)
-    .fetch_all(&mut *conn)
-    .await?;
-    let total: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM contact_messages WHERE ($1::text IS NULL OR status = $1)",
+    let messages = filtered_page(
+        &mut conn,
+        CONTACT_COLUMNS,
+        "FROM contact_messages",
+        "WHERE ($1::text IS NULL OR status = $1)",
+        "created_at DESC, id",
+        Binds::default().bind(query.status),
+        page,
     )
-    .bind(query.status)
-    .fetch_one(&mut *conn)
     .await?;
-    Ok(Envelope::ok(Page::new(items, page, total)))
+    Ok(Envelope::ok(messages))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]

@@ -14,7 +14,9 @@ use crate::audit;
 use crate::auth::Principal;
 use crate::auth::sessions::{self, Client};
 use crate::auth::users::Role;
-use crate::envelope::{Deleted, Envelope, Json, Page, PageQuery, Path, Query};
+use crate::envelope::{
+    Binds, Deleted, Envelope, Json, Page, PageQuery, Path, Query, filtered_page,
+};
 use crate::error::{ApiError, FieldError};
 use crate::state::AppState;
 
@@ -47,14 +49,13 @@ pub struct AdminUser {
     active_sessions: i64,
 }
 
-const USER_SELECT: &str = "SELECT u.id, u.email, u.username, u.name, u.role, u.status, u.email_verified, \
+const USER_COLUMNS: &str = "u.id, u.email, u.username, u.name, u.role, u.status, u.email_verified, \
     u.totp_enabled AS two_factor_enabled, u.created_at, \
     (SELECT max(created_at) FROM sessions WHERE user_id = u.id) AS last_sign_in_at, \
     (SELECT count(*) FROM servers WHERE owner_user_id = u.id) AS server_count, \
     (SELECT count(*) FROM deployments WHERE owner_user_id = u.id) AS deployment_count, \
     (SELECT count(*) FROM sessions s WHERE s.user_id = u.id AND s.revoked_at IS NULL AND s.expires_at > now()) \
-        AS active_sessions \
-    FROM users u";
+        AS active_sessions";
 
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -90,23 +91,21 @@ pub async fn list_users(
     let search = like_pattern("search", query.search.as_deref())?;
     let filter = "WHERE ($1::text IS NULL OR u.email ILIKE $1 OR u.name ILIKE $1 OR u.username ILIKE $1) \
                   AND ($2::text IS NULL OR u.role = $2) AND ($3::text IS NULL OR u.status = $3)";
-    let items: Vec<AdminUser> = sqlx::query_as(&format!(
-        "{USER_SELECT} {filter} ORDER BY u.created_at DESC, u.id OFFSET $4 LIMIT $5"
-    ))
-    .bind(&search)
-    .bind(query.role)
-    .bind(query.status)
-    .bind(page.offset())
-    .bind(page.limit)
-    .fetch_all(&mut *conn)
-    .await?;
-    let total: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM users u {filter}"))
-        .bind(&search)
+    let binds = Binds::default()
+        .bind(search)
         .bind(query.role)
-        .bind(query.status)
-        .fetch_one(&mut *conn)
-        .await?;
-    Ok(Envelope::ok(Page::new(items, page, total)))
+        .bind(query.status);
+    let users = filtered_page(
+        &mut conn,
+        USER_COLUMNS,
+        "FROM users u",
+        filter,
+        "u.created_at DESC, u.id",
+        binds,
+        page,
+    )
+    .await?;
+    Ok(Envelope::ok(users))
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema, sqlx::FromRow)]
@@ -127,11 +126,13 @@ pub struct AdminUserDetail {
 }
 
 async fn one(conn: &mut PgConnection, id: Uuid) -> Result<AdminUser, ApiError> {
-    sqlx::query_as(&format!("{USER_SELECT} WHERE u.id = $1"))
-        .bind(id)
-        .fetch_optional(conn)
-        .await?
-        .ok_or_else(|| ApiError::NotFound("no such user".into()))
+    sqlx::query_as(&format!(
+        "SELECT {USER_COLUMNS} FROM users u WHERE u.id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(conn)
+    .await?
+    .ok_or_else(|| ApiError::NotFound("no such user".into()))
 }
 
 /// One account, with its servers, deployments and sessions.
