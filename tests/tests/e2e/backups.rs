@@ -433,3 +433,90 @@ async fn scheduled_backups_keep_the_newest_and_the_host_restores_one() {
     );
     new_project(app, &root, "after the restore").await;
 }
+
+/// A directory of PostgreSQL tools that pass through to the real ones on
+/// the `PATH`, but whose `pg_restore` restores the schema alone: every row
+/// lost in the scratch database, as a damaged dump or a broken tool would.
+fn tools_losing_rows(dir: &std::path::Path) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = dir.join("pg-bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for (tool, script) in [
+        ("pg_dump", "exec pg_dump \"$@\""),
+        ("psql", "exec psql \"$@\""),
+        ("pg_restore", "exec pg_restore --schema-only \"$@\""),
+    ] {
+        let path = bin.join(tool);
+        std::fs::write(&path, format!("#!/bin/sh\n{script}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    bin
+}
+
+#[tokio::test]
+async fn a_backup_that_fails_its_verification_is_failed_and_every_administrator_is_told() {
+    let scratch = scratch_dir("backup-unverified");
+    let backups = scratch.join("backups");
+    let bin = tools_losing_rows(&scratch);
+    let stack = Stack::with_mail(&[
+        ("BERTH_BACKUP_DIR", backups.display().to_string().as_str()),
+        ("BERTH_PG_BIN_DIR", bin.display().to_string().as_str()),
+    ])
+    .await;
+    let _worker = BerthProcess::spawn("berth-worker", &["--queues", "backup"], &stack.env);
+    let app = &stack.app;
+    let (_, root) = signed_in_with_role(&stack, "root@example.com", "super_admin").await;
+    let (_, ops) = signed_in_with_role(&stack, "ops@example.com", "admin").await;
+    let (_, user) = signed_in_with_role(&stack, "user@example.com", "user").await;
+    new_project(app, &root, "counted").await;
+
+    let (status, taken) =
+        send_as(app, &ops, Method::POST, "/api/v1/admin/backups", json!({})).await;
+    assert_eq!(status, 202, "{taken}");
+    let id = taken["data"]["backup"]["id"].as_str().unwrap().to_owned();
+    let backup = until(app, &ops, &format!("/api/v1/admin/backups/{id}"), |b| {
+        assert_ne!(b["status"], "verified", "{b}");
+        b["status"] == "failed"
+    })
+    .await;
+    let failure = backup["failure"].as_str().unwrap();
+    assert!(failure.contains("projects"), "{backup}");
+    assert!(backup["verifiedAt"].is_null(), "{backup}");
+    // A file that is not proven is not kept, and is no restore point.
+    let left: Vec<_> = std::fs::read_dir(&backups)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    let (status, body) = send_as(
+        app,
+        &root,
+        Method::POST,
+        &format!("/api/v1/admin/backups/{id}/restore"),
+        json!({ "confirm": id }),
+    )
+    .await;
+    assert_eq!(status, 409, "{body}");
+
+    // Each administrator has a notification naming the backup, and a mail;
+    // a user has neither.
+    for (token, email) in [(&root, "root@example.com"), (&ops, "ops@example.com")] {
+        let (_, list) = get_as(app, token, "/api/v1/notifications").await;
+        let told: Vec<&Value> = list["data"]["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| n["kind"] == "backup_failed")
+            .collect();
+        assert_eq!(told.len(), 1, "{email}: {list}");
+        assert!(told[0]["body"].as_str().unwrap().contains(&id), "{list}");
+        assert!(
+            told[0]["body"].as_str().unwrap().contains("projects"),
+            "{list}"
+        );
+        let mail = stack.smtp().wait_for(email, "backup", 0).await;
+        assert!(mail.contains(&id), "{mail}");
+    }
+    let (_, list) = get_as(app, &user, "/api/v1/notifications").await;
+    assert_eq!(list["data"]["total"], 0, "{list}");
+}
