@@ -55,6 +55,7 @@ pub use berth_database::MIGRATOR;
         (name = "projects", description = "Projects, members, roles and invitations (SPEC §3.8)"),
         (name = "github", description = "The linked GitHub account's repositories, to deploy from (SPEC §3.4)"),
         (name = "alerts", description = "Alert rules, notifications and the realtime channel (SPEC §3.6)"),
+        (name = "terminal", description = "A shell on your server in the browser (SPEC §3.7)"),
         (name = "admin", description = "Administration: users, stats, audit log, contact messages, verified backups and restores (SPEC §3.9)")
     )
 )]
@@ -271,6 +272,8 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(routes::notifications::read_all))
         .routes(routes!(routes::notifications::delete))
         .routes(routes!(realtime::ws))
+        .routes(routes!(routes::terminal::create_token))
+        .routes(routes!(routes::terminal::open))
         .routes(routes!(routes::jobs::get_job))
         .routes(routes!(routes::jobs::cancel_job))
         .routes(routes!(routes::jobs::job_logs))

@@ -40,6 +40,41 @@ pub struct ApiConfig {
     pub deploy_archive_max_unpacked_bytes: u64,
     /// [`crate::backup_dir`].
     pub backup_dir: std::path::PathBuf,
+    pub terminal: TerminalLimits,
+}
+
+/// What the web terminal allows (SPEC §3.7).
+#[derive(Debug, Clone, Copy)]
+pub struct TerminalLimits {
+    /// A terminal with no input and no output this long is closed
+    /// (`BERTH_TERMINAL_IDLE_TIMEOUT_SECS`, 900).
+    pub idle_timeout: Duration,
+    /// Terminals one user has open at once, on every api process
+    /// (`BERTH_TERMINAL_MAX_SESSIONS`, 4).
+    pub max_per_user: u32,
+}
+
+impl TerminalLimits {
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let idle: u64 = env.parsed("BERTH_TERMINAL_IDLE_TIMEOUT_SECS", 900)?;
+        if idle == 0 {
+            return Err(malformed(
+                "BERTH_TERMINAL_IDLE_TIMEOUT_SECS",
+                "must be at least 1",
+            ));
+        }
+        let max_per_user: u32 = env.parsed("BERTH_TERMINAL_MAX_SESSIONS", 4)?;
+        if max_per_user == 0 {
+            return Err(malformed(
+                "BERTH_TERMINAL_MAX_SESSIONS",
+                "must be at least 1",
+            ));
+        }
+        Ok(Self {
+            idle_timeout: Duration::from_secs(idle),
+            max_per_user,
+        })
+    }
 }
 
 /// What one user may keep in `POST /uploads`.
@@ -355,6 +390,7 @@ impl ApiConfig {
                 1024 * 1024 * 1024,
             )?,
             backup_dir: crate::backup_dir(env)?,
+            terminal: TerminalLimits::from_env(env)?,
         })
     }
 }

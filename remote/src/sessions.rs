@@ -287,4 +287,10 @@ impl Session {
         self.with_connection(|conn| async move { conn.download(remote, max_bytes).await })
             .await
     }
+
+    /// See [`Connection::open_shell`].
+    pub async fn open_shell(&self, cols: u32, rows: u32) -> Result<berth_ssh::Shell, SshError> {
+        self.with_connection(|conn| async move { conn.open_shell(cols, rows).await })
+            .await
+    }
 }

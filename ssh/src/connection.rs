@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     AddressPolicy, Arg, Auth, Limits, Output, ShellCommand, SshError, Stream, Target, address,
-    channel, command, keys, sftp,
+    channel, command, keys, sftp, shell,
 };
 
 /// Channels one session runs at once; more wait for one to end. OpenSSH's
@@ -371,5 +371,11 @@ impl Connection {
     /// Reads `remote` over SFTP, refusing files larger than `max_bytes`.
     pub async fn download(&self, remote: &Arg, max_bytes: u64) -> Result<Vec<u8>, SshError> {
         sftp::get(&self.shared, remote.as_str(), max_bytes).await
+    }
+
+    /// A login shell on a PTY of `cols`×`rows`, on a channel of its own
+    /// until the [`crate::Shell`] is closed or dropped.
+    pub async fn open_shell(&self, cols: u32, rows: u32) -> Result<crate::Shell, SshError> {
+        shell::open(&self.shared, cols, rows).await
     }
 }

@@ -1,6 +1,6 @@
 //! SSH to users' servers, for the api (terminal, files) and the workers (every
 //! remote job), on `russh`: one task per session drives the protocol, and
-//! every command, SFTP transfer or (later) terminal is a channel of its own
+//! every command, SFTP transfer or terminal is a channel of its own
 //! on it, side by side, each awaited without holding a thread. Each
 //! connection has a connect timeout, a handshake timeout, an I/O bound on
 //! every request and a deadline per command.
@@ -18,6 +18,7 @@ pub mod command;
 mod connection;
 pub mod keys;
 mod sftp;
+mod shell;
 
 use std::time::Duration;
 
@@ -27,6 +28,7 @@ pub use address::{AddressPolicy, embedded_ipv4};
 pub use channel::KILL_GRACE;
 pub use command::{Arg, Refused, ShellCommand};
 pub use connection::{Connection, MAX_CHANNELS, connect};
+pub use shell::{MAX_TERMINAL_SIDE, Shell, ShellOutput};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SshError {

@@ -418,6 +418,26 @@ async fn session(state: &AppState, parts: &mut Parts, token: &str) -> Result<Pri
     })
 }
 
+/// The caller a live session stands for, for a connection authenticated
+/// by something else that names the session (a terminal's one-time token):
+/// 401 once the session or its user is no longer live.
+pub async fn principal_of_session(
+    pool: &sqlx::PgPool,
+    user_id: Uuid,
+    session_id: Uuid,
+) -> Result<Principal, ApiError> {
+    let row: Option<SessionUser> = sqlx::query_as(&SESSION_USER_QUERY)
+        .bind(session_id)
+        .bind(user_id)
+        .fetch_optional(pool)
+        .await?;
+    let row = row.ok_or_else(ApiError::unauthenticated)?;
+    Ok(Principal {
+        user: row.user.into(),
+        credential: Credential::Session { session_id },
+    })
+}
+
 #[derive(sqlx::FromRow)]
 struct SessionUser {
     session_last_used_at: DateTime<Utc>,

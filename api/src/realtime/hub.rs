@@ -101,7 +101,7 @@ impl Hub {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    pub(super) fn register(&self, user_id: Uuid) -> (u64, mpsc::Receiver<String>) {
+    pub(crate) fn register(&self, user_id: Uuid) -> (u64, mpsc::Receiver<String>) {
         let (tx, rx) = mpsc::channel(SOCKET_BUFFER);
         let id = self
             .next_id
@@ -113,7 +113,7 @@ impl Hub {
         (id, rx)
     }
 
-    pub(super) fn unregister(&self, id: u64) {
+    pub(crate) fn unregister(&self, id: u64) {
         self.lock().remove(id);
     }
 

@@ -16,6 +16,7 @@ pub mod registration;
 pub mod server_metrics;
 pub mod servers;
 pub mod sessions;
+pub mod terminal;
 pub mod tokens;
 pub mod two_factor;
 pub mod uploads;

@@ -27,8 +27,17 @@ pub struct RegisterRequest {
     name: String,
     /// 3 to 30 of `[a-zA-Z0-9_-]`.
     username: Option<String>,
+    /// Must be `true`: the terms are accepted.
     #[serde(default)]
+    #[schema(required = true, schema_with = accepted_schema)]
     terms_accepted: bool,
+}
+
+fn accepted_schema() -> utoipa::openapi::schema::Object {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::Boolean)
+        .enum_values(Some([true]))
+        .build()
 }
 
 #[derive(Serialize, utoipa::ToSchema)]

@@ -35,3 +35,4 @@ mod server_settings;
 mod servers;
 mod source_facts;
 mod ssh;
+mod terminal;

@@ -47,6 +47,7 @@ pub async fn email_code_send(
 pub struct EmailCodeRequest {
     #[schema(format = Email, max_length = 254)]
     email: String,
+    #[schema(max_length = 16)]
     code: String,
 }
 
