@@ -56,6 +56,7 @@ pub use berth_database::MIGRATOR;
         (name = "github", description = "The linked GitHub account's repositories, to deploy from (SPEC §3.4)"),
         (name = "alerts", description = "Alert rules, notifications and the realtime channel (SPEC §3.6)"),
         (name = "terminal", description = "A shell on your server in the browser (SPEC §3.7)"),
+        (name = "files", description = "Your server's files over SFTP (SPEC §3.7)"),
         (name = "admin", description = "Administration: users, stats, audit log, contact messages, verified backups and restores (SPEC §3.9)")
     )
 )]
@@ -196,6 +197,27 @@ fn upload_routes(state: &AppState) -> OpenApiRouter<AppState> {
         ))
 }
 
+/// The file manager saves files up to `BERTH_FILES_READ_MAX_BYTES` in a
+/// JSON body, larger than the JSON limit every other route has.
+fn file_routes(state: &AppState) -> OpenApiRouter<AppState> {
+    use routes::files;
+    let escaped = usize::try_from(state.config.files_read_max_bytes)
+        .unwrap_or(usize::MAX)
+        .saturating_mul(6);
+    OpenApiRouter::new()
+        .routes(routes!(files::info))
+        .routes(routes!(files::list))
+        .routes(routes!(files::read))
+        .routes(routes!(files::properties))
+        .routes(routes!(files::write::create))
+        .routes(routes!(files::write::save))
+        .routes(routes!(files::write::rename))
+        .routes(routes!(files::write::delete))
+        .layer(DefaultBodyLimit::max(
+            escaped.max(state.config.max_json_body_bytes) + 64 * 1024,
+        ))
+}
+
 fn auth_routes(state: &AppState) -> OpenApiRouter<AppState> {
     use routes::auth;
     let limits = state.config.auth.limits;
@@ -274,6 +296,7 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(realtime::ws))
         .routes(routes!(routes::terminal::create_token))
         .routes(routes!(routes::terminal::open))
+        .merge(file_routes(&state))
         .routes(routes!(routes::jobs::get_job))
         .routes(routes!(routes::jobs::cancel_job))
         .routes(routes!(routes::jobs::job_logs))

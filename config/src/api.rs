@@ -41,6 +41,9 @@ pub struct ApiConfig {
     /// [`crate::backup_dir`].
     pub backup_dir: std::path::PathBuf,
     pub terminal: TerminalLimits,
+    /// What the file manager reads and saves in one request
+    /// (`BERTH_FILES_READ_MAX_BYTES`, 5 MiB).
+    pub files_read_max_bytes: u64,
 }
 
 /// What the web terminal allows (SPEC §3.7).
@@ -391,6 +394,15 @@ impl ApiConfig {
             )?,
             backup_dir: crate::backup_dir(env)?,
             terminal: TerminalLimits::from_env(env)?,
+            files_read_max_bytes: match env.parsed("BERTH_FILES_READ_MAX_BYTES", 5 * 1024 * 1024)? {
+                0 => {
+                    return Err(malformed(
+                        "BERTH_FILES_READ_MAX_BYTES",
+                        "must be at least 1",
+                    ));
+                }
+                n => n,
+            },
         })
     }
 }

@@ -293,4 +293,10 @@ impl Session {
         self.with_connection(|conn| async move { conn.open_shell(cols, rows).await })
             .await
     }
+
+    /// See [`Connection::files`].
+    pub async fn files(&self) -> Result<berth_ssh::Files, SshError> {
+        self.with_connection(|conn| async move { conn.files().await })
+            .await
+    }
 }

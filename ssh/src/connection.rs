@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     AddressPolicy, Arg, Auth, Limits, Output, ShellCommand, SshError, Stream, Target, address,
-    channel, command, keys, sftp, shell,
+    channel, command, files, keys, sftp, shell,
 };
 
 /// Channels one session runs at once; more wait for one to end. OpenSSH's
@@ -377,5 +377,11 @@ impl Connection {
     /// until the [`crate::Shell`] is closed or dropped.
     pub async fn open_shell(&self, cols: u32, rows: u32) -> Result<crate::Shell, SshError> {
         shell::open(&self.shared, cols, rows).await
+    }
+
+    /// An SFTP session for a request's file operations, on a channel of its
+    /// own until the [`crate::Files`] is dropped.
+    pub async fn files(&self) -> Result<crate::Files, SshError> {
+        files::open(&self.shared).await
     }
 }

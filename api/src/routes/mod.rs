@@ -4,6 +4,7 @@ pub mod auth;
 pub mod contact;
 pub mod deployments;
 pub mod domains;
+pub mod files;
 pub mod github;
 pub mod jobs;
 pub mod notifications;

@@ -16,7 +16,7 @@ use berth_ssh::{MAX_TERMINAL_SIDE, Shell, ShellOutput};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::access::{self, Action, Resource};
+use crate::access::Action;
 use crate::audit;
 use crate::auth::sessions::Client;
 use crate::auth::tokens::{random_token, token_hash};
@@ -24,6 +24,7 @@ use crate::auth::{Principal, principal_of_session};
 use crate::envelope::{Envelope, Json, Query};
 use crate::error::{ApiError, FieldError};
 use crate::realtime::require_same_origin;
+use crate::routes::servers::pinned_server;
 use crate::state::AppState;
 
 mod seats;
@@ -107,33 +108,6 @@ fn terminal_size(
     }
 }
 
-/// The server, if `principal` owns it and it can be reached with a pinned key.
-async fn shell_server(
-    state: &AppState,
-    principal: &Principal,
-    server_id: Uuid,
-) -> Result<berth_remote::Server, ApiError> {
-    let mut conn = state.pool.acquire().await?;
-    access::authorize(
-        &mut conn,
-        principal,
-        Resource::Server(server_id),
-        Action::Operate,
-    )
-    .await?;
-    let server = state
-        .remote
-        .load(server_id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound("no such server".into()))?;
-    if server.host_key.is_none() {
-        return Err(ApiError::Conflict(
-            "the server's host key is not pinned yet: validate the server first".into(),
-        ));
-    }
-    Ok(server)
-}
-
 /// A single-use token for a terminal on one of your servers (valid 30 s,
 /// bound to this session).
 #[utoipa::path(post, path = "/terminal/token", tag = "terminal", request_body = TokenRequest, responses(
@@ -153,7 +127,7 @@ pub async fn create_token(
         req.rows.map(i64::from),
         (DEFAULT_COLS, DEFAULT_ROWS),
     )?;
-    shell_server(&state, &principal, req.server_id).await?;
+    pinned_server(&state, &principal, req.server_id, Action::Operate).await?;
     let limit = state.config.terminal.max_per_user;
     if seats::open(&state.redis, principal.user_id()).await? >= limit {
         return Err(seats::full(limit));
@@ -249,7 +223,7 @@ pub async fn open(
         query.rows.map(i64::from),
         (pending.cols, pending.rows),
     )?;
-    let server = shell_server(&state, &principal, pending.server_id).await?;
+    let server = pinned_server(&state, &principal, pending.server_id, Action::Operate).await?;
     Ok(upgrade
         .max_message_size(MAX_CLIENT_MESSAGE)
         .on_upgrade(move |socket| async move {

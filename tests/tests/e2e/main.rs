@@ -14,6 +14,7 @@ mod deployment_webhook;
 mod deployment_zero_downtime;
 mod deployments;
 mod domains;
+mod files;
 mod http_hardening;
 mod job_cancel;
 mod job_keys;

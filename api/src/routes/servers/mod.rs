@@ -93,6 +93,31 @@ pub(crate) async fn authorized(
         .ok_or_else(|| ApiError::NotFound("no such server".into()))
 }
 
+/// Server `id`, if the caller may `action` it (only its owner may) and its
+/// host key is pinned. Asked before anything of the request is looked at, so
+/// another user's server answers 404 whatever the request holds.
+pub(crate) async fn pinned_server(
+    state: &AppState,
+    principal: &Principal,
+    id: Uuid,
+    action: Action,
+) -> Result<berth_remote::Server, ApiError> {
+    let mut conn = state.pool.acquire().await?;
+    access::authorize(&mut conn, principal, Resource::Server(id), action).await?;
+    drop(conn);
+    let server = state
+        .remote
+        .load(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("no such server".into()))?;
+    if server.host_key.is_none() {
+        return Err(ApiError::Conflict(
+            "the server's host key is not pinned yet: validate the server first".into(),
+        ));
+    }
+    Ok(server)
+}
+
 #[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ServerAccepted {

@@ -51,7 +51,7 @@ impl World {
             &self.job
         } else if template.starts_with("/domains/") {
             &self.domain
-        } else if template.starts_with("/servers/") {
+        } else if template.starts_with("/servers/") || template.starts_with("/files/") {
             &self.server
         } else if template.starts_with("/notifications/") {
             &self.notification
@@ -93,6 +93,14 @@ impl World {
             ("PUT", "/deployments/{id}/project") => json!({ "projectId": self.project }),
             ("PATCH", "/servers/{id}") => json!({ "name": "renamed" }),
             ("POST", "/servers/{id}/host-key") => json!({ "fingerprint": "SHA256:matrix" }),
+            ("POST", "/files/{id}/create") => {
+                json!({ "path": "/nonexistent/matrix", "type": "file" })
+            }
+            ("PUT", "/files/{id}/save") => json!({ "path": "/nonexistent/matrix", "content": "" }),
+            ("PUT", "/files/{id}/rename") => {
+                json!({ "oldPath": "/nonexistent/a", "newPath": "/nonexistent/b" })
+            }
+            ("DELETE", "/files/{id}/delete") => json!({ "paths": ["/nonexistent/matrix"] }),
             ("PUT", "/admin/users/{id}/role") => json!({ "role": "user" }),
             ("PUT", "/admin/users/{id}/status") => json!({ "status": "active" }),
             ("PUT", "/admin/contact/{id}") => json!({ "status": "read" }),
