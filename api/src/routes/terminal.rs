@@ -462,8 +462,15 @@ async fn close(mut socket: WebSocket, code: u16, reason: &str) {
         ))
         .await;
     // A close frame's reason is at most 123 bytes.
-    let mut short: String = reason.chars().take(60).collect();
-    short.truncate(120);
+    // Whole characters only: `String::truncate` panics inside one (the
+    // reasons hold `×` and quoted paths).
+    let mut short = String::new();
+    for c in reason.chars().take(60) {
+        if short.len() + c.len_utf8() > 120 {
+            break;
+        }
+        short.push(c);
+    }
     let _ = socket
         .send(Message::Close(Some(CloseFrame {
             code,
