@@ -18,7 +18,7 @@ pub fn worker_env(
     let mut env = base_env(db, redis);
     for (k, v) in [
         ("BERTH_WORKER_HEARTBEAT_MS", "1000"),
-        ("BERTH_WORKER_MISSED_HEARTBEATS", "2"),
+        ("BERTH_WORKER_MISSED_HEARTBEATS", "3"),
         ("BERTH_MAIL_DIR", "/nonexistent/unused"),
     ]
     .iter()

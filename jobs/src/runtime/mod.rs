@@ -17,7 +17,7 @@ use apalis_redis::RedisStorage;
 use futures::StreamExt;
 use sqlx::PgPool;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::{IntervalStream, ReceiverStream};
+use tokio_stream::wrappers::IntervalStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -45,6 +45,34 @@ pub struct Liveness {
     pub heartbeat: Duration,
     pub missed_heartbeats: usize,
     pub poll_fallback: Duration,
+}
+
+/// apalis-redis stamps heartbeats and judges them in whole seconds, so a live
+/// worker's last stamp can look almost two seconds older than it is; a window
+/// shorter than this declares busy, healthy workers dead and takes their work.
+pub const MIN_ORPHAN_WINDOW: Duration = Duration::from_secs(3);
+
+impl Liveness {
+    /// How long a worker may be silent before its tasks are handed on.
+    pub fn orphan_window(&self) -> Duration {
+        self.heartbeat * self.missed_heartbeats as u32
+    }
+
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.heartbeat.is_zero() || self.missed_heartbeats == 0 {
+            anyhow::bail!(
+                "BERTH_WORKER_HEARTBEAT_MS and BERTH_WORKER_MISSED_HEARTBEATS must be positive"
+            );
+        }
+        if self.orphan_window() < MIN_ORPHAN_WINDOW {
+            anyhow::bail!(
+                "BERTH_WORKER_HEARTBEAT_MS × BERTH_WORKER_MISSED_HEARTBEATS is {} ms; it must be at least {} ms, because heartbeats are kept in whole seconds",
+                self.orphan_window().as_millis(),
+                MIN_ORPHAN_WINDOW.as_millis()
+            );
+        }
+        Ok(())
+    }
 }
 
 impl Default for Liveness {
@@ -107,6 +135,7 @@ impl WorkerRuntime {
     /// stops on its own (e.g. a Redis error), so the process exits non-zero and its
     /// supervisor restarts it instead of leaving a live process that runs nothing.
     pub async fn run(self, queues: &[Queue], shutdown: CancellationToken) -> anyhow::Result<()> {
+        self.liveness.check()?;
         for &queue in queues {
             if self.registry.of_queue(queue).is_empty() {
                 anyhow::bail!("queue {queue} has no handler in this build of berth-worker");
@@ -131,13 +160,24 @@ impl WorkerRuntime {
         let mut wakers = HashMap::new();
         let mut monitor = Monitor::new()
             .shutdown_timeout(self.grace)
-            .should_restart(|_, _| false);
+            .should_restart(|worker, error| {
+                // A peer that missed this worker's heartbeat (a stalled process or
+                // Redis) handed its tasks on and struck it from the worker set;
+                // registering again is the whole cure. Any other error ends the
+                // process for its supervisor to restart.
+                let deregistered = error.to_string().contains("worker not registered");
+                if deregistered {
+                    tracing::warn!(worker = worker.name(), "a peer declared this queue worker dead; registering it again");
+                }
+                deregistered
+            });
         for &queue in queues {
             let (tx, rx) = mpsc::channel(1);
             wakers.insert(push_channel(queue), tx);
-            // apalis wants a factory closure (for restarts, which are off: a stopped
-            // worker ends the process); the push receiver moves into its one call.
-            let wake = Arc::new(tokio::sync::Mutex::new(Some(rx)));
+            // The factory runs again on each restart; every incarnation reads the
+            // one push receiver (the lock is held by the live stream, released when
+            // a stopped worker's stream is dropped).
+            let wake = Arc::new(tokio::sync::Mutex::new(rx));
             let concurrency = self.policies.get(queue).concurrency;
             let dispatch = Arc::new(Dispatch::new(
                 ProcessParts {
@@ -156,17 +196,13 @@ impl WorkerRuntime {
             let redis = redis.clone();
             let name = format!("{queue}@{identity}");
             monitor = monitor.register(move |_restarts| {
-                let receiver = wake
-                    .try_lock()
-                    .ok()
-                    .and_then(|mut r| r.take())
-                    .map(ReceiverStream::new);
+                let pushes = futures::stream::unfold(wake.clone(), |wake| async move {
+                    let pushed = wake.lock().await.recv().await;
+                    pushed.map(|()| ((), wake))
+                });
                 let ticks =
                     IntervalStream::new(tokio::time::interval(liveness.poll_fallback)).map(|_| ());
-                let wake_stream = match receiver {
-                    Some(pushes) => futures::stream::select(pushes, ticks).boxed(),
-                    None => ticks.boxed(),
-                };
+                let wake_stream = futures::stream::select(pushes, ticks).boxed();
                 let config = apalis_config(queue)
                     .heartbeat_interval(liveness.heartbeat)
                     .missed_heartbeats(liveness.missed_heartbeats);

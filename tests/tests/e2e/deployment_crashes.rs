@@ -49,8 +49,8 @@ async fn wait_until(f: &DeployFleet, id: &str, step: Option<&str>) {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_worker_killed_at_any_step_leaves_a_consistent_deployment() {
     let mut f = DeployFleet::start_with(&[
-        ("BERTH_WORKER_HEARTBEAT_MS", "500".into()),
-        ("BERTH_WORKER_MISSED_HEARTBEATS", "2".into()),
+        ("BERTH_WORKER_HEARTBEAT_MS", "1000".into()),
+        ("BERTH_WORKER_MISSED_HEARTBEATS", "3".into()),
     ])
     .await;
     let repo = AppRepo::new(&f);

@@ -569,6 +569,53 @@ async fn a_worker_exits_non_zero_when_redis_goes_away() {
     );
 }
 
+/// A peer that misses a worker's heartbeats (a stalled process, a slow Redis)
+/// strikes it from the queue's worker set; apalis-redis then refuses its fetches.
+/// The worker registers again and goes on running jobs instead of exiting.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_struck_from_the_worker_set_registers_again() {
+    let Pipeline {
+        db, redis, env, jobs, ..
+    } = pipeline(&[]).await;
+    let mut worker = diagnostic_worker(&env);
+    let first = enqueue_diagnostic(&jobs, 0).await;
+    wait_for(&db.pool, &first, JobState::Succeeded, Duration::from_secs(30)).await;
+
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let workers_set = "berth:diagnostic:workers";
+    let struck: u64 = redis::cmd("DEL")
+        .arg(workers_set)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(struck, 1, "the worker was registered");
+
+    for _ in 0..3 {
+        let id = enqueue_diagnostic(&jobs, 0).await;
+        wait_for(&db.pool, &id, JobState::Succeeded, Duration::from_secs(30)).await;
+    }
+    assert!(
+        worker.child.try_wait().unwrap().is_none(),
+        "the worker exited:\n{}",
+        worker.output()
+    );
+    let registered: u64 = redis::cmd("ZCARD")
+        .arg(workers_set)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(registered, 1, "{}", worker.output());
+    assert!(
+        worker.output().contains("registering it again"),
+        "{}",
+        worker.output()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn nine_thousand_due_jobs_do_not_stop_a_worker() {
     let Pipeline {
