@@ -39,6 +39,13 @@ pub struct AuditEntry<'a> {
     pub details: serde_json::Value,
 }
 
+/// One row on a connection of its own, for an action with no transaction
+/// to join (a file written on a server, a terminal opened).
+pub async fn record_alone(pool: &sqlx::PgPool, entry: AuditEntry<'_>) -> Result<(), sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    record(&mut conn, entry).await
+}
+
 pub async fn record(conn: &mut PgConnection, entry: AuditEntry<'_>) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO audit_logs (id, actor_user_id, action, target_type, target_id, client_ip, request_id, details) \

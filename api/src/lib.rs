@@ -201,7 +201,7 @@ fn upload_routes(state: &AppState) -> OpenApiRouter<AppState> {
 /// JSON body, larger than the JSON limit every other route has.
 fn file_routes(state: &AppState) -> OpenApiRouter<AppState> {
     use routes::files;
-    let escaped = usize::try_from(state.config.files_read_max_bytes)
+    let escaped = usize::try_from(state.config.files.read_max_bytes)
         .unwrap_or(usize::MAX)
         .saturating_mul(6);
     OpenApiRouter::new()
@@ -213,9 +213,23 @@ fn file_routes(state: &AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(files::write::save))
         .routes(routes!(files::write::rename))
         .routes(routes!(files::write::delete))
+        .routes(routes!(files::write::copy))
+        .routes(routes!(files::search::search))
+        .routes(routes!(files::transfer::download))
+        .routes(routes!(files::archive::compress::compress))
+        .routes(routes!(files::archive::decompress::decompress))
         .layer(DefaultBodyLimit::max(
             escaped.max(state.config.max_json_body_bytes) + 64 * 1024,
         ))
+        .merge(
+            OpenApiRouter::new()
+                .routes(routes!(files::transfer::upload))
+                .layer(DefaultBodyLimit::max(
+                    usize::try_from(state.config.files.upload_max_bytes)
+                        .unwrap_or(usize::MAX)
+                        .saturating_add(uploads_overhead()),
+                )),
+        )
 }
 
 fn auth_routes(state: &AppState) -> OpenApiRouter<AppState> {

@@ -229,7 +229,11 @@ fn nul_in_target(req: &Request<Body>) -> Option<Response> {
 }
 
 /// Routes that take multipart bodies (uploads); every other body is JSON.
-const MULTIPART_ROUTES: &[&str] = &["/api/v1/uploads", "/api/v1/deployments/upload"];
+const MULTIPART_ROUTES: &[&str] = &[
+    "/api/v1/uploads",
+    "/api/v1/deployments/upload",
+    "/api/v1/files/{id}/upload",
+];
 
 /// A body in another format than the route's is refused before the handler
 /// runs: a cross-site `<form>` (text/plain, urlencoded, multipart) must not

@@ -8,7 +8,9 @@
 //! is what was checked, so the server's `tar` never meets a hostile entry.
 
 mod entry;
+pub mod normalized;
 mod read;
+mod zip_writer;
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
@@ -17,6 +19,7 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 
 pub use entry::RelativePath;
+pub use zip_writer::ZipBuilder;
 
 /// An upload's container format, told from its first bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

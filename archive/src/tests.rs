@@ -315,3 +315,50 @@ fn zips_are_checked_the_same_way() {
         assert!(!dir.path().join("normalized.tar.gz").exists());
     }
 }
+
+#[test]
+fn a_built_zip_passes_normalize_and_walks_back_entry_by_entry() {
+    let scratch = tempfile::tempdir().unwrap();
+    let zip_path = scratch.path().join("site.zip");
+    let mut zip = ZipBuilder::new(File::create(&zip_path).unwrap());
+    zip.directory("site", 0o755).unwrap();
+    zip.start_file("site/run.sh", 0o755).unwrap();
+    zip.write(b"#!/bin/sh\n").unwrap();
+    zip.start_file("site/index.html", 0o644).unwrap();
+    zip.write(b"<h1>hi</h1>").unwrap();
+    zip.symlink("site/home.html", "index.html").unwrap();
+    zip.finish().unwrap();
+
+    let out = scratch.path().join("site.tar.gz");
+    let counts = normalize(&zip_path, Format::Zip, &out, Limits::default()).unwrap();
+    assert_eq!((counts.files, counts.directories, counts.links), (2, 1, 1));
+
+    let mut seen = Vec::new();
+    normalized::each_entry(&out, |item| {
+        seen.push(match item {
+            normalized::Item::Directory { path } => format!("dir {path}"),
+            normalized::Item::File {
+                path,
+                executable,
+                content,
+            } => {
+                let mut text = String::new();
+                content.read_to_string(&mut text).unwrap();
+                format!("file {path} {executable} {text}")
+            }
+            normalized::Item::Symlink { path, target } => format!("link {path} -> {target}"),
+            normalized::Item::HardLink { path, target } => format!("hard {path} -> {target}"),
+        });
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(
+        seen,
+        [
+            "dir site",
+            "file site/run.sh true #!/bin/sh\n",
+            "file site/index.html false <h1>hi</h1>",
+            "link site/home.html -> index.html",
+        ]
+    );
+}

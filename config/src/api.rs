@@ -41,9 +41,40 @@ pub struct ApiConfig {
     /// [`crate::backup_dir`].
     pub backup_dir: std::path::PathBuf,
     pub terminal: TerminalLimits,
-    /// What the file manager reads and saves in one request
-    /// (`BERTH_FILES_READ_MAX_BYTES`, 5 MiB).
-    pub files_read_max_bytes: u64,
+    pub files: FileLimits,
+}
+
+/// What the file manager moves in one request (SPEC §3.7).
+#[derive(Debug, Clone, Copy)]
+pub struct FileLimits {
+    /// A text file read or saved (`BERTH_FILES_READ_MAX_BYTES`, 5 MiB).
+    pub read_max_bytes: u64,
+    /// A file downloaded (`BERTH_FILES_DOWNLOAD_MAX_BYTES`, 1 GiB).
+    pub download_max_bytes: u64,
+    /// A file uploaded (`BERTH_FILES_UPLOAD_MAX_BYTES`, 256 MiB).
+    pub upload_max_bytes: u64,
+    /// An archive's files together: what compress gathers and what
+    /// decompress unpacks, and the archive file itself
+    /// (`BERTH_FILES_ARCHIVE_MAX_BYTES`, 1 GiB).
+    pub archive_max_bytes: u64,
+}
+
+impl FileLimits {
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let positive = |name: &str, default: u64| -> Result<u64, ConfigError> {
+            match env.parsed(name, default)? {
+                0 => Err(malformed(name, "must be at least 1")),
+                n => Ok(n),
+            }
+        };
+        const MIB: u64 = 1024 * 1024;
+        Ok(Self {
+            read_max_bytes: positive("BERTH_FILES_READ_MAX_BYTES", 5 * MIB)?,
+            download_max_bytes: positive("BERTH_FILES_DOWNLOAD_MAX_BYTES", 1024 * MIB)?,
+            upload_max_bytes: positive("BERTH_FILES_UPLOAD_MAX_BYTES", 256 * MIB)?,
+            archive_max_bytes: positive("BERTH_FILES_ARCHIVE_MAX_BYTES", 1024 * MIB)?,
+        })
+    }
 }
 
 /// What the web terminal allows (SPEC §3.7).
@@ -394,15 +425,7 @@ impl ApiConfig {
             )?,
             backup_dir: crate::backup_dir(env)?,
             terminal: TerminalLimits::from_env(env)?,
-            files_read_max_bytes: match env.parsed("BERTH_FILES_READ_MAX_BYTES", 5 * 1024 * 1024)? {
-                0 => {
-                    return Err(malformed(
-                        "BERTH_FILES_READ_MAX_BYTES",
-                        "must be at least 1",
-                    ));
-                }
-                n => n,
-            },
+            files: FileLimits::from_env(env)?,
         })
     }
 }

@@ -29,7 +29,7 @@ pub use address::{AddressPolicy, embedded_ipv4};
 pub use channel::KILL_GRACE;
 pub use command::{Arg, Refused, ShellCommand};
 pub use connection::{Connection, MAX_CHANNELS, connect};
-pub use files::{Entry, FileError, Files, Kind, Listing};
+pub use files::{Entry, FileError, Files, Handle, Kind, Listing};
 pub use shell::{MAX_TERMINAL_SIDE, Shell, ShellOutput};
 
 #[derive(Debug, thiserror::Error)]

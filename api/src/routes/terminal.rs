@@ -434,21 +434,14 @@ impl Bridge {
     }
 
     async fn audit(&self, action: &'static str, details: serde_json::Value) {
-        let recorded = async {
-            let mut conn = self.state.pool.acquire().await?;
-            audit::record(
-                &mut conn,
-                self.client.audit(
-                    Some(self.principal.user_id()),
-                    action,
-                    "server",
-                    self.server.id,
-                    details,
-                ),
-            )
-            .await
-        };
-        if let Err(e) = recorded.await {
+        let entry = self.client.audit(
+            Some(self.principal.user_id()),
+            action,
+            "server",
+            self.server.id,
+            details,
+        );
+        if let Err(e) = audit::record_alone(&self.state.pool, entry).await {
             tracing::error!(error = %e, action, "a terminal's audit row was not written");
         }
     }

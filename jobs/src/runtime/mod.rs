@@ -158,19 +158,23 @@ impl WorkerRuntime {
             shutdown.clone(),
         ));
         let mut wakers = HashMap::new();
-        let mut monitor = Monitor::new()
-            .shutdown_timeout(self.grace)
-            .should_restart(|worker, error| {
-                // A peer that missed this worker's heartbeat (a stalled process or
-                // Redis) handed its tasks on and struck it from the worker set;
-                // registering again is the whole cure. Any other error ends the
-                // process for its supervisor to restart.
-                let deregistered = error.to_string().contains("worker not registered");
-                if deregistered {
-                    tracing::warn!(worker = worker.name(), "a peer declared this queue worker dead; registering it again");
-                }
-                deregistered
-            });
+        let mut monitor =
+            Monitor::new()
+                .shutdown_timeout(self.grace)
+                .should_restart(|worker, error| {
+                    // A peer that missed this worker's heartbeat (a stalled process or
+                    // Redis) handed its tasks on and struck it from the worker set;
+                    // registering again is the whole cure. Any other error ends the
+                    // process for its supervisor to restart.
+                    let deregistered = error.to_string().contains("worker not registered");
+                    if deregistered {
+                        tracing::warn!(
+                            worker = worker.name(),
+                            "a peer declared this queue worker dead; registering it again"
+                        );
+                    }
+                    deregistered
+                });
         for &queue in queues {
             let (tx, rx) = mpsc::channel(1);
             wakers.insert(push_channel(queue), tx);

@@ -12,6 +12,10 @@ use tokio::sync::OwnedSemaphorePermit;
 use crate::SshError;
 use crate::connection::Shared;
 
+mod transfer;
+
+pub use transfer::Handle;
+
 /// Bytes asked for per read request (OpenSSH serves up to 255 KiB).
 const READ_CHUNK: u32 = 64 * 1024;
 /// Bytes sent per write request.
@@ -238,40 +242,27 @@ impl Files {
 
     /// The bytes of file `path`, refused when it is larger than `limit`.
     pub async fn read(&self, path: &str, limit: u64) -> Result<Vec<u8>, FileError> {
-        let handle = self
-            .raw
-            .open(path, OpenFlags::READ, FileAttributes::default())
-            .await
-            .map_err(|e| failed("opening", path, e))?
-            .handle;
+        let mut file = self.open_read(path).await?;
         let mut data = Vec::new();
-        let read = async {
-            loop {
-                match self
-                    .raw
-                    .read(handle.as_str(), data.len() as u64, READ_CHUNK)
-                    .await
-                {
-                    Ok(chunk) if chunk.data.is_empty() => return Ok(()),
-                    Ok(chunk) => {
-                        data.extend_from_slice(&chunk.data);
-                        // One byte past the limit tells a file that is too large,
-                        // whatever size it claimed.
-                        if data.len() as u64 > limit {
-                            return Err(FileError::TooLarge {
-                                path: path.to_owned(),
-                                size: data.len() as u64,
-                                limit,
-                            });
-                        }
+        let result = loop {
+            match self.read_chunk(&mut file).await {
+                Ok(chunk) if chunk.is_empty() => break Ok(()),
+                Ok(chunk) => {
+                    data.extend_from_slice(&chunk);
+                    // One byte past the limit tells a file that is too large,
+                    // whatever size it claimed.
+                    if data.len() as u64 > limit {
+                        break Err(FileError::TooLarge {
+                            path: path.to_owned(),
+                            size: data.len() as u64,
+                            limit,
+                        });
                     }
-                    Err(e) if is_eof(&e) => return Ok(()),
-                    Err(e) => return Err(failed("reading", path, e)),
                 }
+                Err(e) => break Err(e),
             }
         };
-        let result = read.await;
-        let _ = self.raw.close(handle).await;
+        let _ = self.close(file).await;
         result.map(|()| data)
     }
 
@@ -309,21 +300,11 @@ impl Files {
             .await
             .map_err(|e| failed("opening", path, e))?
             .handle;
-        let mut written = Ok(());
-        for (i, chunk) in data.chunks(WRITE_CHUNK).enumerate() {
-            if let Err(e) = self
-                .raw
-                .write(handle.as_str(), (i * WRITE_CHUNK) as u64, chunk.to_vec())
-                .await
-            {
-                written = Err(failed("writing", path, e));
-                break;
-            }
-        }
-        let closed = self.raw.close(handle).await;
+        let mut file = transfer::Handle::new(handle, path);
+        let written = self.write_chunk(&mut file, data).await;
+        let closed = self.close(file).await;
         written?;
-        closed.map_err(|e| failed("closing", path, e))?;
-        Ok(())
+        closed
     }
 
     pub async fn mkdir(&self, path: &str, mode: u32) -> Result<(), FileError> {

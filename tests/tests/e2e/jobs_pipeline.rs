@@ -575,11 +575,21 @@ async fn a_worker_exits_non_zero_when_redis_goes_away() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_worker_struck_from_the_worker_set_registers_again() {
     let Pipeline {
-        db, redis, env, jobs, ..
+        db,
+        redis,
+        env,
+        jobs,
+        ..
     } = pipeline(&[]).await;
     let mut worker = diagnostic_worker(&env);
     let first = enqueue_diagnostic(&jobs, 0).await;
-    wait_for(&db.pool, &first, JobState::Succeeded, Duration::from_secs(30)).await;
+    wait_for(
+        &db.pool,
+        &first,
+        JobState::Succeeded,
+        Duration::from_secs(30),
+    )
+    .await;
 
     let mut conn = redis::Client::open(redis.url())
         .unwrap()

@@ -17,7 +17,10 @@ use crate::error::{ApiError, FieldError};
 use crate::routes::servers::pinned_server;
 use crate::state::AppState;
 
+pub mod archive;
 mod paths;
+pub mod search;
+pub mod transfer;
 pub mod write;
 
 /// Entries a listing holds at most; a larger directory is cut there (`truncated`).
@@ -206,7 +209,7 @@ pub async fn read(
     let server = pinned_server(&state, &principal, id, Action::Read).await?;
     let path = query.path()?;
     let (_session, files) = connect(&state, &server).await?;
-    let limit = state.config.files_read_max_bytes;
+    let limit = state.config.files.read_max_bytes;
     // The size it claims is checked first; the read stops past the limit
     // whatever it claimed.
     let found = files.lstat(&path).await?;

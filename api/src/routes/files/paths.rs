@@ -54,6 +54,19 @@ pub fn name(path: &str) -> &str {
     }
 }
 
+/// The directory holding a normalised path (`/` for `/` itself).
+pub fn parent(path: &str) -> &str {
+    match path.rfind('/') {
+        Some(0) | None => "/",
+        Some(i) => &path[..i],
+    }
+}
+
+/// Whether `path` is `dir` itself or lies under it (both normalised).
+pub fn is_within(path: &str, dir: &str) -> bool {
+    path == dir || dir == "/" || path.starts_with(&format!("{dir}/"))
+}
+
 /// Refuses `/` and the system's top-level directories, for deletes and moves.
 pub fn check_removable(field: &'static str, path: &str) -> Result<(), ApiError> {
     let top = path.trim_start_matches('/');
@@ -114,6 +127,13 @@ mod tests {
         assert_eq!(join("/srv", "app"), "/srv/app");
         assert_eq!(name("/srv/app"), "app");
         assert_eq!(name("/"), "/");
+        assert_eq!(parent("/srv/app"), "/srv");
+        assert_eq!(parent("/srv"), "/");
+        assert_eq!(parent("/"), "/");
+        assert!(is_within("/srv/app/x", "/srv/app"));
+        assert!(is_within("/srv/app", "/srv/app"));
+        assert!(!is_within("/srv/apple", "/srv/app"));
+        assert!(is_within("/etc", "/"));
         assert!(check_name("n", "a.txt").is_ok());
         for bad in ["", ".", "..", "a/b", "a\u{1}"] {
             assert!(check_name("n", bad).is_err(), "{bad:?}");

@@ -1,9 +1,13 @@
-//! The file manager's writes: create, save, rename and delete. Each is
+//! The file manager's writes: create, save, rename, copy and delete. Each is
 //! audited on the server (`file.create`, `file.save`, `file.rename`,
-//! `file.delete`) with the paths it touched.
+//! `file.copy`, `file.delete`) with the paths it touched.
+
+use std::time::Duration;
 
 use axum::extract::State;
+use berth_ssh::{Arg, ShellCommand};
 use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{connect, paths};
@@ -21,7 +25,8 @@ const DELETE_BUDGET: u64 = 50_000;
 /// Paths one delete request names at most.
 const MAX_DELETE_PATHS: usize = 1000;
 
-async fn audited(
+/// One audit row for a write to `server`'s files.
+pub(super) async fn audited(
     state: &AppState,
     principal: &Principal,
     client: &Client,
@@ -29,12 +34,8 @@ async fn audited(
     action: &'static str,
     details: serde_json::Value,
 ) -> Result<(), ApiError> {
-    let mut conn = state.pool.acquire().await?;
-    audit::record(
-        &mut conn,
-        client.audit(Some(principal.user_id()), action, "server", server, details),
-    )
-    .await?;
+    let entry = client.audit(Some(principal.user_id()), action, "server", server, details);
+    audit::record_alone(&state.pool, entry).await?;
     Ok(())
 }
 
@@ -125,7 +126,7 @@ pub async fn save(
 ) -> Result<Envelope<Written>, ApiError> {
     let server = pinned_server(&state, &principal, id, Action::Operate).await?;
     let path = paths::normalise("path", &req.path)?;
-    let limit = state.config.files_read_max_bytes;
+    let limit = state.config.files.read_max_bytes;
     if req.content.len() as u64 > limit {
         return Err(ApiError::PayloadTooLarge(format!(
             "the content is {} bytes, more than the {limit} a file may be saved with",
@@ -192,6 +193,91 @@ pub async fn rename(
     )
     .await?;
     Ok(Envelope::ok(Written { path: new_path }))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CopyRequest {
+    src_path: String,
+    /// Must not exist; its directory must.
+    dst_path: String,
+}
+
+/// How long one copy may run on the server.
+const COPY_DEADLINE: Duration = Duration::from_secs(600);
+
+/// Copy an entry, a directory with everything in it. Links are copied as
+/// links, never followed; modes and times are kept; nothing is replaced.
+/// SFTP has no copy, so the server's `cp -a` does it (quoted arguments),
+/// without the bytes coming through Berth.
+#[utoipa::path(put, path = "/files/{id}/copy", tag = "files", request_body = CopyRequest,
+    params(("id" = Uuid, Path, description = "Server id")), responses(
+    (status = 200, description = "Copied", body = Written),
+    (status = 400, description = "Invalid path", body = crate::error::ErrorEnvelope),
+    (status = 404, description = "No such server of yours, or no such entry", body = crate::error::ErrorEnvelope),
+    (status = 409, description = "Something is at the new path, or the copy failed on the server", body = crate::error::ErrorEnvelope)))]
+pub async fn copy(
+    State(state): State<AppState>,
+    principal: Principal,
+    client: Client,
+    Path(id): Path<Uuid>,
+    Json(req): Json<CopyRequest>,
+) -> Result<Envelope<Written>, ApiError> {
+    let server = pinned_server(&state, &principal, id, Action::Operate).await?;
+    let src = paths::normalise("srcPath", &req.src_path)?;
+    let dst = paths::normalise("dstPath", &req.dst_path)?;
+    paths::check_name("dstPath", paths::name(&dst))?;
+    if paths::is_within(&dst, &src) {
+        return Err(ApiError::validation(vec![FieldError::new(
+            "dstPath",
+            "must not be srcPath or inside it",
+        )]));
+    }
+    let quoted = |name: &'static str, path: &str| {
+        Arg::path(path).map_err(|_| {
+            ApiError::validation(vec![FieldError::new(
+                name,
+                "copy takes paths without quotes or backslashes",
+            )])
+        })
+    };
+    let command = ShellCommand::new("cp")
+        .raw("-a --")
+        .arg(&quoted("srcPath", &src)?)
+        .arg(&quoted("dstPath", &dst)?);
+    let (session, files) = connect(&state, &server).await?;
+    files.lstat(&src).await?;
+    if files.lstat_if_exists(&dst).await?.is_some() {
+        return Err(berth_ssh::FileError::Exists(dst).into());
+    }
+    if files.lstat(paths::parent(&dst)).await?.kind != berth_ssh::Kind::Directory {
+        return Err(ApiError::Conflict(format!(
+            "{} is not a directory",
+            paths::parent(&dst)
+        )));
+    }
+    drop(files);
+    let output = session
+        .exec(&command, COPY_DEADLINE, &CancellationToken::new())
+        .await
+        .map_err(|e| ApiError::ServiceUnavailable(format!("cannot reach the server: {e}")))?;
+    let complete = output.exit_status == 0;
+    audited(
+        &state,
+        &principal,
+        &client,
+        id,
+        "file.copy",
+        serde_json::json!({ "srcPath": src, "dstPath": dst, "complete": complete }),
+    )
+    .await?;
+    if !complete {
+        let reason: String = output.stderr.trim().chars().take(500).collect();
+        return Err(ApiError::Conflict(format!(
+            "the copy failed on the server: {reason}"
+        )));
+    }
+    Ok(Envelope::ok(Written { path: dst }))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]

@@ -93,6 +93,18 @@ async fn every_route_with_a_resource_id_answers_each_role_as_the_table_says() {
             let path = w.path(row.path);
             let (status, body) = if row.websocket {
                 handshake(w.app(), w.token(who), &path).await
+            } else if row.multipart {
+                let res = w
+                    .app()
+                    .client
+                    .request(row.method.clone(), w.app().url(&path))
+                    .bearer_auth(w.token(who))
+                    .multipart(reqwest::multipart::Form::new().text("other", "x"))
+                    .send()
+                    .await
+                    .unwrap();
+                let status = res.status().as_u16();
+                (status, res.json().await.unwrap_or(Value::Null))
             } else {
                 send_as(
                     w.app(),

@@ -121,6 +121,8 @@ pub(super) struct Row {
     /// answer says anything.
     pub(super) destructive: bool,
     pub(super) websocket: bool,
+    /// Takes a multipart form (an empty one is sent).
+    pub(super) multipart: bool,
 }
 
 fn row(method: Method, path: &'static str, needs: Needs) -> Row {
@@ -130,7 +132,13 @@ fn row(method: Method, path: &'static str, needs: Needs) -> Row {
         needs,
         destructive: false,
         websocket: false,
+        multipart: false,
     }
+}
+
+fn multipart(mut r: Row) -> Row {
+    r.multipart = true;
+    r
 }
 
 fn destructive(mut r: Row) -> Row {
@@ -202,6 +210,12 @@ pub(super) fn table() -> Vec<Row> {
         row(M::PUT, "/files/{id}/save", ServerOwner),
         row(M::PUT, "/files/{id}/rename", ServerOwner),
         row(M::DELETE, "/files/{id}/delete", ServerOwner),
+        row(M::GET, "/files/{id}/search", ServerOwner),
+        row(M::GET, "/files/{id}/download", ServerOwner),
+        row(M::PUT, "/files/{id}/copy", ServerOwner),
+        multipart(row(M::POST, "/files/{id}/upload", ServerOwner)),
+        row(M::POST, "/files/{id}/compress", ServerOwner),
+        row(M::POST, "/files/{id}/decompress", ServerOwner),
         row(M::DELETE, "/servers/{id}", ServerOwner),
         row(M::PATCH, "/notifications/{id}/read", DevelopersOwn),
         destructive(row(M::DELETE, "/notifications/{id}", DevelopersOwn)),

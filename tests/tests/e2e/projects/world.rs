@@ -101,6 +101,15 @@ impl World {
                 json!({ "oldPath": "/nonexistent/a", "newPath": "/nonexistent/b" })
             }
             ("DELETE", "/files/{id}/delete") => json!({ "paths": ["/nonexistent/matrix"] }),
+            ("PUT", "/files/{id}/copy") => {
+                json!({ "srcPath": "/nonexistent/a", "dstPath": "/nonexistent/b" })
+            }
+            ("POST", "/files/{id}/compress") => {
+                json!({ "parentDir": "/nonexistent", "paths": ["a"], "archiveName": "a.zip" })
+            }
+            ("POST", "/files/{id}/decompress") => {
+                json!({ "zipFilePath": "/nonexistent/a.zip", "destDir": "/nonexistent" })
+            }
             ("PUT", "/admin/users/{id}/role") => json!({ "role": "user" }),
             ("PUT", "/admin/users/{id}/status") => json!({ "status": "active" }),
             ("PUT", "/admin/contact/{id}") => json!({ "status": "read" }),

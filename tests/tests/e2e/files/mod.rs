@@ -3,6 +3,9 @@
 //! scratch directory of the test's own, and what must stay untouched
 //! (`/etc/passwd`, reached through a link) is checked to be.
 
+mod archives;
+mod transfer;
+
 use std::os::unix::fs::symlink;
 
 use berth_e2e::accounts::{NewUser, access_token, create_user, get_as, send_as};
@@ -39,6 +42,41 @@ impl Files<'_> {
         )
         .await
     }
+
+    /// A GET with more query parameters than `path`.
+    async fn get_query(&self, token: &str, route: &str, pairs: &[(&str, &str)]) -> (u16, Value) {
+        let query = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(pairs)
+            .finish();
+        get_as(
+            &self.fleet.stack.app,
+            token,
+            &format!("/api/v1/files/{}/{route}?{query}", self.server),
+        )
+        .await
+    }
+
+    fn url(&self, route: &str, pairs: &[(&str, &str)]) -> String {
+        let query = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(pairs)
+            .finish();
+        self.fleet
+            .stack
+            .app
+            .url(&format!("/api/v1/files/{}/{route}?{query}", self.server))
+    }
+}
+
+/// The `file.*` audit rows of `server`, oldest first.
+async fn file_audit(fleet: &Fleet, server: &str) -> Vec<(String, Value)> {
+    sqlx::query_as(
+        "SELECT action, details FROM audit_logs WHERE target_id = $1 AND action LIKE 'file.%' \
+         ORDER BY created_at",
+    )
+    .bind(server)
+    .fetch_all(&fleet.stack.db.pool)
+    .await
+    .unwrap()
 }
 
 fn names_and_types(listing: &Value) -> Vec<(String, String)> {
@@ -249,14 +287,7 @@ async fn the_owner_browses_reads_and_changes_files_and_links_are_never_followed(
     assert_eq!(std::fs::read("/etc/passwd").unwrap(), passwd_before);
 
     // Every write is audited, with its paths.
-    let rows: Vec<(String, Value)> = sqlx::query_as(
-        "SELECT action, details FROM audit_logs WHERE target_id = $1 AND action LIKE 'file.%' \
-         ORDER BY created_at",
-    )
-    .bind(&server)
-    .fetch_all(&fleet.stack.db.pool)
-    .await
-    .unwrap();
+    let rows = file_audit(&fleet, &server).await;
     let actions: Vec<&str> = rows.iter().map(|(a, _)| a.as_str()).collect();
     assert_eq!(
         actions,
