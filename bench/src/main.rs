@@ -6,6 +6,7 @@ mod auth;
 mod backups;
 mod bare_me;
 mod deploys;
+mod files;
 mod probes;
 mod remote_jobs;
 
@@ -119,6 +120,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if wanted(8) {
         backups::backups(&setup).await?;
+    }
+    if wanted(9) {
+        files::files(&setup).await?;
     }
     Ok(())
 }
