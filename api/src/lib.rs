@@ -23,13 +23,11 @@ pub mod validate;
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
-use axum::http::StatusCode;
 use axum::{Extension, Router};
 use berth_jobs::relay::Relay;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::timeout::TimeoutLayer;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -340,20 +338,19 @@ pub fn router(state: AppState) -> Router {
 /// every route, where each layer costs a boxed clone per request.
 pub fn with_http_layers(router: Router<AppState>, state: AppState) -> Router {
     let max_body = state.config.max_json_body_bytes;
-    let request_timeout = state.config.http.request_timeout;
     let routes = router
         .fallback(|| async { ApiError::NotFound("no route matches this path".into()) })
         .route_layer(axum::middleware::from_fn(middleware::after_routing))
         .with_state(state.clone());
     let wrapped = tower::ServiceBuilder::new()
         .layer(axum::middleware::from_fn_with_state(
-            state,
+            state.clone(),
             middleware::request_context,
         ))
         .layer(CatchPanicLayer::custom(middleware::panic_response))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
-            request_timeout,
+        .layer(axum::middleware::from_fn_with_state(
+            state,
+            middleware::deadline,
         ))
         .layer(DefaultBodyLimit::max(max_body))
         .service(routes);

@@ -228,6 +228,48 @@ fn nul_in_target(req: &Request<Body>) -> Option<Response> {
     None
 }
 
+/// Routes that move whole files to or from a server, and so take
+/// `BERTH_FILES_TRANSFER_TIMEOUT_SECS` rather than the request timeout.
+fn moves_files(path: &str) -> bool {
+    const LONG: [&str; 6] = [
+        "/upload",
+        "/copy",
+        "/compress",
+        "/decompress",
+        "/search",
+        "/delete",
+    ];
+    path == "/api/v1/deployments/upload"
+        || (path.starts_with("/api/v1/files/") && LONG.iter().any(|route| path.ends_with(route)))
+}
+
+/// A request not answered within its deadline is 503. A response's body
+/// (a download's stream) is not under it.
+pub async fn deadline(State(state): State<AppState>, req: Request<Body>, next: Next) -> Response {
+    let (limit, name) = if moves_files(req.uri().path()) {
+        (
+            state.config.files.transfer_timeout,
+            "BERTH_FILES_TRANSFER_TIMEOUT_SECS",
+        )
+    } else {
+        (
+            state.config.http.request_timeout,
+            "BERTH_HTTP_REQUEST_TIMEOUT_SECS",
+        )
+    };
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => error_response(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "the request took longer than {} s ({name})",
+                limit.as_secs()
+            ),
+            Vec::new(),
+        ),
+    }
+}
+
 /// Routes that take multipart bodies (uploads); every other body is JSON.
 const MULTIPART_ROUTES: &[&str] = &[
     "/api/v1/uploads",

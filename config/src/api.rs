@@ -57,6 +57,12 @@ pub struct FileLimits {
     /// decompress unpacks, and the archive file itself
     /// (`BERTH_FILES_ARCHIVE_MAX_BYTES`, 1 GiB).
     pub archive_max_bytes: u64,
+    /// How long a request that moves whole files may take (upload, copy,
+    /// compress, decompress, search, delete; and an archive deploy's
+    /// upload) instead of `BERTH_HTTP_REQUEST_TIMEOUT_SECS`
+    /// (`BERTH_FILES_TRANSFER_TIMEOUT_SECS`, 3600). A download's body
+    /// streams past it.
+    pub transfer_timeout: Duration,
 }
 
 impl FileLimits {
@@ -73,6 +79,10 @@ impl FileLimits {
             download_max_bytes: positive("BERTH_FILES_DOWNLOAD_MAX_BYTES", 1024 * MIB)?,
             upload_max_bytes: positive("BERTH_FILES_UPLOAD_MAX_BYTES", 256 * MIB)?,
             archive_max_bytes: positive("BERTH_FILES_ARCHIVE_MAX_BYTES", 1024 * MIB)?,
+            transfer_timeout: Duration::from_secs(positive(
+                "BERTH_FILES_TRANSFER_TIMEOUT_SECS",
+                3600,
+            )?),
         })
     }
 }

@@ -60,6 +60,17 @@ pub(super) async fn connect(
     Ok((session, files))
 }
 
+/// Runs a change to a server's files to its end in a task of its own: a
+/// client that goes away, or a request past its deadline, must not stop a
+/// write half done, nor the audit row after it.
+pub(super) async fn to_completion<T: Send + 'static>(
+    work: impl Future<Output = Result<T, ApiError>> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::spawn(work)
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))?
+}
+
 fn time(secs: Option<u32>) -> Option<DateTime<Utc>> {
     secs.and_then(|s| DateTime::from_timestamp(i64::from(s), 0))
 }

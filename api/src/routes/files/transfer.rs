@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
 use uuid::Uuid;
 
-use super::{PathQuery, connect, paths, write::audited};
+use super::{PathQuery, connect, paths, to_completion, write::audited};
 use crate::access::Action;
 use crate::auth::Principal;
 use crate::auth::sessions::Client;
@@ -263,7 +263,7 @@ pub async fn upload(
     let name = field.file_name().ok_or_else(file_field)?.to_owned();
     paths::check_name("file", &name)?;
     let target = paths::join(&dir, &name);
-    let (_session, files) = connect(&state, &server).await?;
+    let (session, files) = connect(&state, &server).await?;
     // Refused before the body is read: no spool for a file that cannot land.
     if files.lstat(&dir).await?.kind != Kind::Directory {
         return Err(ApiError::Conflict(format!("{dir} is not a directory")));
@@ -284,15 +284,21 @@ pub async fn upload(
     )
     .await
     .map_err(failed)?;
-    let size = put_file(&files, spool.path(), &target, 0o644).await?;
-    audited(
-        &state,
-        &principal,
-        &client,
-        id,
-        "file.upload",
-        serde_json::json!({ "path": target, "bytes": size }),
-    )
-    .await?;
-    Ok(Envelope::created(Uploaded { path: target, size }))
+    // From here the file lands whole, and is audited, whether or not the
+    // client waits.
+    to_completion(async move {
+        let _session = session;
+        let size = put_file(&files, spool.path(), &target, 0o644).await?;
+        audited(
+            &state,
+            &principal,
+            &client,
+            id,
+            "file.upload",
+            serde_json::json!({ "path": target, "bytes": size }),
+        )
+        .await?;
+        Ok(Envelope::created(Uploaded { path: target, size }))
+    })
+    .await
 }

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{connect, paths};
+use super::{connect, paths, to_completion};
 use crate::access::Action;
 use crate::audit;
 use crate::auth::Principal;
@@ -74,30 +74,33 @@ pub async fn create(
     Path(id): Path<Uuid>,
     Json(req): Json<CreateRequest>,
 ) -> Result<Envelope<Written>, ApiError> {
-    let server = pinned_server(&state, &principal, id, Action::Operate).await?;
-    let path = paths::normalise("path", &req.path)?;
-    paths::check_name("path", paths::name(&path))?;
-    let (_session, files) = connect(&state, &server).await?;
-    let kind = match req.kind {
-        NewKind::File => {
-            files.write(&path, &[], 0o644, true).await?;
-            "file"
-        }
-        NewKind::Folder => {
-            files.mkdir(&path, 0o755).await?;
-            "folder"
-        }
-    };
-    audited(
-        &state,
-        &principal,
-        &client,
-        id,
-        "file.create",
-        serde_json::json!({ "path": path, "type": kind }),
-    )
-    .await?;
-    Ok(Envelope::created(Written { path }))
+    to_completion(async move {
+        let server = pinned_server(&state, &principal, id, Action::Operate).await?;
+        let path = paths::normalise("path", &req.path)?;
+        paths::check_name("path", paths::name(&path))?;
+        let (_session, files) = connect(&state, &server).await?;
+        let kind = match req.kind {
+            NewKind::File => {
+                files.write(&path, &[], 0o644, true).await?;
+                "file"
+            }
+            NewKind::Folder => {
+                files.mkdir(&path, 0o755).await?;
+                "folder"
+            }
+        };
+        audited(
+            &state,
+            &principal,
+            &client,
+            id,
+            "file.create",
+            serde_json::json!({ "path": path, "type": kind }),
+        )
+        .await?;
+        Ok(Envelope::created(Written { path }))
+    })
+    .await
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -124,29 +127,32 @@ pub async fn save(
     Path(id): Path<Uuid>,
     Json(req): Json<SaveRequest>,
 ) -> Result<Envelope<Written>, ApiError> {
-    let server = pinned_server(&state, &principal, id, Action::Operate).await?;
-    let path = paths::normalise("path", &req.path)?;
-    let limit = state.config.files.read_max_bytes;
-    if req.content.len() as u64 > limit {
-        return Err(ApiError::PayloadTooLarge(format!(
-            "the content is {} bytes, more than the {limit} a file may be saved with",
-            req.content.len()
-        )));
-    }
-    let (_session, files) = connect(&state, &server).await?;
-    files
-        .write(&path, req.content.as_bytes(), 0o644, false)
+    to_completion(async move {
+        let server = pinned_server(&state, &principal, id, Action::Operate).await?;
+        let path = paths::normalise("path", &req.path)?;
+        let limit = state.config.files.read_max_bytes;
+        if req.content.len() as u64 > limit {
+            return Err(ApiError::PayloadTooLarge(format!(
+                "the content is {} bytes, more than the {limit} a file may be saved with",
+                req.content.len()
+            )));
+        }
+        let (_session, files) = connect(&state, &server).await?;
+        files
+            .write(&path, req.content.as_bytes(), 0o644, false)
+            .await?;
+        audited(
+            &state,
+            &principal,
+            &client,
+            id,
+            "file.save",
+            serde_json::json!({ "path": path, "bytes": req.content.len() }),
+        )
         .await?;
-    audited(
-        &state,
-        &principal,
-        &client,
-        id,
-        "file.save",
-        serde_json::json!({ "path": path, "bytes": req.content.len() }),
-    )
-    .await?;
-    Ok(Envelope::ok(Written { path }))
+        Ok(Envelope::ok(Written { path }))
+    })
+    .await
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -170,29 +176,32 @@ pub async fn rename(
     Path(id): Path<Uuid>,
     Json(req): Json<RenameRequest>,
 ) -> Result<Envelope<Written>, ApiError> {
-    let server = pinned_server(&state, &principal, id, Action::Operate).await?;
-    let old_path = paths::normalise("oldPath", &req.old_path)?;
-    let new_path = paths::normalise("newPath", &req.new_path)?;
-    paths::check_removable("oldPath", &old_path)?;
-    paths::check_name("newPath", paths::name(&new_path))?;
-    if new_path.starts_with(&format!("{old_path}/")) {
-        return Err(ApiError::validation(vec![FieldError::new(
-            "newPath",
-            "must not be inside oldPath",
-        )]));
-    }
-    let (_session, files) = connect(&state, &server).await?;
-    files.rename(&old_path, &new_path).await?;
-    audited(
-        &state,
-        &principal,
-        &client,
-        id,
-        "file.rename",
-        serde_json::json!({ "oldPath": old_path, "newPath": new_path }),
-    )
-    .await?;
-    Ok(Envelope::ok(Written { path: new_path }))
+    to_completion(async move {
+        let server = pinned_server(&state, &principal, id, Action::Operate).await?;
+        let old_path = paths::normalise("oldPath", &req.old_path)?;
+        let new_path = paths::normalise("newPath", &req.new_path)?;
+        paths::check_removable("oldPath", &old_path)?;
+        paths::check_name("newPath", paths::name(&new_path))?;
+        if new_path.starts_with(&format!("{old_path}/")) {
+            return Err(ApiError::validation(vec![FieldError::new(
+                "newPath",
+                "must not be inside oldPath",
+            )]));
+        }
+        let (_session, files) = connect(&state, &server).await?;
+        files.rename(&old_path, &new_path).await?;
+        audited(
+            &state,
+            &principal,
+            &client,
+            id,
+            "file.rename",
+            serde_json::json!({ "oldPath": old_path, "newPath": new_path }),
+        )
+        .await?;
+        Ok(Envelope::ok(Written { path: new_path }))
+    })
+    .await
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -223,61 +232,64 @@ pub async fn copy(
     Path(id): Path<Uuid>,
     Json(req): Json<CopyRequest>,
 ) -> Result<Envelope<Written>, ApiError> {
-    let server = pinned_server(&state, &principal, id, Action::Operate).await?;
-    let src = paths::normalise("srcPath", &req.src_path)?;
-    let dst = paths::normalise("dstPath", &req.dst_path)?;
-    paths::check_name("dstPath", paths::name(&dst))?;
-    if paths::is_within(&dst, &src) {
-        return Err(ApiError::validation(vec![FieldError::new(
-            "dstPath",
-            "must not be srcPath or inside it",
-        )]));
-    }
-    let quoted = |name: &'static str, path: &str| {
-        Arg::path(path).map_err(|_| {
-            ApiError::validation(vec![FieldError::new(
-                name,
-                "copy takes paths without quotes or backslashes",
-            )])
-        })
-    };
-    let command = ShellCommand::new("cp")
-        .raw("-a --")
-        .arg(&quoted("srcPath", &src)?)
-        .arg(&quoted("dstPath", &dst)?);
-    let (session, files) = connect(&state, &server).await?;
-    files.lstat(&src).await?;
-    if files.lstat_if_exists(&dst).await?.is_some() {
-        return Err(berth_ssh::FileError::Exists(dst).into());
-    }
-    if files.lstat(paths::parent(&dst)).await?.kind != berth_ssh::Kind::Directory {
-        return Err(ApiError::Conflict(format!(
-            "{} is not a directory",
-            paths::parent(&dst)
-        )));
-    }
-    drop(files);
-    let output = session
-        .exec(&command, COPY_DEADLINE, &CancellationToken::new())
-        .await
-        .map_err(|e| ApiError::ServiceUnavailable(format!("cannot reach the server: {e}")))?;
-    let complete = output.exit_status == 0;
-    audited(
-        &state,
-        &principal,
-        &client,
-        id,
-        "file.copy",
-        serde_json::json!({ "srcPath": src, "dstPath": dst, "complete": complete }),
-    )
-    .await?;
-    if !complete {
-        let reason: String = output.stderr.trim().chars().take(500).collect();
-        return Err(ApiError::Conflict(format!(
-            "the copy failed on the server: {reason}"
-        )));
-    }
-    Ok(Envelope::ok(Written { path: dst }))
+    to_completion(async move {
+        let server = pinned_server(&state, &principal, id, Action::Operate).await?;
+        let src = paths::normalise("srcPath", &req.src_path)?;
+        let dst = paths::normalise("dstPath", &req.dst_path)?;
+        paths::check_name("dstPath", paths::name(&dst))?;
+        if paths::is_within(&dst, &src) {
+            return Err(ApiError::validation(vec![FieldError::new(
+                "dstPath",
+                "must not be srcPath or inside it",
+            )]));
+        }
+        let quoted = |name: &'static str, path: &str| {
+            Arg::path(path).map_err(|_| {
+                ApiError::validation(vec![FieldError::new(
+                    name,
+                    "copy takes paths without quotes or backslashes",
+                )])
+            })
+        };
+        let command = ShellCommand::new("cp")
+            .raw("-a --")
+            .arg(&quoted("srcPath", &src)?)
+            .arg(&quoted("dstPath", &dst)?);
+        let (session, files) = connect(&state, &server).await?;
+        files.lstat(&src).await?;
+        if files.lstat_if_exists(&dst).await?.is_some() {
+            return Err(berth_ssh::FileError::Exists(dst).into());
+        }
+        if files.lstat(paths::parent(&dst)).await?.kind != berth_ssh::Kind::Directory {
+            return Err(ApiError::Conflict(format!(
+                "{} is not a directory",
+                paths::parent(&dst)
+            )));
+        }
+        drop(files);
+        let output = session
+            .exec(&command, COPY_DEADLINE, &CancellationToken::new())
+            .await
+            .map_err(|e| ApiError::ServiceUnavailable(format!("cannot reach the server: {e}")))?;
+        let complete = output.exit_status == 0;
+        audited(
+            &state,
+            &principal,
+            &client,
+            id,
+            "file.copy",
+            serde_json::json!({ "srcPath": src, "dstPath": dst, "complete": complete }),
+        )
+        .await?;
+        if !complete {
+            let reason: String = output.stderr.trim().chars().take(500).collect();
+            return Err(ApiError::Conflict(format!(
+                "the copy failed on the server: {reason}"
+            )));
+        }
+        Ok(Envelope::ok(Written { path: dst }))
+    })
+    .await
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -311,49 +323,52 @@ pub async fn delete(
     Path(id): Path<Uuid>,
     Json(req): Json<DeleteRequest>,
 ) -> Result<Envelope<Deleted>, ApiError> {
-    let server = pinned_server(&state, &principal, id, Action::Operate).await?;
-    if req.paths.is_empty() || req.paths.len() > MAX_DELETE_PATHS {
-        return Err(ApiError::validation(vec![FieldError::new(
-            "paths",
-            "must name 1 to 1000 paths",
-        )]));
-    }
-    let mut checked = Vec::with_capacity(req.paths.len());
-    for raw in &req.paths {
-        let path = paths::normalise("paths", raw)?;
-        paths::check_removable("paths", &path)?;
-        if !checked.contains(&path) {
-            checked.push(path);
+    to_completion(async move {
+        let server = pinned_server(&state, &principal, id, Action::Operate).await?;
+        if req.paths.is_empty() || req.paths.len() > MAX_DELETE_PATHS {
+            return Err(ApiError::validation(vec![FieldError::new(
+                "paths",
+                "must name 1 to 1000 paths",
+            )]));
         }
-    }
-    let (_session, files) = connect(&state, &server).await?;
-    for path in &checked {
-        files.lstat(path).await?;
-    }
-    let mut removed = 0;
-    let mut outcome = Ok(());
-    for path in &checked {
-        match files.remove_tree(path, DELETE_BUDGET - removed).await {
-            Ok(n) => removed += n,
-            Err(e) => {
-                outcome = Err(e);
-                break;
+        let mut checked = Vec::with_capacity(req.paths.len());
+        for raw in &req.paths {
+            let path = paths::normalise("paths", raw)?;
+            paths::check_removable("paths", &path)?;
+            if !checked.contains(&path) {
+                checked.push(path);
             }
         }
-    }
-    // What went is recorded whether or not all of it did.
-    audited(
-        &state,
-        &principal,
-        &client,
-        id,
-        "file.delete",
-        serde_json::json!({ "paths": checked, "removed": removed, "complete": outcome.is_ok() }),
-    )
-    .await?;
-    outcome?;
-    Ok(Envelope::ok(Deleted {
-        paths: checked,
-        removed,
-    }))
+        let (_session, files) = connect(&state, &server).await?;
+        for path in &checked {
+            files.lstat(path).await?;
+        }
+        let mut removed = 0;
+        let mut outcome = Ok(());
+        for path in &checked {
+            match files.remove_tree(path, DELETE_BUDGET - removed).await {
+                Ok(n) => removed += n,
+                Err(e) => {
+                    outcome = Err(e);
+                    break;
+                }
+            }
+        }
+        // What went is recorded whether or not all of it did.
+        audited(
+            &state,
+            &principal,
+            &client,
+            id,
+            "file.delete",
+            serde_json::json!({ "paths": checked, "removed": removed, "complete": outcome.is_ok() }),
+        )
+        .await?;
+        outcome?;
+        Ok(Envelope::ok(Deleted {
+            paths: checked,
+            removed,
+        }))
+    })
+    .await
 }

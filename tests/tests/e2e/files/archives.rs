@@ -223,6 +223,44 @@ async fn archives_round_trip_and_hostile_ones_are_refused_with_nothing_written()
     assert!(entries(&elsewhere).is_empty(), "written through the link");
     assert_eq!(entries(&root.join("out2")), ["site"]);
 
+    // A client that gives up does not stop an extraction half done: it
+    // runs to its end and is audited.
+    python(
+        "import os, sys, zipfile\n\
+         with zipfile.ZipFile(sys.argv[1] + '/honest-large.zip', 'w') as z:\n\
+         \x20   z.writestr('data.bin', os.urandom(40 << 20))\n\
+         \x20   z.writestr('last.txt', 'done')\n",
+        &root,
+    );
+    std::fs::create_dir(root.join("out3")).unwrap();
+    let given_up = fleet
+        .stack
+        .app
+        .client
+        .post(
+            fleet
+                .stack
+                .app
+                .url(&format!("/api/v1/files/{server}/decompress")),
+        )
+        .bearer_auth(me)
+        .json(&json!({ "zipFilePath": at("honest-large.zip"), "destDir": at("out3") }))
+        .timeout(std::time::Duration::from_millis(300))
+        .send()
+        .await;
+    assert!(given_up.is_err(), "answered within 300 ms: {given_up:?}");
+    let last = root.join("out3/last.txt");
+    berth_e2e::eventually(
+        std::time::Duration::from_secs(60),
+        "the extraction to finish",
+        || async { std::fs::read_to_string(&last).is_ok_and(|t| t == "done") },
+    )
+    .await;
+    assert_eq!(
+        std::fs::metadata(root.join("out3/data.bin")).unwrap().len(),
+        40 << 20
+    );
+
     // The hostile set, each into an empty directory of its own.
     let hostile = scratch.join("hostile");
     std::fs::create_dir(&hostile).unwrap();
@@ -279,6 +317,11 @@ async fn archives_round_trip_and_hostile_ones_are_refused_with_nothing_written()
         .collect();
     assert_eq!(
         actions,
-        ["file.compress", "file.compress", "file.decompress"]
+        [
+            "file.compress",
+            "file.compress",
+            "file.decompress",
+            "file.decompress"
+        ]
     );
 }

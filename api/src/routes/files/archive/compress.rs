@@ -15,7 +15,7 @@ use crate::auth::sessions::Client;
 use crate::envelope::{Envelope, Json, Path};
 use crate::error::ApiError;
 use crate::routes::files::transfer::put_file;
-use crate::routes::files::{connect, paths, write::audited};
+use crate::routes::files::{connect, paths, to_completion, write::audited};
 use crate::routes::servers::pinned_server;
 use crate::state::AppState;
 
@@ -163,77 +163,80 @@ pub async fn compress(
     Path(id): Path<Uuid>,
     Json(req): Json<CompressRequest>,
 ) -> Result<Envelope<Compressed>, ApiError> {
-    let server = pinned_server(&state, &principal, id, Action::Operate).await?;
-    let parent = paths::normalise("parentDir", &req.parent_dir)?;
-    if req.paths.is_empty() || req.paths.len() > MAX_COMPRESS_PATHS {
-        return Err(field("paths", "must name 1 to 1000 entries"));
-    }
-    let mut roots = Vec::with_capacity(req.paths.len());
-    for raw in &req.paths {
-        let joined = if raw.starts_with('/') {
-            raw.clone()
-        } else {
-            format!("{parent}/{raw}")
-        };
-        let path = paths::normalise("paths", &joined)?;
-        if path == parent || !paths::is_within(&path, &parent) {
-            return Err(field("paths", format!("{path} is not inside parentDir")));
+    to_completion(async move {
+        let server = pinned_server(&state, &principal, id, Action::Operate).await?;
+        let parent = paths::normalise("parentDir", &req.parent_dir)?;
+        if req.paths.is_empty() || req.paths.len() > MAX_COMPRESS_PATHS {
+            return Err(field("paths", "must name 1 to 1000 entries"));
         }
-        if !roots.iter().any(|r: &String| paths::is_within(&path, r)) {
-            roots.retain(|r| !paths::is_within(r, &path));
-            roots.push(path);
-        }
-    }
-    paths::check_name("archiveName", &req.archive_name)?;
-    if !req.archive_name.to_lowercase().ends_with(".zip") {
-        return Err(field("archiveName", "must end in .zip"));
-    }
-    let target = paths::join(&parent, &req.archive_name);
-    let limit = state.config.files.archive_max_bytes;
-    let (_session, files) = connect(&state, &server).await?;
-    if files.lstat(&parent).await?.kind != Kind::Directory {
-        return Err(ApiError::Conflict(format!("{parent} is not a directory")));
-    }
-    if files.lstat_if_exists(&target).await?.is_some() {
-        return Err(FileError::Exists(target).into());
-    }
-
-    let spool = tempfile::NamedTempFile::new().map_err(internal)?;
-    let out = spool.reopen().map_err(internal)?;
-    let (tx, mut rx) = mpsc::channel::<ZipPart>(16);
-    let writer = tokio::task::spawn_blocking(move || {
-        let mut zip = berth_archive::ZipBuilder::new(out);
-        while let Some(part) = rx.blocking_recv() {
-            match part {
-                ZipPart::Directory(name, mode) => zip.directory(&name, mode)?,
-                ZipPart::File(name, mode) => zip.start_file(&name, mode)?,
-                ZipPart::Data(data) => zip.write(&data)?,
-                ZipPart::Symlink(name, target) => zip.symlink(&name, &target)?,
+        let mut roots = Vec::with_capacity(req.paths.len());
+        for raw in &req.paths {
+            let joined = if raw.starts_with('/') {
+                raw.clone()
+            } else {
+                format!("{parent}/{raw}")
+            };
+            let path = paths::normalise("paths", &joined)?;
+            if path == parent || !paths::is_within(&path, &parent) {
+                return Err(field("paths", format!("{path} is not inside parentDir")));
+            }
+            if !roots.iter().any(|r: &String| paths::is_within(&path, r)) {
+                roots.retain(|r| !paths::is_within(r, &path));
+                roots.push(path);
             }
         }
-        zip.finish().map(|_| ())
-    });
-    let gathered = gather(&files, &parent, roots.clone(), limit, &tx).await;
-    drop(tx);
-    let written = writer.await.map_err(internal)?;
-    let tally = gathered?;
-    written.map_err(internal)?;
-    let size = put_file(&files, spool.path(), &target, 0o644).await?;
-    audited(
-        &state,
-        &principal,
-        &client,
-        id,
-        "file.compress",
-        serde_json::json!({ "path": target, "paths": roots, "bytes": size }),
-    )
-    .await?;
-    Ok(Envelope::created(Compressed {
-        path: target,
-        size,
-        files: tally.files,
-        directories: tally.directories,
-        links: tally.links,
-        skipped: tally.skipped,
-    }))
+        paths::check_name("archiveName", &req.archive_name)?;
+        if !req.archive_name.to_lowercase().ends_with(".zip") {
+            return Err(field("archiveName", "must end in .zip"));
+        }
+        let target = paths::join(&parent, &req.archive_name);
+        let limit = state.config.files.archive_max_bytes;
+        let (_session, files) = connect(&state, &server).await?;
+        if files.lstat(&parent).await?.kind != Kind::Directory {
+            return Err(ApiError::Conflict(format!("{parent} is not a directory")));
+        }
+        if files.lstat_if_exists(&target).await?.is_some() {
+            return Err(FileError::Exists(target).into());
+        }
+
+        let spool = tempfile::NamedTempFile::new().map_err(internal)?;
+        let out = spool.reopen().map_err(internal)?;
+        let (tx, mut rx) = mpsc::channel::<ZipPart>(16);
+        let writer = tokio::task::spawn_blocking(move || {
+            let mut zip = berth_archive::ZipBuilder::new(out);
+            while let Some(part) = rx.blocking_recv() {
+                match part {
+                    ZipPart::Directory(name, mode) => zip.directory(&name, mode)?,
+                    ZipPart::File(name, mode) => zip.start_file(&name, mode)?,
+                    ZipPart::Data(data) => zip.write(&data)?,
+                    ZipPart::Symlink(name, target) => zip.symlink(&name, &target)?,
+                }
+            }
+            zip.finish().map(|_| ())
+        });
+        let gathered = gather(&files, &parent, roots.clone(), limit, &tx).await;
+        drop(tx);
+        let written = writer.await.map_err(internal)?;
+        let tally = gathered?;
+        written.map_err(internal)?;
+        let size = put_file(&files, spool.path(), &target, 0o644).await?;
+        audited(
+            &state,
+            &principal,
+            &client,
+            id,
+            "file.compress",
+            serde_json::json!({ "path": target, "paths": roots, "bytes": size }),
+        )
+        .await?;
+        Ok(Envelope::created(Compressed {
+            path: target,
+            size,
+            files: tally.files,
+            directories: tally.directories,
+            links: tally.links,
+            skipped: tally.skipped,
+        }))
+    })
+    .await
 }

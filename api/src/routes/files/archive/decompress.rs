@@ -19,7 +19,7 @@ use crate::auth::Principal;
 use crate::auth::sessions::Client;
 use crate::envelope::{Envelope, Json, Path};
 use crate::error::ApiError;
-use crate::routes::files::{connect, paths, write::audited};
+use crate::routes::files::{connect, paths, to_completion, write::audited};
 use crate::routes::servers::pinned_server;
 use crate::state::AppState;
 
@@ -321,86 +321,89 @@ pub async fn decompress(
     Path(id): Path<Uuid>,
     Json(req): Json<DecompressRequest>,
 ) -> Result<Envelope<Decompressed>, ApiError> {
-    let server = pinned_server(&state, &principal, id, Action::Operate).await?;
-    let archive = paths::normalise("zipFilePath", &req.zip_file_path)?;
-    let dest = paths::normalise("destDir", &req.dest_dir)?;
-    let limit = state.config.files.archive_max_bytes;
-    let (_session, files) = connect(&state, &server).await?;
-    let found = files.lstat(&archive).await?;
-    if found.kind != Kind::File {
-        return Err(ApiError::Conflict(format!("{archive} is not a file")));
-    }
-    if found.size > limit {
-        return Err(FileError::TooLarge {
-            path: archive,
-            size: found.size,
-            limit,
+    to_completion(async move {
+        let server = pinned_server(&state, &principal, id, Action::Operate).await?;
+        let archive = paths::normalise("zipFilePath", &req.zip_file_path)?;
+        let dest = paths::normalise("destDir", &req.dest_dir)?;
+        let limit = state.config.files.archive_max_bytes;
+        let (_session, files) = connect(&state, &server).await?;
+        let found = files.lstat(&archive).await?;
+        if found.kind != Kind::File {
+            return Err(ApiError::Conflict(format!("{archive} is not a file")));
         }
-        .into());
-    }
-    if files.lstat(&dest).await?.kind != Kind::Directory {
-        return Err(ApiError::Conflict(format!(
-            "{dest} is not a directory (a link to one is not written through)"
-        )));
-    }
-    let fetched = fetch(&files, &archive, limit).await?;
-    let (normalized, entries) =
-        tokio::task::spawn_blocking(move || check_archive(fetched.path(), limit))
-            .await
-            .map_err(internal)??;
-    let mut placement = Placement {
-        files: &files,
-        dest: dest.clone(),
-        known: HashMap::new(),
-    };
-    for (relative, directory) in &entries {
-        placement.check(relative, *directory).await?;
-    }
-
-    let (tx, rx) = mpsc::channel(16);
-    let reader = tokio::task::spawn_blocking(move || read_entries(normalized.path(), &tx));
-    let mut to = Destination {
-        files: &files,
-        dest: &dest,
-        made: Vec::new(),
-        directories: std::collections::HashSet::new(),
-    };
-    let result = write_entries(&mut to, rx).await;
-    let read = reader.await.map_err(internal)?;
-    let written = match (result, read) {
-        (Ok(written), Ok(())) => written,
-        (result, read) => {
-            // What this request made goes again, newest first: the
-            // destination is left as it was found.
-            for path in to.made.iter().rev() {
-                let _ = files.remove_tree(path, 1).await;
+        if found.size > limit {
+            return Err(FileError::TooLarge {
+                path: archive,
+                size: found.size,
+                limit,
             }
-            return Err(match result {
-                Err(e) => e,
-                Ok(_) => internal(
-                    read.err()
-                        .unwrap_or_else(|| std::io::Error::other("unknown")),
-                ),
-            });
+            .into());
         }
-    };
-    audited(
-        &state,
-        &principal,
-        &client,
-        id,
-        "file.decompress",
-        serde_json::json!({
-            "archive": archive, "destDir": dest, "files": written.files,
-            "directories": written.directories, "links": written.links, "bytes": written.bytes,
-        }),
-    )
-    .await?;
-    Ok(Envelope::created(Decompressed {
-        dest_dir: dest,
-        files: written.files,
-        directories: written.directories,
-        links: written.links,
-        unpacked_bytes: written.bytes,
-    }))
+        if files.lstat(&dest).await?.kind != Kind::Directory {
+            return Err(ApiError::Conflict(format!(
+                "{dest} is not a directory (a link to one is not written through)"
+            )));
+        }
+        let fetched = fetch(&files, &archive, limit).await?;
+        let (normalized, entries) =
+            tokio::task::spawn_blocking(move || check_archive(fetched.path(), limit))
+                .await
+                .map_err(internal)??;
+        let mut placement = Placement {
+            files: &files,
+            dest: dest.clone(),
+            known: HashMap::new(),
+        };
+        for (relative, directory) in &entries {
+            placement.check(relative, *directory).await?;
+        }
+
+        let (tx, rx) = mpsc::channel(16);
+        let reader = tokio::task::spawn_blocking(move || read_entries(normalized.path(), &tx));
+        let mut to = Destination {
+            files: &files,
+            dest: &dest,
+            made: Vec::new(),
+            directories: std::collections::HashSet::new(),
+        };
+        let result = write_entries(&mut to, rx).await;
+        let read = reader.await.map_err(internal)?;
+        let written = match (result, read) {
+            (Ok(written), Ok(())) => written,
+            (result, read) => {
+                // What this request made goes again, newest first: the
+                // destination is left as it was found.
+                for path in to.made.iter().rev() {
+                    let _ = files.remove_tree(path, 1).await;
+                }
+                return Err(match result {
+                    Err(e) => e,
+                    Ok(_) => internal(
+                        read.err()
+                            .unwrap_or_else(|| std::io::Error::other("unknown")),
+                    ),
+                });
+            }
+        };
+        audited(
+            &state,
+            &principal,
+            &client,
+            id,
+            "file.decompress",
+            serde_json::json!({
+                "archive": archive, "destDir": dest, "files": written.files,
+                "directories": written.directories, "links": written.links, "bytes": written.bytes,
+            }),
+        )
+        .await?;
+        Ok(Envelope::created(Decompressed {
+            dest_dir: dest,
+            files: written.files,
+            directories: written.directories,
+            links: written.links,
+            unpacked_bytes: written.bytes,
+        }))
+    })
+    .await
 }
