@@ -88,10 +88,6 @@ pub async fn download(
         let path = path.clone();
         async move {
             let (session, files, mut handle) = open?;
-            if handle.offset() >= stop_at && stop_at > 0 {
-                let _ = files.close(handle).await;
-                return None;
-            }
             match files.read_chunk(&mut handle).await {
                 Ok(chunk) if chunk.is_empty() => {
                     let _ = files.close(handle).await;
@@ -106,7 +102,11 @@ pub async fn download(
                             ));
                             return Some((Err(error), None));
                         }
+                        // What the file grew by is not sent: the length
+                        // promised is, and the stream ends there.
                         chunk.truncate((stop_at - before) as usize);
+                        let _ = files.close(handle).await;
+                        return Some((Ok(axum::body::Bytes::from(chunk)), None));
                     }
                     Some((
                         Ok(axum::body::Bytes::from(chunk)),
