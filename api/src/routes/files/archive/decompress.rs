@@ -136,13 +136,10 @@ struct Destination<'a> {
 }
 
 impl Destination<'_> {
-    /// The absolute path of a new entry, its parents made first; the entry
-    /// is counted as made (it is about to be).
+    /// The absolute path of a new entry, its parents made first.
     async fn place(&mut self, relative: &str) -> Result<String, ApiError> {
         self.parents(relative).await?;
-        let path = paths::join(self.dest, relative);
-        self.made.push(path.clone());
-        Ok(path)
+        Ok(paths::join(self.dest, relative))
     }
 
     /// Makes the directories above `relative` that are not there.
@@ -209,10 +206,12 @@ async fn write_entries(
                 let mode = if executable { 0o755 } else { 0o644 };
                 let path = to.place(&relative).await?;
                 open = Some(files.create_new(&path, mode).await?);
+                to.made.push(path);
             }
             Unpacked::Symlink(relative, target) => {
                 let path = to.place(&relative).await?;
                 files.symlink(&path, &target).await?;
+                to.made.push(path);
                 written.links += 1;
             }
             Unpacked::HardLink(relative, target) => {
@@ -220,6 +219,7 @@ async fn write_entries(
                 files
                     .hard_link(&paths::join(to.dest, &target), &path)
                     .await?;
+                to.made.push(path);
                 written.links += 1;
             }
         }
