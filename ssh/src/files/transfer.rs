@@ -7,6 +7,9 @@ use russh_sftp::protocol::{FileAttributes, OpenFlags};
 
 use super::{FileError, Files, Kind, READ_CHUNK, failed, is_eof};
 
+/// Reads in flight at once.
+const READ_AHEAD: u64 = 8;
+
 /// An open file on the server, read or written at a running offset.
 pub struct Handle {
     handle: String,
@@ -42,20 +45,37 @@ impl Files {
         Ok(Handle::new(handle, path))
     }
 
-    /// The next chunk of `file`, at most 64 KiB; empty at its end.
+    /// The next bytes of `file`, at most 512 KiB; empty at its end. Eight
+    /// reads are in flight at once, so one round trip carries eight chunks
+    /// (what OpenSSH's own client does); a short read ends the batch, and
+    /// the next call goes on from there.
     pub async fn read_chunk(&self, file: &mut Handle) -> Result<Vec<u8>, FileError> {
-        match self
-            .raw
-            .read(file.handle.as_str(), file.offset, READ_CHUNK)
-            .await
-        {
-            Ok(chunk) => {
-                file.offset += chunk.data.len() as u64;
-                Ok(chunk.data)
+        let reads = (0..READ_AHEAD).map(|i| {
+            self.raw.read(
+                file.handle.as_str(),
+                file.offset + i * u64::from(READ_CHUNK),
+                READ_CHUNK,
+            )
+        });
+        let mut data = Vec::new();
+        for read in futures::future::join_all(reads).await {
+            match read {
+                Ok(chunk) => {
+                    let short = chunk.data.len() < READ_CHUNK as usize;
+                    data.extend_from_slice(&chunk.data);
+                    if short {
+                        break;
+                    }
+                }
+                Err(e) if is_eof(&e) => break,
+                // What came before the error is handed out; the next call
+                // meets the error again.
+                Err(_) if !data.is_empty() => break,
+                Err(e) => return Err(failed("reading", &file.path, e)),
             }
-            Err(e) if is_eof(&e) => Ok(Vec::new()),
-            Err(e) => Err(failed("reading", &file.path, e)),
         }
+        file.offset += data.len() as u64;
+        Ok(data)
     }
 
     /// Creates the new file `path` with `mode`; something already there
@@ -78,15 +98,24 @@ impl Files {
         Ok(Handle::new(handle, path))
     }
 
-    /// Appends `data` to `file`, 64 KiB a request.
+    /// Appends `data` to `file`, 64 KiB a request, the requests in flight
+    /// together (the SSH channel's window paces them).
     pub async fn write_chunk(&self, file: &mut Handle, data: &[u8]) -> Result<(), FileError> {
-        for chunk in data.chunks(super::WRITE_CHUNK) {
-            self.raw
-                .write(file.handle.as_str(), file.offset, chunk.to_vec())
-                .await
-                .map_err(|e| failed("writing", &file.path, e))?;
-            file.offset += chunk.len() as u64;
-        }
+        let offset = file.offset;
+        let writes = data
+            .chunks(super::WRITE_CHUNK)
+            .enumerate()
+            .map(|(i, chunk)| {
+                self.raw.write(
+                    file.handle.as_str(),
+                    offset + (i * super::WRITE_CHUNK) as u64,
+                    chunk.to_vec(),
+                )
+            });
+        futures::future::try_join_all(writes)
+            .await
+            .map_err(|e| failed("writing", &file.path, e))?;
+        file.offset += data.len() as u64;
         Ok(())
     }
 

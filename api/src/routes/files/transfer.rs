@@ -157,7 +157,7 @@ pub(super) async fn put_file(
         .map_err(|e| ApiError::Internal(e.into()))?;
     let mut remote = files.create_new(&hidden, mode).await?;
     let written = async {
-        let mut buf = vec![0u8; 256 * 1024];
+        let mut buf = vec![0u8; 1024 * 1024];
         loop {
             let n = local
                 .read(&mut buf)
