@@ -296,3 +296,15 @@ pub fn totp_code(base32: &str, offset_steps: i64) -> String {
     let now = chrono::Utc::now().timestamp() + offset_steps * 30;
     totp.generate(now as u64).to_string()
 }
+
+/// The field names of a validation error's details, in order.
+pub fn field_errors(body: &Value) -> Vec<String> {
+    body["error"]["details"]
+        .as_array()
+        .map(|d| {
+            d.iter()
+                .map(|e| e["field"].as_str().unwrap_or_default().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}

@@ -4,23 +4,12 @@
 use std::time::Duration;
 
 use berth_e2e::accounts::{
-    Browser, NewUser, PASSWORD, Stack, access_token, audit_actions, create_user, get_as, login,
-    post, send_as,
+    Browser, NewUser, PASSWORD, Stack, access_token, audit_actions, create_user, field_errors,
+    get_as, login, post, send_as,
 };
 use reqwest::Method;
 use serde_json::{Value, json};
 use uuid::Uuid;
-
-fn field_errors(body: &Value) -> Vec<String> {
-    body["error"]["details"]
-        .as_array()
-        .map(|d| {
-            d.iter()
-                .map(|e| e["field"].as_str().unwrap_or_default().to_owned())
-                .collect()
-        })
-        .unwrap_or_default()
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn register_verify_by_mailed_code_then_sign_in_by_email_or_username() {

@@ -79,12 +79,7 @@ async fn bodies_are_validated_with_field_details() {
     assert_eq!(res.status(), 400);
     let body: Value = res.json().await.unwrap();
     assert_error(&body, "VALIDATION_ERROR");
-    let fields: Vec<&str> = body["error"]["details"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["field"].as_str().unwrap())
-        .collect();
+    let fields = berth_e2e::accounts::field_errors(&body);
     assert_eq!(fields, ["name", "message", "email"]);
 
     // Malformed JSON, a wrong type, an unknown field, no content type.

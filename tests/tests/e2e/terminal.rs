@@ -268,12 +268,7 @@ async fn only_the_owner_signed_in_gets_a_shell_and_limits_hold() {
     )
     .await;
     assert_eq!(status, 400, "{body}");
-    let fields: Vec<&str> = body["error"]["details"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["field"].as_str().unwrap())
-        .collect();
+    let fields = berth_e2e::accounts::field_errors(&body);
     assert_eq!(fields, ["cols", "rows"], "{body}");
 
     // One terminal at a time: a second token is refused, and a token taken

@@ -32,12 +32,7 @@ async fn an_invite_by_mail_is_accepted_after_sign_up_and_works_once() {
     )
     .await;
     assert_eq!(status, 400, "{body}");
-    let fields: Vec<&str> = body["error"]["details"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["field"].as_str().unwrap())
-        .collect();
+    let fields = berth_e2e::accounts::field_errors(&body);
     assert_eq!(fields, ["email", "role"]);
 
     // An address with no account yet; invited twice, the second replaces the first.
