@@ -41,7 +41,7 @@ async fn a_git_app_is_built_served_redeployed_rolled_back_stopped_and_deleted() 
         .create(
             json!({"name": "web", "source": {"type": "git", "repoUrl": repo.url, "branch": "main"},
                        "port": 8080, "env": {"GREETING": "hello from v1"}, "drainSeconds": 1,
-                       "healthCheck": {"path": "/index.html", "retries": 20}}),
+                       "healthCheck": {"path": "/index.html", "retries": 100}}),
         )
         .await;
     let id = created["deployment"]["id"].as_str().unwrap().to_owned();
