@@ -13,7 +13,7 @@ use uuid::Uuid;
 use crate::access::Action;
 use crate::auth::Principal;
 use crate::envelope::{Envelope, Path, Query};
-use crate::error::{ApiError, FieldError};
+use crate::error::ApiError;
 use crate::routes::servers::pinned_server;
 use crate::state::AppState;
 
@@ -112,13 +112,7 @@ pub struct PathQuery {
 
 impl PathQuery {
     fn path(&self) -> Result<String, ApiError> {
-        let Some(raw) = self.path.as_deref() else {
-            return Err(ApiError::validation(vec![FieldError::new(
-                "path",
-                "is required",
-            )]));
-        };
-        paths::normalise("path", raw)
+        paths::required("path", self.path.as_deref())
     }
 }
 

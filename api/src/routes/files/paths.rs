@@ -37,6 +37,17 @@ pub fn normalise(field: &'static str, raw: &str) -> Result<String, ApiError> {
     Ok(format!("/{}", parts.join("/")))
 }
 
+/// The required path parameter `field`, normalised.
+pub fn required(field: &'static str, raw: Option<&str>) -> Result<String, ApiError> {
+    match raw {
+        Some(raw) => normalise(field, raw),
+        None => Err(ApiError::validation(vec![FieldError::new(
+            field,
+            "is required",
+        )])),
+    }
+}
+
 /// `name` under directory `parent` (both from [`normalise`] or the server).
 pub fn join(parent: &str, name: &str) -> String {
     if parent == "/" {

@@ -116,10 +116,7 @@ pub async fn search(
     Query(query): Query<SearchQuery>,
 ) -> Result<Envelope<SearchResults>, ApiError> {
     let server = pinned_server(&state, &principal, id, Action::Read).await?;
-    let path = match query.path.as_deref() {
-        Some(raw) => paths::normalise("path", raw)?,
-        None => return Err(field("path", "is required")),
-    };
+    let path = paths::required("path", query.path.as_deref())?;
     let wanted = wanted(&query)?;
     let max_depth = query.max_depth.unwrap_or(DEFAULT_DEPTH);
     if !(1..=MAX_DEPTH).contains(&max_depth) {

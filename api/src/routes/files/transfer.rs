@@ -226,15 +226,7 @@ pub async fn upload(
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Result<Envelope<Uploaded>, ApiError> {
     let server = pinned_server(&state, &principal, id, Action::Operate).await?;
-    let dir = match query.path.as_deref() {
-        Some(raw) => paths::normalise("path", raw)?,
-        None => {
-            return Err(ApiError::validation(vec![FieldError::new(
-                "path",
-                "is required",
-            )]));
-        }
-    };
+    let dir = paths::required("path", query.path.as_deref())?;
     let mut multipart =
         multipart.map_err(|_| ApiError::bad_request("expected a multipart/form-data body"))?;
     let max = state.config.files.upload_max_bytes;

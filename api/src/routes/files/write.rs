@@ -182,7 +182,7 @@ pub async fn rename(
         let new_path = paths::normalise("newPath", &req.new_path)?;
         paths::check_removable("oldPath", &old_path)?;
         paths::check_name("newPath", paths::name(&new_path))?;
-        if new_path.starts_with(&format!("{old_path}/")) {
+        if new_path != old_path && paths::is_within(&new_path, &old_path) {
             return Err(ApiError::validation(vec![FieldError::new(
                 "newPath",
                 "must not be inside oldPath",
